@@ -1,0 +1,157 @@
+"""Command line: ``dnsd serve | records | check``. Every flag can also come from ``DNSD_<FLAG>``."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import Config
+
+ENV_PREFIX = "DNSD_"
+
+
+def _ttl(value: str) -> int:
+    ttl = int(value)
+    if not 0 <= ttl <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600")
+    return ttl
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return port
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address") from None
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+class _EnvDefaults(argparse.ArgumentParser):
+    """Takes each flag's default from DNSD_<FLAG>; repeatable flags split the value on commas."""
+
+    def add_argument(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        flag = next((a for a in args if a.startswith("--")), None)
+        if flag and flag != "--help":
+            env = _env_name(flag)
+            kwargs["help"] = f"{kwargs.get('help', '')} [env {env}]".strip()
+            raw = os.environ.get(env)
+            if raw is not None:
+                action = kwargs.get("action")
+                if action == "store_true":
+                    kwargs["default"] = raw.strip().lower() in ("1", "true", "yes", "on")
+                elif action == "append":
+                    convert = kwargs.get("type", str)
+                    kwargs["default"] = [convert(v.strip()) for v in raw.split(",") if v.strip()]
+                else:
+                    kwargs["default"] = kwargs.get("type", str)(raw)
+        return super().add_argument(*args, **kwargs)
+
+
+def _source_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sources (default: the example cluster in zones/)")
+    group.add_argument("--manifests", action="append", metavar="PATH",
+                       help="a YAML/JSON manifest file or a directory of them (repeatable); hot-reloaded")
+    group.add_argument("--kubernetes", action="store_true",
+                       help="follow the Kubernetes API (in-cluster config, else kubeconfig)")
+    group.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig to use; implies --kubernetes")
+    group.add_argument("--endpoints-api", action="store_true",
+                       help="read legacy v1 Endpoints instead of EndpointSlices")
+    group.add_argument("--namespace", action="append", metavar="NS", dest="namespaces",
+                       help="serve only this namespace (repeatable)")
+    group.add_argument("--label-selector", metavar="SELECTOR", help="serve only Services matching this selector")
+    group.add_argument("--domain", action="append", metavar="ZONE", dest="domains",
+                       help="cluster zone to serve (repeatable; default cluster.local)")
+    group.add_argument("--ttl", type=_ttl, default=5, help="TTL of answers, 0-3600 seconds (default 5)")
+    group.add_argument("--kube-watch-timeout", type=_positive, default=300, help=argparse.SUPPRESS)
+    group.add_argument("--kube-read-timeout", type=float, default=75.0, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _EnvDefaults(prog="dnsd", description="Service-discovery DNS server for Kubernetes.")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (default info)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvDefaults)
+
+    serve = sub.add_parser("serve", help="answer DNS queries")
+    _source_flags(serve)
+    serve.add_argument("--address", action="append", type=_address, dest="addresses",
+                       help="listen address, IPv4 or IPv6 (repeatable; default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=53, help="UDP and TCP port (default 53)")
+    serve.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
+                       help="processes answering on the same port (default: number of CPUs)")
+    serve.add_argument("--http-address", default="127.0.0.1:8080",
+                       help="HOST:PORT for /health, /ready and /metrics; empty to disable (default 127.0.0.1:8080)")
+    serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection closes")
+    serve.add_argument("--tcp-max-connections", type=_positive, default=1024,
+                       help="concurrent TCP connections per worker")
+    serve.add_argument("--cache-size", type=_positive, default=200_000, help="names kept as rendered replies")
+
+    records = sub.add_parser("records", help="print every record dnsd would serve, as sorted zone-file text")
+    _source_flags(records)
+
+    check = sub.add_parser("check", help="validate manifest files; non-zero exit on any problem")
+    check.add_argument("paths", nargs="+", metavar="PATH")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    fields = {
+        "manifests": tuple(args.manifests or ()),
+        "kubernetes": bool(args.kubernetes or args.kubeconfig),
+        "kubeconfig": args.kubeconfig,
+        "endpoints_api": args.endpoints_api,
+        "namespaces": tuple(args.namespaces or ()),
+        "label_selector": args.label_selector,
+        "domains": tuple(args.domains or ("cluster.local",)),
+        "ttl": args.ttl,
+        "log_level": args.log_level,
+        "kube_watch_timeout": args.kube_watch_timeout,
+        "kube_read_timeout": args.kube_read_timeout,
+    }
+    if args.command == "serve":
+        fields.update(
+            addresses=tuple(args.addresses or ("127.0.0.1",)), port=args.port, workers=args.workers,
+            http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
+            tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
+        )
+    return Config(**fields)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "check":
+        from .commands import check
+
+        return check(args.paths)
+    config = config_from_args(args)
+    if args.command == "records":
+        from .commands import records
+
+        return records(config)
+    from .server import run
+
+    return run(config)

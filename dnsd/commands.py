@@ -1,0 +1,76 @@
+"""The one-shot subcommands: ``dnsd check`` and ``dnsd records``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from dnslib import RR
+
+from .config import Config
+from .dataplane import Dataplane
+from .records import EXISTS, TXT
+from .sources.manifests import expand, load_file
+from .store import Op
+from .wire import TXT_TTL, _label, _rdata
+
+
+def check(paths: Sequence[str]) -> int:
+    """Print ``file:document: reason`` for every problem; exit 1 if there is any."""
+    files = expand(paths)
+    missing = [p for p in paths if not expand([p])]
+    problems = [f"{p}:0: no such file, or no *.yaml/*.yml/*.json below it" for p in missing]
+    count = 0
+    for path in files:
+        result = load_file(path)
+        problems += result.errors
+        count += len(result.objects)
+    for line in problems:
+        print(line)
+    print(f"{len(files)} file(s), {count} object(s), {len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def zone_lines(dataplane: Dataplane) -> list[str]:
+    lines = []
+    for name, rtype, rdata in dataplane.index.records():
+        if rtype == EXISTS:
+            continue
+        ttl = TXT_TTL if rtype == TXT else dataplane.ttl
+        lines.append(RR(_label(name), rtype, 1, ttl, _rdata(rtype, rdata)).toZone())
+    return sorted(lines)
+
+
+def records(config: Config, sync_timeout: float = 60.0) -> int:
+    dataplane = Dataplane(config.domains, config.ttl, None)
+    lock = threading.Lock()
+
+    def emit(ops: list[Op]) -> None:
+        with lock:
+            dataplane.apply(ops)
+
+    manifests, use_api = config.sources()
+    from .sources.manifests import ManifestSource
+
+    ManifestSource(manifests, emit).load()
+    if use_api:
+        from .sources.kubernetes import KubernetesSource
+
+        source = KubernetesSource(
+            emit, kubeconfig=config.kubeconfig, namespaces=config.namespaces,
+            label_selector=config.label_selector, endpoints_api=config.endpoints_api,
+        )
+        source.start()
+        deadline = time.monotonic() + sync_timeout
+        while not dataplane.store.synced and time.monotonic() < deadline:
+            time.sleep(0.05)
+        source.stop()
+        if not dataplane.store.synced:
+            print("dnsd: the Kubernetes API did not sync in time", file=sys.stderr)
+            return 1
+    with lock:
+        lines = zone_lines(dataplane)
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0

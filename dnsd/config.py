@@ -1,0 +1,61 @@
+"""One frozen Config, built from the command line; nothing else reads argv or the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+
+def bundled_zones() -> Path:
+    """The example cluster: the repo's zones/ in a checkout, the packaged copy once installed."""
+    checkout = Path(__file__).resolve().parent.parent / "zones"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("dnsd") / "zones"))
+
+
+@dataclass(frozen=True)
+class Config:
+    manifests: tuple[str, ...] = ()
+    kubernetes: bool = False
+    kubeconfig: str | None = None
+    endpoints_api: bool = False
+    namespaces: tuple[str, ...] = ()
+    label_selector: str | None = None
+    domains: tuple[str, ...] = ("cluster.local",)
+    addresses: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 53
+    ttl: int = 5
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    http_address: str | None = "127.0.0.1:8080"
+    log_level: str = "info"
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1024
+    cache_size: int = 200_000
+    kube_watch_timeout: int = 300
+    kube_read_timeout: float = 75.0
+    reload_debounce_ms: int = 50
+
+    @property
+    def ns_address(self) -> str | None:
+        """The address named by ns.dns.<zone>: the first specific listen address."""
+        for address in self.addresses:
+            if not ipaddress.ip_address(address).is_unspecified:
+                return address
+        return None
+
+    @property
+    def http_endpoint(self) -> tuple[str, int] | None:
+        if not self.http_address:
+            return None
+        host, _, port = self.http_address.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+    def sources(self) -> tuple[tuple[str, ...], bool]:
+        """Manifest paths and whether to use the API; no source at all means the example cluster."""
+        if not self.manifests and not self.kubernetes:
+            return (str(bundled_zones()),), False
+        return self.manifests, self.kubernetes

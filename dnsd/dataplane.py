@@ -1,0 +1,63 @@
+"""Wires the one-way flow inside a serving process: ops -> store -> records -> index -> responder.
+
+A worker process owns one Dataplane; ``apply`` is its only input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+from .index import Index
+from .model import ServiceKey
+from .records import REVERSE_ZONES, namespace_records, service_records, zone_records
+from .store import Op, Store
+from .wire import Responder
+
+log = logging.getLogger("dnsd.dataplane")
+
+
+class Dataplane:
+    def __init__(self, zones: Sequence[str], ttl: int, ns_address: str | None = None) -> None:
+        self.zones = tuple(dict.fromkeys(z.lower().strip(".") for z in zones))
+        self.ttl = ttl
+        self.ns_address = ns_address
+        self.store = Store(self._changed)
+        self.index = Index(self.zones + REVERSE_ZONES)
+        self.responder = Responder(self.index, ttl, lambda: self.store.synced)
+        self.serial = 0
+        self.last_change = time.time()
+        self.programming_seconds: list[float] = []  # drained by metrics
+        self._set_serial(int(time.time()))
+
+    def apply(self, ops: Iterable[Op]) -> None:
+        self.store.apply(ops)
+
+    def _changed(self, services: set[ServiceKey], namespaces: set[str]) -> None:
+        started = time.perf_counter()
+        store, index = self.store, self.index
+        touched: set[str] = set()
+        for key in services:
+            records = service_records(store.services.get(key), store.endpoint_sets(key), self.zones)
+            touched |= index.apply(("svc", *key), records)
+        for ns in namespaces:
+            records = namespace_records(ns, self.zones) if store.namespace_exists(ns) else []
+            touched |= index.apply(("ns", ns), records)
+        if touched:
+            self.last_change = time.time()
+            # As CoreDNS: the serial is the time of the last change, in seconds, never going back.
+            self._set_serial(max(self.serial, int(self.last_change)))
+            self.responder.invalidate(touched)
+        self.programming_seconds.append(time.perf_counter() - started)
+        if len(self.programming_seconds) > 10_000:
+            del self.programming_seconds[:5_000]
+
+    def _set_serial(self, serial: int) -> None:
+        if serial == self.serial:
+            return
+        self.serial = self.responder.serial = serial
+        primary = self.zones[0]
+        for zone in self.zones + REVERSE_ZONES:
+            touched = self.index.apply(("zone", zone), zone_records(zone, primary, serial, self.ttl, self.ns_address))
+            self.responder.invalidate(touched)

@@ -1,0 +1,222 @@
+"""Lean immutable records: the only shape of cluster data past the source boundary.
+
+Sources hand us Kubernetes objects as plain dicts (manifest files, or raw API JSON
+read without the client's model classes); ``from_object`` strips each one to what
+DNS needs and validates it, raising ``ValueError`` with a readable reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, NamedTuple
+
+SERVICE = "Service"
+ENDPOINT_SLICE = "EndpointSlice"
+ENDPOINTS = "Endpoints"
+NAMESPACE = "Namespace"
+KINDS = (SERVICE, ENDPOINT_SLICE, ENDPOINTS, NAMESPACE)
+
+CLUSTER_IP = "ClusterIP"
+HEADLESS = "Headless"
+EXTERNAL_NAME = "ExternalName"
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+_PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+Key = tuple[str, str, str]  # (kind, namespace, name); namespace "" for Namespace objects
+ServiceKey = tuple[str, str]  # (namespace, name)
+
+
+class Port(NamedTuple):
+    name: str  # "" when unnamed: such ports get no SRV record
+    port: int
+    protocol: str  # "tcp" | "udp" | "sctp"
+
+
+class Endpoint(NamedTuple):
+    """One ready address. Not-ready addresses are dropped at the boundary: DNS never shows them."""
+
+    address: str  # canonical text form
+    hostname: str  # "" when the endpoint has none
+
+
+class Subset(NamedTuple):
+    ports: tuple[Port, ...]
+    endpoints: tuple[Endpoint, ...]
+
+
+class Service(NamedTuple):
+    namespace: str
+    name: str
+    type: str  # CLUSTER_IP | HEADLESS | EXTERNAL_NAME
+    ips: tuple[str, ...]
+    ports: tuple[Port, ...]
+    external_name: str = ""
+
+    @property
+    def key(self) -> Key:
+        return (SERVICE, self.namespace, self.name)
+
+
+class EndpointSet(NamedTuple):
+    """An EndpointSlice (one subset) or a legacy Endpoints object (one per subset)."""
+
+    kind: str  # ENDPOINT_SLICE | ENDPOINTS
+    namespace: str
+    name: str
+    service: str  # the Service it belongs to
+    subsets: tuple[Subset, ...]
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.namespace, self.name)
+
+
+class Namespace(NamedTuple):
+    name: str
+
+    @property
+    def key(self) -> Key:
+        return (NAMESPACE, "", self.name)
+
+
+Object = Service | EndpointSet | Namespace
+
+
+def service_key(obj: Service | EndpointSet) -> ServiceKey:
+    return (obj.namespace, obj.name if isinstance(obj, Service) else obj.service)
+
+
+def canonical_ip(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise ValueError(f"bad IP address {value!r}") from None
+
+
+def _label(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise ValueError(f"{what} {value!r} is not a valid DNS label (lowercase RFC 1123, 1-63 characters)")
+    return value
+
+
+def _port(raw: Any, where: str, *, allow_null: bool = False) -> Port | None:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: a port must be a mapping")
+    number = raw.get("port")
+    if number is None and allow_null:
+        return None  # EndpointSlice: a null port means "all ports"; nothing to publish
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+        raise ValueError(f"{where}: port {number!r} out of range 1-65535")
+    proto = raw.get("protocol") or "TCP"
+    if proto not in _PROTOCOLS:
+        raise ValueError(f"{where}: protocol {proto!r} is not TCP, UDP or SCTP")
+    name = raw.get("name") or ""
+    if name and (not isinstance(name, str) or not _PORT_NAME.match(name)):
+        raise ValueError(f"{where}: port name {name!r} is not a valid DNS label")
+    return Port(name, number, _PROTOCOLS[proto])
+
+
+def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ...]:
+    if raws is None:
+        return ()
+    if not isinstance(raws, list):
+        raise ValueError(f"{where}: ports must be a list")
+    ports = (_port(p, f"{where}[{i}]", allow_null=allow_null) for i, p in enumerate(raws))
+    return tuple(p for p in ports if p is not None)
+
+
+def _service(meta: dict, spec: dict, namespace: str, name: str) -> Service:
+    ports = _ports(spec.get("ports"), "spec.ports")
+    if spec.get("type") == EXTERNAL_NAME:
+        target = spec.get("externalName")
+        if not isinstance(target, str) or not target.strip("."):
+            raise ValueError("ExternalName Service without spec.externalName")
+        return Service(namespace, name, EXTERNAL_NAME, (), ports, target.strip(".").lower())
+    ips_raw = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    if not isinstance(ips_raw, list):
+        raise ValueError("spec.clusterIPs must be a list")
+    if any(str(ip) == "None" for ip in ips_raw):
+        return Service(namespace, name, HEADLESS, (), ports)
+    ips = tuple(dict.fromkeys(canonical_ip(ip) for ip in ips_raw))
+    return Service(namespace, name, CLUSTER_IP, ips, ports)
+
+
+def _endpoint_slice(obj: dict, namespace: str, name: str) -> EndpointSet | None:
+    labels = obj["metadata"].get("labels") or {}
+    service = labels.get(SERVICE_NAME_LABEL)
+    if not service:
+        return None  # not linked to a Service: nothing in DNS refers to it
+    _label(service, f"label {SERVICE_NAME_LABEL}")
+    if obj.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
+        return None  # FQDN slices are not served (as CoreDNS)
+    raws = obj.get("endpoints") or []
+    if not isinstance(raws, list):
+        raise ValueError("endpoints must be a list")
+    endpoints: list[Endpoint] = []
+    for i, ep in enumerate(raws):
+        if not isinstance(ep, dict):
+            raise ValueError(f"endpoints[{i}] must be a mapping")
+        hostname = ep.get("hostname") or ""
+        if hostname:
+            _label(hostname, f"endpoints[{i}].hostname")
+        addresses = [canonical_ip(a) for a in ep.get("addresses") or []]
+        if not addresses:
+            raise ValueError(f"endpoints[{i}] has no addresses")
+        # ready unset means unknown: treated as ready; serving/terminating do not matter.
+        if (ep.get("conditions") or {}).get("ready") is False:
+            continue
+        endpoints.extend(Endpoint(a, hostname) for a in addresses)
+    ports = _ports(obj.get("ports"), "ports", allow_null=True)
+    return EndpointSet(ENDPOINT_SLICE, namespace, name, service, (Subset(ports, tuple(endpoints)),))
+
+
+def _endpoints(obj: dict, namespace: str, name: str) -> EndpointSet:
+    subsets_raw = obj.get("subsets") or []
+    if not isinstance(subsets_raw, list):
+        raise ValueError("subsets must be a list")
+    subsets = []
+    for i, sub in enumerate(subsets_raw):
+        ready = []
+        for j, addr in enumerate(sub.get("addresses") or []):
+            hostname = addr.get("hostname") or ""
+            if hostname:
+                _label(hostname, f"subsets[{i}].addresses[{j}].hostname")
+            ready.append(Endpoint(canonical_ip(addr.get("ip")), hostname))
+        for addr in sub.get("notReadyAddresses") or []:
+            canonical_ip(addr.get("ip"))  # validated, never published
+        subsets.append(Subset(_ports(sub.get("ports"), f"subsets[{i}].ports"), tuple(ready)))
+    return EndpointSet(ENDPOINTS, namespace, name, name, tuple(subsets))
+
+
+def from_object(obj: Any, kind: str | None = None) -> Object | None:
+    """Convert one Kubernetes object (a dict) to a model record.
+
+    Returns None for kinds DNS does not use; raises ValueError for a bad object.
+    ``kind`` overrides ``obj["kind"]`` (items of a typed list lack it).
+    """
+    if not isinstance(obj, dict):
+        raise ValueError("object is not a mapping")
+    kind = kind or obj.get("kind")
+    if kind not in KINDS:
+        return None
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{kind} without metadata")
+    name = _label(meta.get("name"), "metadata.name") if kind != ENDPOINT_SLICE else meta.get("name")
+    if kind == ENDPOINT_SLICE and (not isinstance(name, str) or not name):
+        raise ValueError("metadata.name is missing")
+    if kind == NAMESPACE:
+        return Namespace(name)
+    namespace = _label(meta.get("namespace") or "default", "metadata.namespace")
+    if kind == SERVICE:
+        spec = obj.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise ValueError("spec must be a mapping")
+        return _service(meta, spec, namespace, name)
+    if kind == ENDPOINT_SLICE:
+        return _endpoint_slice(obj, namespace, name)
+    return _endpoints(obj, namespace, name)

@@ -1,0 +1,69 @@
+"""Pure query resolution: (question, index) -> rcode and sections.
+
+Follows shared/reference/dns-behaviour.md: authoritative answers from the index,
+CNAME for ExternalName (not chased), NODATA for names with other types or empty
+non-terminals, NXDOMAIN otherwise, SERVFAIL instead of any negative answer before
+the first sync, REFUSED outside the served zones.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .index import Index
+from .records import AAAA, CNAME, EXISTS, NS, SOA, SRV, A, Record, SrvData
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+ANY, AXFR, IXFR = 255, 252, 251
+
+
+class Answer(NamedTuple):
+    rcode: int
+    answer: tuple[Record, ...] = ()
+    authority: tuple[Record, ...] = ()
+    additional: tuple[Record, ...] = ()
+    authoritative: bool = True
+    # Negative answers carry the SOA, whose serial moves: a cache must recheck them.
+    negative: bool = False
+
+
+def resolve(index: Index, qname: str, qtype: int, synced: bool) -> Answer:
+    """``qname`` is lowercase, without the final dot."""
+    zone = index.zone_of(qname)
+    if zone is None:
+        return Answer(REFUSED, authoritative=False)
+    if qtype in (AXFR, IXFR):
+        return Answer(REFUSED)  # no zone transfers
+    node = index.data.get(qname)
+    if node:
+        if qtype == ANY:
+            rrsets = [(t, rrs) for t, rrs in node.items() if t != EXISTS]
+        elif qtype in node:
+            rrsets = [(qtype, node[qtype])]
+        elif CNAME in node:
+            rrsets = [(CNAME, node[CNAME])]  # RFC 1034: the alias answers every type; not chased
+        else:
+            rrsets = []
+        if rrsets:
+            answer = tuple((qname, t, rdata) for t, rrs in rrsets for rdata in rrs)
+            return Answer(NOERROR, answer, (), _additional(index, answer))
+    if not synced:
+        return Answer(SERVFAIL, authoritative=False)  # never a cacheable negative before the first sync
+    soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
+    if node or index.exists(qname) or qname == zone:
+        return Answer(NOERROR, (), soa, negative=True)
+    return Answer(NXDOMAIN, (), soa, negative=True)
+
+
+def _additional(index: Index, answer: tuple[Record, ...]) -> tuple[Record, ...]:
+    """Addresses of SRV targets and NS hosts that we serve ourselves."""
+    targets: dict[str, None] = {}
+    for _, rtype, rdata in answer:
+        if rtype == SRV and isinstance(rdata, SrvData):
+            targets[rdata.target] = None
+        elif rtype == NS and isinstance(rdata, str):
+            targets[rdata] = None
+    return tuple((t, rtype, ip) for t in targets for rtype in (A, AAAA) for ip in index.rrset(t, rtype))
+
+
+__all__ = ["ANY", "Answer", "FORMERR", "NOERROR", "NOTIMP", "NXDOMAIN", "REFUSED", "SERVFAIL", "resolve"]

@@ -1,0 +1,388 @@
+"""Serving: asyncio UDP/TCP listeners, the process model, lifecycle and signals.
+
+One worker (the default on one CPU) runs everything in one process. With
+``--workers N`` a supervisor runs the sources, the HTTP endpoint and one watch per
+resource, and streams the source ops to N worker processes, each with its own
+index and its own UDP/TCP sockets on the shared port (SO_REUSEPORT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_connections
+from typing import Any
+
+from prometheus_client.registry import CollectorRegistry
+
+from .config import Config
+from .dataplane import Dataplane
+from .http import HttpServer
+from .metrics import PROGRAMMING_BUCKETS, DnsdCollector, Histogram, Listener, Totals, snapshot, totals
+from .store import Op, Store
+from .wire import MIN_PAYLOAD, TCP_LIMIT, Responder
+
+log = logging.getLogger("dnsd.server")
+perf_counter = time.perf_counter
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, responder: Responder, listener: Listener) -> None:
+        self.answer = responder.answer
+        self.counts = listener.counts
+        self.observe = listener.duration.observe
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        start = perf_counter()
+        reply = self.answer(data, MIN_PAYLOAD, self.counts)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+        self.observe(perf_counter() - start)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)  # ICMP unreachable from a gone client: nothing to do
+
+
+class DnsServer:
+    """The UDP and TCP listeners of one process."""
+
+    def __init__(self, config: Config, responder: Responder, reuse_port: bool = False) -> None:
+        self.config = config
+        self.responder = responder
+        self.reuse_port = reuse_port
+        self.listeners: list[Listener] = []
+        self._udp: list[asyncio.BaseTransport] = []
+        self._tcp: list[asyncio.base_events.Server] = []
+        self._connections: set[asyncio.Task] = set()
+        self._busy: set[asyncio.Task] = set()  # connections in the middle of a query
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for address in self.config.addresses:
+            family = "2" if ipaddress.ip_address(address).version == 6 else "1"
+            server = f"dns://{address}:{self.config.port}"
+            udp = Listener("udp", family, server)
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda udp=udp: UdpProtocol(self.responder, udp),
+                local_addr=(address, self.config.port), reuse_port=self.reuse_port or None,
+            )
+            self._udp.append(transport)
+            tcp = Listener("tcp", family, server)
+            self._tcp.append(await asyncio.start_server(
+                lambda r, w, tcp=tcp: self._tcp_connection(r, w, tcp), host=address, port=self.config.port,
+                reuse_port=self.reuse_port or None, backlog=1024,
+            ))
+            self.listeners += [udp, tcp]
+            log.info("DNS on %s:%d (UDP and TCP)", address, self.config.port)
+
+    async def _tcp_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lst: Listener) -> None:
+        task = asyncio.current_task()
+        if len(self._connections) >= self.config.tcp_max_connections or task is None:
+            writer.close()  # over the cap: refuse rather than queue without bound
+            return
+        self._connections.add(task)
+        idle = self.config.tcp_idle_timeout
+        try:
+            while True:  # RFC 7766: several queries per connection, answered in order
+                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), idle), "big")
+                query = await asyncio.wait_for(reader.readexactly(size), idle)
+                self._busy.add(task)
+                start = perf_counter()
+                reply = self.responder.answer(query, TCP_LIMIT, lst.counts)
+                if reply is None:
+                    break
+                writer.write(len(reply).to_bytes(2, "big") + reply)
+                await writer.drain()
+                lst.duration.observe(perf_counter() - start)
+                self._busy.discard(task)
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._busy.discard(task)
+            self._connections.discard(task)
+            writer.close()
+
+    async def close(self, grace: float = 3.0) -> None:
+        """Stop accepting; let connections finish the query they are answering; close the rest."""
+        for transport in self._udp:
+            transport.close()
+        for server in self._tcp:
+            server.close()
+        deadline = time.monotonic() + grace
+        while self._busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=grace)
+
+
+class Sources:
+    """Starts the configured sources, feeding ``emit``; stops them."""
+
+    def __init__(self, config: Config, emit: Callable[[list[Op]], None]) -> None:
+        from .sources.manifests import ManifestSource
+
+        paths, use_api = config.sources()
+        self.manifests = ManifestSource(paths, emit, config.reload_debounce_ms) if paths else None
+        self.kubernetes = None
+        if use_api:
+            from .sources.kubernetes import KubernetesSource
+
+            self.kubernetes = KubernetesSource(
+                emit, kubeconfig=config.kubeconfig, namespaces=config.namespaces,
+                label_selector=config.label_selector, endpoints_api=config.endpoints_api,
+                watch_timeout=config.kube_watch_timeout, read_timeout=config.kube_read_timeout,
+            )
+
+    def start(self) -> None:
+        if self.manifests:
+            self.manifests.load()
+            self.manifests.start()
+        if self.kubernetes:
+            self.kubernetes.start()
+
+    def stop(self) -> None:
+        if self.manifests:
+            self.manifests.stop()
+        if self.kubernetes:
+            self.kubernetes.stop()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        if not self.kubernetes:
+            return {}
+        return {o: {"synced": s.synced, "healthy": s.healthy, "last_event": s.last_event}
+                for o, s in self.kubernetes.status().items()}
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run(config: Config) -> int:
+    if config.workers > 1:
+        return Supervisor(config).run()
+    _use_uvloop()
+    return asyncio.run(_serve_single(config))
+
+
+def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve_single(config: Config) -> int:
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    dataplane = Dataplane(config.domains, config.ttl, config.ns_address)
+
+    def emit(ops: list[Op]) -> None:
+        if threading.get_ident() == loop_thread:
+            dataplane.apply(ops)
+        else:
+            loop.call_soon_threadsafe(dataplane.apply, ops)
+
+    sources = Sources(config, emit)
+    sources.start()  # manifests load before the first query; the API syncs in the background
+    dns = DnsServer(config, dataplane.responder)
+    try:
+        await dns.start()
+    except OSError as exc:
+        log.error("cannot listen on port %d: %s", config.port, exc)
+        sources.stop()
+        return 1
+    programming = Histogram(PROGRAMMING_BUCKETS)
+
+    def read_on_loop() -> dict[str, Any]:
+        snap = snapshot(dns.listeners, dataplane)
+        for seconds in snap["programming"]:
+            programming.observe(seconds)
+        return snap
+
+    def read() -> tuple[Totals, dict[str, Any]]:
+        future = asyncio.run_coroutine_threadsafe(_call(read_on_loop), loop)
+        return totals([future.result(timeout=5)], programming), sources.status()
+
+    http = _start_http(config, lambda: dataplane.store.synced, read)
+    stop = _stop_event(loop)
+    log.info("dnsd serving %s", ", ".join(config.domains))
+    await stop.wait()
+    log.info("shutting down")
+    await dns.close()
+    sources.stop()
+    if http:
+        http.stop()
+    return 0
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def _start_http(
+    config: Config, ready: Callable[[], bool], read: Callable[[], tuple[Totals, dict[str, Any]]]
+) -> HttpServer | None:
+    endpoint = config.http_endpoint
+    if endpoint is None:
+        return None
+    registry = CollectorRegistry()
+    registry.register(DnsdCollector(read))
+    http = HttpServer(endpoint, ready, registry)
+    http.start()
+    return http
+
+
+# -- several worker processes ---------------------------------------------------------
+def worker_main(config: Config, conn: Connection, number: int) -> None:
+    logging.basicConfig(level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s[w{number}]: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    _use_uvloop()
+    asyncio.run(_serve_worker(config, conn))
+
+
+async def _serve_worker(config: Config, conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    dataplane = Dataplane(config.domains, config.ttl, config.ns_address)
+    dns = DnsServer(config, dataplane.responder, reuse_port=True)
+    try:
+        await dns.start()
+    except OSError as exc:
+        conn.send(("error", f"cannot listen on port {config.port}: {exc}"))
+        return
+    stop = _stop_event(loop)
+
+    def receive() -> None:
+        try:
+            while conn.poll():
+                dataplane.apply(conn.recv())
+        except (EOFError, OSError):
+            stop.set()  # the supervisor is gone: so are we
+
+    loop.add_reader(conn.fileno(), receive)
+    conn.send(("ready", os.getpid()))
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        with contextlib.suppress(OSError):
+            conn.send(("stats", snapshot(dns.listeners, dataplane)))
+    loop.remove_reader(conn.fileno())
+    await dns.close()
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ctx = multiprocessing.get_context("spawn")
+        self.store = Store()
+        self.lock = threading.Lock()  # one op stream: snapshot + subscribe must not interleave with sends
+        self.workers: dict[int, tuple[Any, Connection]] = {}
+        self.stats: dict[int, dict[str, Any]] = {}
+        self.programming = Histogram(PROGRAMMING_BUCKETS)
+        self.stopping = threading.Event()
+
+    def emit(self, ops: list[Op]) -> None:
+        with self.lock:
+            self.store.apply(ops)
+            for number, (_, conn) in list(self.workers.items()):
+                try:
+                    conn.send(ops)
+                except OSError:
+                    log.warning("worker %d is gone; it will be restarted", number)
+
+    def _spawn(self, number: int) -> tuple[Any, Connection]:
+        ours, theirs = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(target=worker_main, args=(self.config, theirs, number), name=f"dnsd-worker-{number}")
+        process.start()
+        theirs.close()
+        with self.lock:
+            ours.send(self.store.snapshot())
+            self.workers[number] = (process, ours)
+        return process, ours
+
+    def _await_ready(self, conn: Connection, timeout: float = 60.0) -> str | None:
+        if not conn.poll(timeout):
+            return "did not start in time"
+        kind, detail = conn.recv()
+        return detail if kind == "error" else None
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        for number in range(self.config.workers):
+            _, conn = self._spawn(number)
+            error = self._await_ready(conn)
+            if error:
+                log.error("worker %d: %s", number, error)
+                self._stop_workers()
+                return 1
+        sources = Sources(self.config, self.emit)
+        sources.start()
+
+        def read() -> tuple[Totals, dict[str, Any]]:
+            return totals(list(self.stats.values()), self.programming), sources.status()
+
+        http = _start_http(self.config, lambda: self.store.synced, read)
+        log.info("dnsd serving %s with %d workers", ", ".join(self.config.domains), self.config.workers)
+        while not self.stopping.is_set():
+            self._monitor(timeout=0.5)
+        log.info("shutting down")
+        sources.stop()
+        if http:
+            http.stop()
+        self._stop_workers()
+        return 0
+
+    def _monitor(self, timeout: float) -> None:
+        conns = {conn: number for number, (_, conn) in self.workers.items()}
+        for conn in wait_connections(list(conns), timeout=timeout):
+            number = conns[conn]
+            try:
+                kind, detail = conn.recv()
+            except (EOFError, OSError):
+                if not self.stopping.is_set():
+                    self._respawn(number)
+                continue
+            if kind == "stats":
+                for seconds in detail.pop("programming"):
+                    self.programming.observe(seconds)
+                self.stats[number] = detail
+
+    def _respawn(self, number: int) -> None:
+        process, conn = self.workers.pop(number)
+        process.join(timeout=1)
+        conn.close()
+        log.error("worker %d exited (code %s); starting a new one", number, process.exitcode)
+        time.sleep(0.5)  # a worker that dies at once must not spin the supervisor
+        _, conn = self._spawn(number)
+        error = self._await_ready(conn)
+        if error:
+            log.error("worker %d: %s", number, error)
+
+    def _stop_workers(self) -> None:
+        for process, _ in self.workers.values():
+            if process.is_alive():
+                process.terminate()  # SIGTERM: each worker drains its TCP connections and exits
+        for process, conn in self.workers.values():
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+            conn.close()

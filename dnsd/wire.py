@@ -1,0 +1,297 @@
+"""DNS wire handling: the precomputed-response fast path, the full dnslib path, EDNS and truncation.
+
+Every answer is rendered once per (lowercased name, type) with ID 0 and the
+lowercased question, and kept as bytes. Its compression pointers aim into the
+question, whose length does not depend on letter case, so one rendering serves
+every spelling: a reply is the query's ID and question spliced into those bytes.
+The fast path decides that from the header alone; anything unusual (other opcodes
+or classes, several questions, bad EDNS, a reply too big for the client) takes the
+full path, which parses with dnslib and applies every rule, and fills the same table.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from cachetools import LRUCache
+from dnslib import AAAA as AAAA_RD
+from dnslib import CNAME as CNAME_RD
+from dnslib import NS as NS_RD
+from dnslib import PTR as PTR_RD
+from dnslib import RR, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import SOA as SOA_RD
+from dnslib import SRV as SRV_RD
+from dnslib import TXT as TXT_RD
+from dnslib import A as A_RD
+
+from .index import Index
+from .records import AAAA, CNAME, NS, PTR, SOA, SRV, TXT, A, Record, SoaData, SrvData
+from .resolver import FORMERR, NOTIMP, REFUSED, Answer, resolve
+
+log = logging.getLogger("dnsd.wire")
+
+OPT = 41
+BADVERS = 16
+SERVER_PAYLOAD = 1232  # what we advertise: the DNS-flag-day size that avoids fragmentation
+MIN_PAYLOAD, MAX_PAYLOAD, TCP_LIMIT = 512, 4096, 65535
+TXT_TTL = 28800  # dns-version.<zone> (specification)
+_HEADER = struct.Struct("!HBBHHHH")
+
+
+class Entry(NamedTuple):
+    plain: bytes  # full reply without OPT, ID 0, RD/CD clear
+    edns: bytes  # the same with our OPT record appended
+    rcode: int
+    serial: int  # for negative answers: the SOA serial rendered in; 0 for positive ones
+
+
+def opt_record(ext_rcode: int = 0) -> bytes:
+    return b"\x00" + struct.pack("!HHBBHH", OPT, SERVER_PAYLOAD, ext_rcode, 0, 0, 0)
+
+
+def name_to_wire(name: str) -> bytes:
+    if not name:
+        return b"\x00"
+    return b"".join(bytes((len(p),)) + p for p in name.encode().split(b".")) + b"\x00"
+
+
+def wire_labels(wire: bytes) -> tuple[bytes, ...]:
+    labels, i = [], 0
+    while wire[i]:
+        labels.append(wire[i + 1 : i + 1 + wire[i]])
+        i += 1 + wire[i]
+    return tuple(labels)
+
+
+def labels_to_text(labels: Iterable[bytes]) -> str:
+    """Index key of a question name; a label holding a dot is escaped so it can never match."""
+    return ".".join(lb.decode("latin-1").replace(".", "\\.") for lb in labels)
+
+
+def _rdata(rtype: int, value: object):
+    if rtype == A:
+        return A_RD(value)
+    if rtype == AAAA:
+        return AAAA_RD(value)
+    if rtype == SRV and isinstance(value, SrvData):
+        return SRV_RD(value.priority, value.weight, value.port, _label(value.target))
+    if rtype == PTR:
+        return PTR_RD(_label(str(value)))
+    if rtype == CNAME:
+        return CNAME_RD(_label(str(value)))
+    if rtype == NS:
+        return NS_RD(_label(str(value)))
+    if rtype == TXT:
+        return TXT_RD(str(value))
+    if rtype == SOA and isinstance(value, SoaData):
+        return SOA_RD(_label(value.mname), _label(value.rname), value[2:])
+    raise ValueError(f"cannot render type {rtype}")
+
+
+def _label(name: str) -> tuple[bytes, ...]:
+    return tuple(name.encode().split(b".")) if name else ()
+
+
+def render(answer: Answer, qlabels: tuple[bytes, ...], qtype: int, ttl: int, limit: int = TCP_LIMIT) -> bytes:
+    """Pack an answer for the lowercased question, with ID 0 and no OPT, cut to ``limit`` bytes.
+
+    Over the limit, whole RRsets are dropped from the end: losing only additional
+    data is silent (RFC 2181 9), losing answer or authority data sets TC.
+    """
+    rrsets: list[tuple[int, list[RR]]] = []
+    for section, records in enumerate((answer.answer, answer.authority, answer.additional)):
+        groups: dict[tuple[str, int], list[RR]] = {}
+        for name, rtype, rdata in records:
+            rname = qlabels if section == 0 else _label(name)  # owner = the question: a pointer to it
+            rr_ttl = TXT_TTL if rtype == TXT else ttl
+            groups.setdefault((name, rtype), []).append(RR(rname, rtype, 1, rr_ttl, _rdata(rtype, rdata)))
+        rrsets += [(section, rrs) for rrs in groups.values()]
+
+    def pack(count: int) -> bytes:
+        header = DNSHeader(id=0, qr=1, aa=int(answer.authoritative), rcode=answer.rcode)
+        header.tc = int(any(section < 2 for section, _ in rrsets[count:]))
+        msg = DNSRecord(header, questions=[DNSQuestion(qlabels, qtype, 1)])
+        sections = (msg.rr, msg.auth, msg.ar)
+        for section, rrs in rrsets[:count]:
+            sections[section].extend(rrs)
+        return msg.pack()
+
+    wire = pack(len(rrsets))
+    if len(wire) <= limit:
+        return wire
+    low, high = 0, len(rrsets) - 1  # largest prefix of RRsets that fits
+    while low < high:
+        mid = (low + high + 1) // 2
+        if len(pack(mid)) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return pack(low)
+
+
+def _with_opt(wire: bytes, ext_rcode: int = 0) -> bytes:
+    arcount = int.from_bytes(wire[10:12], "big") + 1
+    return wire[:10] + arcount.to_bytes(2, "big") + wire[12:] + opt_record(ext_rcode)
+
+
+def _splice(query: bytes, reply: bytes, qend: int, question: bytes | None = None) -> bytes:
+    """The query's ID, RD and CD bits, and question bytes, in a rendered reply."""
+    return b"".join((
+        query[:2],
+        bytes((reply[2] | (query[2] & 0x01), reply[3] | (query[3] & 0x10))),
+        reply[4:12],
+        query[12:qend] if question is None else question,
+        reply[qend:],
+    ))
+
+
+class Responder:
+    """Turns query bytes into reply bytes for one index; owns the rendered-answer table."""
+
+    def __init__(self, index: Index, ttl: int, synced: Callable[[], bool], cache_size: int = 200_000) -> None:
+        self.index = index
+        self.ttl = ttl
+        self.synced = synced
+        self.serial = 0
+        # (lowercased question name in wire form) -> {qtype bytes: Entry}
+        self._table: LRUCache[bytes, dict[bytes, Entry]] = LRUCache(maxsize=cache_size)
+        self.counts: dict[tuple[int, int], int] = {}  # (qtype, rcode) -> replies
+
+    def invalidate(self, names: Iterable[str]) -> None:
+        table = self._table
+        for name in names:
+            table.pop(name_to_wire(name), None)
+
+    def clear(self) -> None:
+        self._table.clear()
+
+    @staticmethod
+    def _count(counts: dict[tuple[int, int], int], qtype: int, rcode: int) -> None:
+        key = (qtype, rcode)
+        counts[key] = counts.get(key, 0) + 1
+
+    # -- the fast path -------------------------------------------------------------
+    def fast(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
+        """A reply from the table, or None when the full path must decide.
+
+        ``limit`` is the UDP size without EDNS (512) or TCP_LIMIT for TCP.
+        """
+        # One plain QUERY (QR and opcode clear), QD=1, AN=NS=0, AR 0 or 1.
+        if len(query) < 17 or query[2] & 0xF8 or query[4:10] != b"\x00\x01\x00\x00\x00\x00":
+            return None
+        zero = query.find(0, 12)
+        qend = zero + 5
+        if zero < 0 or len(query) < qend:
+            return None
+        # Only names the full path validated are in the table, so a key hit proves the label walk.
+        types = self._table.get(query[12 : zero + 1].lower())
+        if types is None or query[zero + 3 : qend] != b"\x00\x01":
+            return None
+        entry = types.get(query[zero + 1 : zero + 3])
+        if entry is None or (entry.serial and entry.serial != self.serial):
+            return None
+        arcount = query[10:12]
+        if arcount == b"\x00\x00" and len(query) == qend:
+            reply = entry.plain
+        elif (
+            arcount == b"\x00\x01"
+            and query[qend : qend + 3] == b"\x00\x00\x29"  # root owner, type OPT
+            and query[qend + 6] == 0  # EDNS version 0
+            and len(query) == qend + 11 + int.from_bytes(query[qend + 9 : qend + 11], "big")
+        ):
+            reply = entry.edns
+            if limit == MIN_PAYLOAD:
+                limit = max(MIN_PAYLOAD, min(MAX_PAYLOAD, int.from_bytes(query[qend + 3 : qend + 5], "big")))
+        else:
+            return None
+        if len(reply) > limit:
+            return None
+        self._count(counts, int.from_bytes(query[zero + 1 : zero + 3], "big"), entry.rcode)
+        return _splice(query, reply, qend)
+
+    # -- the full path -------------------------------------------------------------
+    def entry(self, qwire: bytes, qtype: int) -> tuple[Entry, Answer]:
+        """Resolve and render (lowercased wire name, type); cache what may be cached."""
+        labels = wire_labels(qwire)
+        answer = resolve(self.index, labels_to_text(labels), qtype, self.synced())
+        plain = render(answer, labels, qtype, self.ttl)
+        entry = Entry(plain, _with_opt(plain), answer.rcode, self.serial if answer.negative else 0)
+        if answer.authoritative:  # SERVFAIL before sync and REFUSED are never kept
+            self._table.setdefault(qwire, {})[qtype.to_bytes(2, "big")] = entry
+        return entry, answer
+
+    def full(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
+        """Parse with dnslib and answer by every rule; None means drop the packet."""
+        try:
+            msg = DNSRecord.parse(query)
+        except Exception:  # dnslib raises several types on garbage
+            return _error_header(query, FORMERR)
+        if msg.header.qr:
+            return None  # a reply sent to us: answering could loop
+        opts = [rr for rr in msg.ar if rr.rtype == OPT]
+        edns = bool(opts)
+        if msg.header.opcode != 0:
+            return self._error(msg, NOTIMP, edns, counts)
+        if len(msg.questions) != 1 or len(opts) > 1:
+            return self._error(msg, FORMERR, edns, counts)
+        if opts:
+            if (opts[0].ttl >> 16) & 0xFF:  # EDNS version above 0
+                return self._error(msg, BADVERS, edns, counts)
+            if limit == MIN_PAYLOAD:
+                limit = max(MIN_PAYLOAD, min(MAX_PAYLOAD, opts[0].rclass))
+        q = msg.questions[0]
+        if q.qclass != 1:
+            return self._error(msg, REFUSED, edns, counts)
+        labels = tuple(q.qname.label)
+        question = name_to_wire_labels(labels) + struct.pack("!HH", q.qtype, q.qclass)
+        qwire = name_to_wire_labels(tuple(lb.lower() for lb in labels))
+        entry, answer = self.entry(qwire, q.qtype)
+        reply = entry.edns if edns else entry.plain
+        if len(reply) > limit:
+            labels_lower = wire_labels(qwire)
+            reply = render(answer, labels_lower, q.qtype, self.ttl, limit - (11 if edns else 0))
+            reply = _with_opt(reply) if edns else reply
+        self._count(counts, q.qtype, entry.rcode)
+        fake_query = query[:4]  # ID and flags of the query; the question comes from the parse
+        return _splice(fake_query, reply, 12 + len(question), question)
+
+    def _error(self, msg: DNSRecord, rcode: int, edns: bool, counts: dict[tuple[int, int], int]) -> bytes:
+        header = DNSHeader(id=msg.header.id, qr=1, opcode=msg.header.opcode, rd=msg.header.rd, rcode=rcode & 0xF)
+        questions = msg.questions if rcode != FORMERR else []
+        wire = DNSRecord(header, questions=questions).pack()
+        self._count(counts, msg.questions[0].qtype if msg.questions else 0, rcode)
+        return _with_opt(wire, rcode >> 4) if edns or rcode == BADVERS else wire
+
+    def answer(
+        self, query: bytes, limit: int = MIN_PAYLOAD, counts: dict[tuple[int, int], int] | None = None
+    ) -> bytes | None:
+        """The reply to one query (UDP: limit 512 before EDNS; TCP: TCP_LIMIT); None: drop."""
+        if type(query) is not bytes:
+            query = bytes(query)
+        if counts is None:
+            counts = self.counts
+        reply = self.fast(query, limit, counts)
+        if reply is not None:
+            return reply
+        try:
+            return self.full(query, limit, counts)
+        except Exception:  # a bug must cost one reply, never the server
+            log.exception("failed to answer a query; replying SERVFAIL")
+            return _error_header(query, 2)
+
+
+def name_to_wire_labels(labels: tuple[bytes, ...]) -> bytes:
+    return b"".join(bytes((len(lb),)) + lb for lb in labels) + b"\x00"
+
+
+def _error_header(query: bytes, rcode: int) -> bytes | None:
+    """A bare reply for a query we cannot parse: its ID and opcode, no sections; drop if no header."""
+    if len(query) < 12 or query[2] & 0x80:
+        return None
+    return query[:2] + bytes(((query[2] & 0x79) | 0x80, rcode)) + b"\x00" * 8
+
+
+__all__ = ["Entry", "Record", "Responder", "render", "name_to_wire"]
