@@ -46,25 +46,29 @@ def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
-class _EnvDefaults(argparse.ArgumentParser):
-    """Takes each flag's default from DNSD_<FLAG>; repeatable flags split the value on commas."""
-
-    def add_argument(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        flag = next((a for a in args if a.startswith("--")), None)
-        if flag and flag != "--help":
-            env = _env_name(flag)
-            kwargs["help"] = f"{kwargs.get('help', '')} [env {env}]".strip()
-            raw = os.environ.get(env)
-            if raw is not None:
-                action = kwargs.get("action")
-                if action == "store_true":
-                    kwargs["default"] = raw.strip().lower() in ("1", "true", "yes", "on")
-                elif action == "append":
-                    convert = kwargs.get("type", str)
-                    kwargs["default"] = [convert(v.strip()) for v in raw.split(",") if v.strip()]
-                else:
-                    kwargs["default"] = kwargs.get("type", str)(raw)
-        return super().add_argument(*args, **kwargs)
+def _apply_env(parser: argparse.ArgumentParser) -> None:
+    """Take each flag's default from DNSD_<FLAG> (repeatable flags split on commas), in every subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _apply_env(sub)
+            continue
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if not flag or flag == "--help":
+            continue
+        env = _env_name(flag)
+        if action.help is not argparse.SUPPRESS:
+            action.help = f"{action.help or ''} [env {env}]".strip()
+        raw = os.environ.get(env)
+        if raw is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            action.default = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(action, argparse._AppendAction):
+            convert = action.type or str
+            action.default = [convert(v.strip()) for v in raw.split(",") if v.strip()]
+        else:
+            action.default = (action.type or str)(raw)
 
 
 def _source_flags(parser: argparse.ArgumentParser) -> None:
@@ -87,14 +91,12 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _EnvDefaults(prog="dnsd", description="Service-discovery DNS server for Kubernetes.")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="log verbosity (default info)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvDefaults)
+    parser = argparse.ArgumentParser(prog="dnsd", description="Service-discovery DNS server for Kubernetes.")
+    sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="answer DNS queries")
     _source_flags(serve)
-    serve.add_argument("--address", action="append", type=_address, dest="addresses",
+    serve.add_argument("--address", action="append", type=_address, dest="addresses", metavar="ADDR",
                        help="listen address, IPv4 or IPv6 (repeatable; default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=53, help="UDP and TCP port (default 53)")
     serve.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
@@ -111,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate manifest files; non-zero exit on any problem")
     check.add_argument("paths", nargs="+", metavar="PATH")
+    for command in (serve, records, check):
+        command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                             help="log verbosity (default info)")
+    _apply_env(parser)
     return parser
 
 
