@@ -71,7 +71,7 @@ class Index:
                 node = self.data[name] = {}
                 self._count_below(name, 1, touched)
             kept = tuple(r for r in node.get(rtype, ()) if r not in removed) if removed else node.get(rtype, ())
-            rrset = kept + tuple(added)
+            rrset = kept + tuple(sorted(added))  # sorted: the same data gives the same bytes in every process
             if rrset:
                 node[rtype] = rrset
             else:
