@@ -226,7 +226,13 @@ async def _serve_single(config: Config) -> int:
         future = asyncio.run_coroutine_threadsafe(_call(read_on_loop), loop)
         return totals([future.result(timeout=5)], programming), sources.status()
 
-    http = _start_http(config, lambda: dataplane.store.synced, read)
+    try:
+        http = _start_http(config, lambda: dataplane.store.synced, read)
+    except OSError as exc:
+        log.error("cannot serve HTTP on %s: %s", config.http_address, exc)
+        await dns.close()
+        sources.stop()
+        return 1
     stop = _stop_event(loop)
     log.info("dnsd serving %s", ", ".join(config.domains))
     await stop.wait()
@@ -344,7 +350,13 @@ class Supervisor:
         def read() -> tuple[Totals, dict[str, Any]]:
             return totals(list(self.stats.values()), self.programming), sources.status()
 
-        http = _start_http(self.config, lambda: self.store.synced, read)
+        try:
+            http = _start_http(self.config, lambda: self.store.synced, read)
+        except OSError as exc:
+            log.error("cannot serve HTTP on %s: %s", self.config.http_address, exc)
+            sources.stop()
+            self._stop_workers()
+            return 1
         log.info("dnsd serving %s with %d workers", ", ".join(self.config.domains), self.config.workers)
         while not self.stopping.is_set():
             self._monitor(timeout=0.5)
