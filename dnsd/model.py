@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from typing import Any, NamedTuple
 
 SERVICE = "Service"
@@ -91,8 +92,15 @@ def service_key(obj: Service | EndpointSet) -> ServiceKey:
 
 
 def canonical_ip(value: Any) -> str:
+    text = str(value)
     try:
-        return str(ipaddress.ip_address(str(value).strip()))
+        # inet_pton/ntop is ~10x cheaper than ipaddress, and as strict for IPv4 (no leading
+        # zeros, no short forms): it is most of the conversion cost of a large EndpointSlice list.
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        pass
+    try:
+        return str(ipaddress.ip_address(text.strip()))
     except ValueError:
         raise ValueError(f"bad IP address {value!r}") from None
 

