@@ -7,22 +7,30 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .config import Config
 
 ENV_PREFIX = "DNSD_"
 
 
+def _whole(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+
+
 def _ttl(value: str) -> int:
-    ttl = int(value)
+    ttl = _whole(value)
     if not 0 <= ttl <= 3600:
         raise argparse.ArgumentTypeError("must be between 0 and 3600")
     return ttl
 
 
 def _port(value: str) -> int:
-    port = int(value)
+    port = _whole(value)
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError("must be between 0 and 65535")
     return port
@@ -30,15 +38,25 @@ def _port(value: str) -> int:
 
 def _address(value: str) -> str:
     try:
-        return str(ipaddress.ip_address(value))
+        return str(ipaddress.ip_address(value.strip()))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an IP address") from None
 
 
 def _positive(value: str) -> int:
-    number = int(value)
+    number = _whole(value)
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError("must be above 0")
     return number
 
 
@@ -46,8 +64,27 @@ def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
+def _from_env(convert: Callable[[str], Any], env: str, raw: str) -> Callable[[str], Any]:
+    """``convert``, naming the variable when the value that fails came from it."""
+
+    def wrapped(value: str) -> Any:
+        try:
+            return convert(value)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            if value is raw:
+                raise argparse.ArgumentTypeError(f"{exc} (from {env}={raw!r})") from None
+            raise
+
+    return wrapped
+
+
 def _apply_env(parser: argparse.ArgumentParser) -> None:
-    """Take each flag's default from DNSD_<FLAG> (repeatable flags split on commas), in every subcommand."""
+    """Take each flag's default from DNSD_<FLAG>, in every subcommand.
+
+    Values stay strings until argparse converts them, which it does only for the
+    subcommand that runs: a bad DNSD_TTL is a usage error of ``serve`` (exit 2,
+    naming the variable), not a crash of ``check``. Repeatable flags split on commas.
+    """
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
@@ -65,10 +102,11 @@ def _apply_env(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._StoreTrueAction):
             action.default = raw.strip().lower() in ("1", "true", "yes", "on")
         elif isinstance(action, argparse._AppendAction):
-            convert = action.type or str
-            action.default = [convert(v.strip()) for v in raw.split(",") if v.strip()]
+            # argparse never converts list defaults: config_from_args does (with the same types).
+            action.default = [v.strip() for v in raw.split(",") if v.strip()]
         else:
-            action.default = (action.type or str)(raw)
+            action.type = _from_env(action.type or str, env, raw)
+            action.default = raw
 
 
 def _source_flags(parser: argparse.ArgumentParser) -> None:
@@ -87,11 +125,17 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
                        help="cluster zone to serve (repeatable; default cluster.local)")
     group.add_argument("--ttl", type=_ttl, default=5, help="TTL of answers, 0-3600 seconds (default 5)")
     group.add_argument("--kube-watch-timeout", type=_positive, default=300, help=argparse.SUPPRESS)
-    group.add_argument("--kube-read-timeout", type=float, default=75.0, help=argparse.SUPPRESS)
+    group.add_argument("--kube-read-timeout", type=_number, default=75.0, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dnsd", description="Service-discovery DNS server for Kubernetes.")
+    parser = argparse.ArgumentParser(
+        prog="dnsd", description="Service-discovery DNS server for Kubernetes.",
+        epilog="Each subcommand has its own flags: dnsd serve --help (--manifests, --kubernetes, --kubeconfig, "
+        "--endpoints-api, --namespace, --label-selector, --domain, --ttl, --address, --port, --workers, "
+        "--http-address, --log-level, ...). Every flag can also be set as DNSD_<FLAG>, e.g. DNSD_PORT=1053; "
+        "repeatable flags take comma-separated values.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="answer DNS queries")
@@ -103,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="processes answering on the same port (default: number of CPUs)")
     serve.add_argument("--http-address", default="127.0.0.1:8080",
                        help="HOST:PORT for /health, /ready and /metrics; empty to disable (default 127.0.0.1:8080)")
-    serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection closes")
+    serve.add_argument("--tcp-idle-timeout", type=_number, default=10.0, help="seconds before an idle TCP connection closes")
     serve.add_argument("--tcp-max-connections", type=_positive, default=1024,
                        help="concurrent TCP connections per worker")
     serve.add_argument("--cache-size", type=_positive, default=200_000, help="names kept as rendered replies")
@@ -136,7 +180,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     }
     if args.command == "serve":
         fields.update(
-            addresses=tuple(args.addresses or ("127.0.0.1",)), port=args.port, workers=args.workers,
+            addresses=tuple(_address(a) for a in args.addresses or ("127.0.0.1",)), port=args.port, workers=args.workers,
             http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
         )
@@ -153,7 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands import check
 
         return check(args.paths)
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except argparse.ArgumentTypeError as exc:  # a bad repeatable value from DNSD_ADDRESS
+        build_parser().error(f"DNSD_ADDRESS: {exc}")
     if args.command == "records":
         from .commands import records
 

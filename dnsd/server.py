@@ -282,6 +282,7 @@ def worker_main(config: Config, conn: Connection, number: int) -> None:
 async def _serve_worker(config: Config, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     dataplane = Dataplane(config.domains, config.ttl, config.ns_address)
+    dataplane.apply(conn.recv())  # the supervisor's snapshot, before the first query can arrive
     dns = DnsServer(config, dataplane.responder, reuse_port=True)
     try:
         await dns.start()
@@ -347,15 +348,18 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        # Sources first: workers start from a snapshot that already holds the manifests,
+        # so the port never answers SERVFAIL for data we have on disk.
+        sources = Sources(self.config, self.emit)
+        sources.start()
         for number in range(self.config.workers):
             _, conn = self._spawn(number)
             error = self._await_ready(conn)
             if error:
                 log.error("worker %d: %s", number, error)
+                sources.stop()
                 self._stop_workers()
                 return 1
-        sources = Sources(self.config, self.emit)
-        sources.start()
 
         def read() -> tuple[Totals, dict[str, Any]]:
             return totals(list(self.stats.values()), self.programming), sources.status()

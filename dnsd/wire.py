@@ -132,7 +132,7 @@ def render(answer: Answer, qlabels: tuple[bytes, ...], qtype: int, ttl: int, lim
         rrsets += [(section, rrs) for rrs in groups.values()]
 
     def pack(count: int) -> bytes:
-        header = DNSHeader(id=0, qr=1, aa=int(answer.authoritative), rcode=answer.rcode)
+        header = DNSHeader(id=0, qr=1, aa=int(answer.authoritative), rd=0, rcode=answer.rcode)  # RD comes from the query
         header.tc = int(any(section < 2 for section, _ in rrsets[count:]))
         msg = DNSRecord(header, questions=[DNSQuestion(qlabels, qtype, 1)])
         sections = (msg.rr, msg.auth, msg.ar)
@@ -272,6 +272,8 @@ class Responder:
         if q.qclass != 1:
             return self._error(msg, REFUSED, edns, counts)
         labels = tuple(q.qname.label)
+        if any(len(lb) > 63 for lb in labels) or sum(len(lb) + 1 for lb in labels) + 1 > 255:
+            return self._error(msg, FORMERR, edns, counts)  # dnslib reads 0x40/0x80 label types as lengths
         question = name_to_wire_labels(labels) + struct.pack("!HH", q.qtype, q.qclass)
         qwire = name_to_wire_labels(tuple(lb.lower() for lb in labels))
         entry, answer = self.entry(qwire, q.qtype)

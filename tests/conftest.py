@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,6 +102,8 @@ class Dnsd:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            return 0, ""  # not listening (yet)
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:

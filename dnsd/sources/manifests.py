@@ -124,6 +124,9 @@ class ManifestSource:
 
     def load(self) -> None:
         """Load every file once, synchronously (before serving starts)."""
+        for path in self.paths:
+            if not path.exists():
+                log.warning("%s: no such file or directory; serving nothing from it until it appears", path)
         self.emit([Expect(SYNC_ORIGIN)])
         self.rescan()
         self.emit([Synced(SYNC_ORIGIN)])
@@ -168,13 +171,17 @@ class ManifestSource:
         from watchfiles import watch
 
         # Watch directories, not files: editors replace files by rename, which ends a file watch.
-        roots = sorted({p if p.is_dir() else p.parent for p in self.paths if p.exists() or p.parent.exists()})
+        # A path whose directory does not exist yet cannot be watched: rescan it every second.
+        roots = sorted({p if p.is_dir() else p.parent for p in self.paths if p.is_dir() or p.parent.is_dir()})
+        orphans = any(not (p.is_dir() or p.parent.is_dir()) for p in self.paths)
         if not roots:
+            while not self._stop.wait(1.0):
+                self.rescan()
             return
         try:
             for _changes in watch(
                 *roots, debounce=self.debounce_ms, step=20, stop_event=self._stop, raise_interrupt=False,
-                recursive=True,
+                recursive=True, rust_timeout=1000 if orphans else 0, yield_on_timeout=orphans,
             ):
                 try:
                     self.rescan()
