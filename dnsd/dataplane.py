@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from .index import Index
-from .model import ServiceKey
+from .model import EndpointSet, Service, ServiceKey
 from .records import REVERSE_ZONES, namespace_records, service_records, zone_records
 from .store import Op, Store
 from .wire import Responder
@@ -27,6 +27,7 @@ class Dataplane:
         self.index = Index(self.zones + REVERSE_ZONES)
         self.responder = Responder(self.index, ttl, lambda: self.store.synced)
         self.serial = 0
+        self._inputs: dict[ServiceKey, tuple[Service | None, tuple[EndpointSet, ...]]] = {}
         self.last_change = time.time()
         self.programming_seconds: list[float] = []  # drained by metrics
         self._set_serial(int(time.time()))
@@ -36,14 +37,18 @@ class Dataplane:
 
     def _changed(self, services: set[ServiceKey], namespaces: set[str]) -> None:
         started = time.perf_counter()
-        store, index = self.store, self.index
+        store, index, zones, inputs = self.store, self.index, self.zones, self._inputs
         touched: set[str] = set()
         for key in services:
-            records = service_records(store.services.get(key), store.endpoint_sets(key), self.zones)
-            touched |= index.apply(("svc", *key), records)
+            new = (store.services.get(key), store.endpoint_sets(key))
+            old = inputs.pop(key, (None, ()))
+            if new[0] is not None:
+                inputs[key] = new  # the store's own immutable objects: remembering them is free
+            touched |= index.apply(service_records(*old, zones), service_records(*new, zones))
         for ns in namespaces:
-            records = namespace_records(ns, self.zones) if store.namespace_exists(ns) else []
-            touched |= index.apply(("ns", ns), records)
+            records = namespace_records(ns, zones)
+            exists = store.namespace_exists(ns)
+            touched |= index.apply(() if exists else records, records if exists else ())
         if touched:
             self.last_change = time.time()
             # As CoreDNS: the serial is the time of the last change, in seconds, never going back.
@@ -56,8 +61,10 @@ class Dataplane:
     def _set_serial(self, serial: int) -> None:
         if serial == self.serial:
             return
-        self.serial = self.responder.serial = serial
+        old, self.serial = self.serial, serial
+        self.responder.serial = serial
         primary = self.zones[0]
         for zone in self.zones + REVERSE_ZONES:
-            touched = self.index.apply(("zone", zone), zone_records(zone, primary, serial, self.ttl, self.ns_address))
-            self.responder.invalidate(touched)
+            before = zone_records(zone, primary, old, self.ttl, self.ns_address) if old else ()
+            after = zone_records(zone, primary, serial, self.ttl, self.ns_address)
+            self.responder.invalidate(self.index.apply(before, after))

@@ -70,7 +70,7 @@ def snapshot(listeners: Iterable[Listener], dataplane: Any) -> dict[str, Any]:
             (lst.proto, lst.family, lst.server, dict(lst.counts), lst.duration.counts[:], lst.duration.total)
             for lst in listeners
         ],
-        "records": dataplane.index.record_count(),
+        "records": dataplane.index.record_count,
         "services": len(dataplane.store.services),
         "programming": programming,
         "last_change": dataplane.last_change,

@@ -44,7 +44,9 @@ def address_type(ip: str) -> int:
 
 
 def reverse_name(ip: str) -> str:
-    return ipaddress.ip_address(ip).reverse_pointer
+    if ":" in ip:
+        return ipaddress.ip_address(ip).reverse_pointer  # all 32 nibbles
+    return ".".join(reversed(ip.split("."))) + ".in-addr.arpa"  # canonical already: no parsing needed
 
 
 def endpoint_label(ip: str) -> str:

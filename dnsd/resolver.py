@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .index import Index
-from .records import AAAA, CNAME, EXISTS, NS, SOA, SRV, A, Record, SrvData
+from .index import TYPES, Index
+from .records import AAAA, CNAME, NS, SOA, SRV, A, Record, SrvData
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 ANY, AXFR, IXFR = 255, 252, 251
@@ -34,23 +34,23 @@ def resolve(index: Index, qname: str, qtype: int, synced: bool) -> Answer:
         return Answer(REFUSED, authoritative=False)
     if qtype in (AXFR, IXFR):
         return Answer(REFUSED)  # no zone transfers
-    node = index.data.get(qname)
-    if node:
+    if index.has_data(qname):
+        rrsets = index.rrsets
         if qtype == ANY:
-            rrsets = [(t, rrs) for t, rrs in node.items() if t != EXISTS]
-        elif qtype in node:
-            rrsets = [(qtype, node[qtype])]
-        elif CNAME in node:
-            rrsets = [(CNAME, node[CNAME])]  # RFC 1034: the alias answers every type; not chased
+            found = [(t, rrsets[(qname, t)]) for t in TYPES if (qname, t) in rrsets]
+        elif (qname, qtype) in rrsets:
+            found = [(qtype, rrsets[(qname, qtype)])]
+        elif (qname, CNAME) in rrsets:
+            found = [(CNAME, rrsets[(qname, CNAME)])]  # RFC 1034: the alias answers every type; not chased
         else:
-            rrsets = []
-        if rrsets:
-            answer = tuple((qname, t, rdata) for t, rrs in rrsets for rdata in rrs)
+            found = []
+        if found:
+            answer = tuple((qname, t, rdata) for t, rrs in found for rdata in rrs)
             return Answer(NOERROR, answer, (), _additional(index, answer))
     if not synced:
         return Answer(SERVFAIL, authoritative=False)  # never a cacheable negative before the first sync
     soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
-    if node or index.exists(qname) or qname == zone:
+    if index.exists(qname) or qname == zone:
         return Answer(NOERROR, (), soa, negative=True)
     return Answer(NXDOMAIN, (), soa, negative=True)
 

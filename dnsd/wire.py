@@ -170,13 +170,15 @@ class Responder:
         # lowercased question (name, type, class) in wire form -> Entry; a plain dict, bounded
         # first-in-first-out: a cachetools LRUCache lookup costs ~0.4 us in Python, a dict ~0.05 us.
         self._table: dict[bytes, Entry] = {}
-        self._keys: dict[bytes, set[bytes]] = {}  # lowercased wire name -> its keys in the table
+        self._keys: dict[str, set[bytes]] = {}  # index name (text) -> its keys in the table
         self.counts: dict[tuple[int, int], int] = {}  # (qtype, rcode) -> replies
 
     def invalidate(self, names: Iterable[str]) -> None:
         table, keys = self._table, self._keys
+        if not keys:
+            return
         for name in names:
-            for key in keys.pop(name_to_wire(name), ()):
+            for key in keys.pop(name, ()):
                 table.pop(key, None)
 
     def clear(self) -> None:
@@ -230,24 +232,28 @@ class Responder:
     def entry(self, qwire: bytes, qtype: int) -> tuple[Entry, Answer]:
         """Resolve and render (lowercased wire name, type); keep what may be kept."""
         labels = wire_labels(qwire)
-        answer = resolve(self.index, labels_to_text(labels), qtype, self.synced())
+        name = labels_to_text(labels)
+        answer = resolve(self.index, name, qtype, self.synced())
         plain = render(answer, labels, qtype, self.ttl)
         serial = self.serial if answer.negative else 0
         entry = make_entry(plain, 12 + len(qwire) + 4, serial, (qtype, answer.rcode))
         if answer.authoritative:  # SERVFAIL before sync and REFUSED are never kept
-            self._store((qwire + struct.pack("!HH", qtype, 1)).lower(), qwire, entry)
+            self._store((qwire + struct.pack("!HH", qtype, 1)).lower(), name, entry)
         return entry, answer
 
-    def _store(self, key: bytes, qwire: bytes, entry: Entry) -> None:
+    def _store(self, key: bytes, name: str, entry: Entry) -> None:
         table = self._table
         if key not in table and len(table) >= self.cache_size:
             old = next(iter(table))  # first in, first out: O(1), and hot names come straight back
             del table[old]
-            keys = self._keys.get(old[:-4])
-            if keys:
+            old_name = labels_to_text(wire_labels(old[:-4]))
+            keys = self._keys.get(old_name)
+            if keys is not None:
                 keys.discard(old)
+                if not keys:
+                    del self._keys[old_name]
         table[key] = entry
-        self._keys.setdefault(qwire, set()).add(key)
+        self._keys.setdefault(name, set()).add(key)
 
     def full(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
         """Parse with dnslib and answer by every rule; None means drop the packet."""
