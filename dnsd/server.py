@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +62,18 @@ class UdpProtocol(asyncio.DatagramProtocol):
         log.debug("UDP error: %s", exc)  # ICMP unreachable from a gone client: nothing to do
 
 
+UDP_BUFFER = 4 << 20  # absorbs bursts (e.g. a node's pods restarting together) instead of dropping
+
+
+def _grow_buffers(sock: socket.socket | None) -> None:
+    """Ask for large UDP buffers; the kernel caps them at net.core.[rw]mem_max, which is fine."""
+    if sock is None:
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER)
+
+
 class DnsServer:
     """The UDP and TCP listeners of one process."""
 
@@ -84,6 +97,7 @@ class DnsServer:
                 lambda udp=udp: UdpProtocol(self.responder, udp),
                 local_addr=(address, self.config.port), reuse_port=self.reuse_port or None,
             )
+            _grow_buffers(transport.get_extra_info("socket"))
             self._udp.append(transport)
             tcp = Listener("tcp", family, server)
             self._tcp.append(await asyncio.start_server(
