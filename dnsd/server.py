@@ -306,20 +306,21 @@ async def _serve_worker(config: Config, conn: Connection) -> None:
     stop = _stop_event(loop)
 
     def receive() -> None:
+        # A thread with a blocking recv, not loop.add_reader: uvloop makes a watched fd
+        # non-blocking, and Connection.recv cannot resume a message cut by EAGAIN.
         try:
-            while conn.poll():
-                dataplane.apply(conn.recv())
+            while True:
+                loop.call_soon_threadsafe(dataplane.apply, conn.recv())
         except (EOFError, OSError):
-            stop.set()  # the supervisor is gone: so are we
+            loop.call_soon_threadsafe(stop.set)  # the supervisor is gone: so are we
 
-    loop.add_reader(conn.fileno(), receive)
+    threading.Thread(target=receive, name="dnsd-ops", daemon=True).start()
     conn.send(("ready", os.getpid()))
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
         with contextlib.suppress(OSError):
             conn.send(("stats", snapshot(dns.listeners, dataplane)))
-    loop.remove_reader(conn.fileno())
     await dns.close()
 
 
