@@ -20,7 +20,9 @@ def dataplane() -> Dataplane:
     dp = Dataplane(["cluster.local"], 5, "127.0.0.1")
     ops = [Expect("test")]
     for path in expand([ZONES]):
-        ops.append(Replace(f"file:{path}", load_file(path).objects))
+        result = load_file(path)
+        assert result is not None
+        ops.append(Replace(f"file:{path}", result.objects))
     edge, errors = parse(EDGE, "edge")
     assert not errors
     ops += [Replace("file:edge", tuple(edge)), Synced("test")]
