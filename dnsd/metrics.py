@@ -74,6 +74,7 @@ def snapshot(listeners: Iterable[Listener], dataplane: Any) -> dict[str, Any]:
         "services": len(dataplane.store.services),
         "programming": programming,
         "last_change": dataplane.last_change,
+        "synced": dataplane.store.synced,
     }
 
 

@@ -10,7 +10,7 @@ Services and namespaces changed, and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from .model import (
@@ -111,7 +111,7 @@ class Store:
         return len(self._effective)
 
     # -- writing -----------------------------------------------------------------
-    def apply(self, ops: Iterable[Op]) -> tuple[set[ServiceKey], set[str]]:
+    def apply(self, ops: Sequence[Op]) -> tuple[set[ServiceKey], set[str]]:
         services: set[ServiceKey] = set()
         namespaces: set[str] = set()
         for op in ops:
@@ -133,10 +133,11 @@ class Store:
             elif isinstance(op, Synced):
                 self._pending.discard(op.origin)
                 self.healthy[op.origin] = op.ok
-                if op.ok and not self._pending:
-                    self._synced_once = True
         if (services or namespaces) and self.on_change:
             self.on_change(services, namespaces)
+        # Only now: /ready (read from another thread) must not turn 200 before the answers exist.
+        if not self._synced_once and not self._pending and any(isinstance(op, Synced) and op.ok for op in ops):
+            self._synced_once = True
         return services, namespaces
 
     def _set(
