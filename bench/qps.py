@@ -43,6 +43,9 @@ BENCH = ROOT / "bench"
 SAMPLE = 300  # queries compared across servers before the load
 WARMUP = 5  # seconds at most
 DNSPERF_TIMEOUT = 2  # seconds before dnsperf counts a query lost (also frees its slot)
+# dnsperf opens a rate-limited run with a burst of up to -q queries at once; its first second is
+# a start-up transient, not the server's steady latency, so it is left out for every server alike.
+SETTLE_SECONDS = 1.0
 
 
 @dataclass
@@ -302,13 +305,18 @@ def wait_quiet(pgid: int, limit: float, threshold: float = 0.2, window: float = 
         waited = True
 
 
-def percentiles(run: Run, out: Path) -> None:
-    """p50/p99/p99.9 over every query of a -v run; a timed-out query counts as infinitely slow."""
+def percentiles(run: Run, out: Path, skip: int = 0) -> None:
+    """p50/p99/p99.9 over the queries of a -v run after the first ``skip`` (lines come in completion
+    order); a timed-out query counts as infinitely slow."""
     latencies: list[float] = []
     timeouts = 0
+    seen = 0
     with open(out, errors="replace") as f:
         for line in f:
             if not line.startswith("> "):
+                continue
+            seen += 1
+            if seen <= skip:
                 continue
             parts = line.split()
             if parts[1] == "T":
@@ -401,7 +409,7 @@ def bench_server(server: Server, procs: Procs, port: int, tmp: Path, queries: Pa
             fixed = dnsperf(perf_cmd(port, queries, args.duration, args, gen_cpus, result.fixed_rate), fixed_out,
                             port, proc.pid, wall, pinned)
             fixed.rate = result.fixed_rate
-            percentiles(fixed, fixed_out)
+            percentiles(fixed, fixed_out, skip=int(result.fixed_rate * SETTLE_SECONDS))
             log(f"{server.label}: p50 {ms(fixed.p50_ms)} ms, p99 {ms(fixed.p99_ms)} ms (answered only: "
                 f"{ms(fixed.p99_answered_ms)} ms), lost {fixed.lost_pct:.2f}%; "
                 f"others used {fixed.other_cpu:.2f} cores")

@@ -37,38 +37,55 @@ log = logging.getLogger("dnsd.server")
 perf_counter = time.perf_counter
 
 
-class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, responder: Responder, listener: Listener) -> None:
-        self.fast = responder.fast
-        self.answer = responder.answer
-        self.counts = listener.counts
-        self.observe = listener.duration.observe
-        self.transport: asyncio.DatagramTransport | None = None
+class UdpListener:
+    """One UDP socket read straight from the event loop's readiness callback.
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    A plain non-blocking socket drained with recvfrom in a loop, not an asyncio
+    DatagramProtocol: on uvloop that skips the transport's per-datagram dispatch and
+    measured ~85k instead of ~66k queries/s on one core (dnsperf, bench cluster).
+    """
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        start = perf_counter()
-        reply = self.fast(data, MIN_PAYLOAD, self.counts)  # the common case, without the checks of answer()
-        if reply is None:
-            reply = self.answer(data, MIN_PAYLOAD, self.counts)
-            if reply is None:
+    BATCH = 64  # datagrams per wake-up, so TCP and source updates get their turn
+    MAX_QUERY = 4096  # bigger UDP queries are cut and answered FORMERR; 64 KiB buffers cost ~10%
+
+    def __init__(self, sock: socket.socket, responder: Responder, listener: Listener) -> None:
+        self.sock = sock
+        self.responder = responder
+        self.listener = listener
+
+    def readable(self) -> None:
+        recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
+        fast, answer = self.responder.fast, self.responder.answer
+        counts, observe, size = self.listener.counts, self.listener.duration.observe, self.MAX_QUERY
+        last = perf_counter()
+        for _ in range(self.BATCH):
+            try:
+                data, addr = recvfrom(size)
+            except (BlockingIOError, InterruptedError):
                 return
-        self.transport.sendto(reply, addr)  # type: ignore[union-attr] - set before any datagram arrives
-        self.observe(perf_counter() - start)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error: %s", exc)  # ICMP unreachable from a gone client: nothing to do
+            except OSError as exc:
+                log.debug("UDP receive error: %s", exc)
+                return
+            reply = fast(data, MIN_PAYLOAD, counts)
+            if reply is None:
+                reply = answer(data, MIN_PAYLOAD, counts)
+            if reply is not None:
+                try:
+                    sendto(reply, addr)
+                except (BlockingIOError, InterruptedError):
+                    pass  # send buffer full: the reply is lost, as the kernel would lose it
+                except OSError as exc:
+                    log.debug("UDP send to %s failed: %s", addr, exc)
+            now = perf_counter()
+            observe(now - last)  # one clock read per query: receive, answer and send
+            last = now
 
 
 UDP_BUFFER = 4 << 20  # absorbs bursts (e.g. a node's pods restarting together) instead of dropping
 
 
-def _grow_buffers(sock: socket.socket | None) -> None:
+def _grow_buffers(sock: socket.socket) -> None:
     """Ask for large UDP buffers; the kernel caps them at net.core.[rw]mem_max, which is fine."""
-    if sock is None:
-        return
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER)
@@ -82,7 +99,7 @@ class DnsServer:
         self.responder = responder
         self.reuse_port = reuse_port
         self.listeners: list[Listener] = []
-        self._udp: list[asyncio.BaseTransport] = []
+        self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
         self._connections: set[asyncio.Task] = set()
         self._busy: set[asyncio.Task] = set()  # connections in the middle of a query
@@ -93,12 +110,18 @@ class DnsServer:
             family = "2" if ipaddress.ip_address(address).version == 6 else "1"
             server = f"dns://{address}:{self.config.port}"
             udp = Listener("udp", family, server)
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda udp=udp: UdpProtocol(self.responder, udp),
-                local_addr=(address, self.config.port), reuse_port=self.reuse_port or None,
-            )
-            _grow_buffers(transport.get_extra_info("socket"))
-            self._udp.append(transport)
+            sock = socket.socket(socket.AF_INET6 if family == "2" else socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((address, self.config.port))
+            except OSError:
+                sock.close()
+                raise
+            sock.setblocking(False)
+            _grow_buffers(sock)
+            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp).readable)
+            self._udp.append(sock)
             tcp = Listener("tcp", family, server)
             self._tcp.append(await asyncio.start_server(
                 lambda r, w, tcp=tcp: self._tcp_connection(r, w, tcp), host=address, port=self.config.port,
@@ -136,8 +159,10 @@ class DnsServer:
 
     async def close(self, grace: float = 3.0) -> None:
         """Stop accepting; let connections finish the query they are answering; close the rest."""
-        for transport in self._udp:
-            transport.close()
+        loop = asyncio.get_running_loop()
+        for sock in self._udp:
+            loop.remove_reader(sock.fileno())
+            sock.close()
         for server in self._tcp:
             server.close()
         deadline = time.monotonic() + grace
