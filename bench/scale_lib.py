@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import free_port  # bench/ is on sys.path (bench/scale puts it there)
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -596,21 +598,6 @@ def memory(pgid: int) -> list[dict[str, Any]]:
         out.append({"pid": pid, "role": role, "rss_mb": round(values.get("VmRSS", 0.0), 1),
                     "peak_rss_mb": round(values.get("VmHWM", 0.0), 1)})
     return out
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP (dnsd binds both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str] | None:

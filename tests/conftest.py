@@ -20,6 +20,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from k8s_api import FakeKubeAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 ZONES = ROOT / "zones"
@@ -137,6 +138,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeAPI]:
+    """A fake Kubernetes API server on loopback, with quick bookmarks (read timeouts in tests exceed them)."""
+    with FakeKubeAPI(bookmark_interval=0.2) as server:
+        yield server
+
+
+@pytest.fixture
+def kubeconfig(api: FakeKubeAPI, tmp_path: Path) -> str:
+    return str(api.write_kubeconfig(tmp_path / "kubeconfig"))
 
 
 @pytest.fixture(scope="session")

@@ -27,18 +27,7 @@ BOOKMARK_INTERVAL = 0.2
 
 
 @pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    with FakeKubeAPI(bookmark_interval=BOOKMARK_INTERVAL) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: FakeKubeAPI, tmp_path: Path) -> Path:
-    return api.write_kubeconfig(tmp_path / "kubeconfig")
-
-
-@pytest.fixture
-def kube(kubeconfig: Path) -> Iterator[client.ApiClient]:
+def kube(kubeconfig: str) -> Iterator[client.ApiClient]:
     api_client = config.new_client_from_config(config_file=str(kubeconfig))
     yield api_client
     api_client.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,21 +16,16 @@ FAST = ("--kube-read-timeout", "1", "--kube-watch-timeout", "30")
 
 
 @pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    with FakeKubeAPI(bookmark_interval=0.2) as fake:
-        fake.load([namespace("default"), namespace("shop"),
-                   service("default", "web", cluster_ip="10.96.0.10"),
-                   service("shop", "db", cluster_ip=None, ports=[("postgres", 5432, "TCP")]),
-                   endpoint_slice("shop", "db-1", "db", endpoints=[
-                       {"addresses": ["10.1.0.1"], "hostname": "db-0", "conditions": {"ready": True}},
-                       {"addresses": ["10.1.0.2"], "hostname": "db-1", "conditions": {"ready": True}},
-                   ], ports=[("postgres", 5432, "TCP")])])
-        yield fake
-
-
-@pytest.fixture
-def kubeconfig(api: FakeKubeAPI, tmp_path: Path) -> str:
-    return str(api.write_kubeconfig(tmp_path / "kubeconfig"))
+def api(api: FakeKubeAPI) -> FakeKubeAPI:
+    """The shared fake API, holding a small cluster."""
+    api.load([namespace("default"), namespace("shop"),
+              service("default", "web", cluster_ip="10.96.0.10"),
+              service("shop", "db", cluster_ip=None, ports=[("postgres", 5432, "TCP")]),
+              endpoint_slice("shop", "db-1", "db", endpoints=[
+                  {"addresses": ["10.1.0.1"], "hostname": "db-0", "conditions": {"ready": True}},
+                  {"addresses": ["10.1.0.2"], "hostname": "db-1", "conditions": {"ready": True}},
+              ], ports=[("postgres", 5432, "TCP")])])
+    return api
 
 
 def a_records(server: Dnsd, name: str) -> list[str]:

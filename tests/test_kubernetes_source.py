@@ -79,17 +79,6 @@ def ready(store: Store, ns: str, name: str) -> set[str]:
 
 
 @pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    with FakeKubeAPI(bookmark_interval=BOOKMARK_INTERVAL) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: FakeKubeAPI, tmp_path: Path) -> str:
-    return str(api.write_kubeconfig(tmp_path / "kubeconfig"))
-
-
-@pytest.fixture
 def sink() -> Sink:
     return Sink()
 
