@@ -56,6 +56,7 @@ class Entry(NamedTuple):
     edns_len: int
     serial: int  # negative answers: the SOA serial rendered in (stale once it moves); 0 for positive ones
     stat: tuple[int, int]  # (qtype, rcode), the metrics key
+    cut: dict[tuple[int, bool], bytes]  # truncated renderings by (size limit, EDNS): dropped with the entry
 
 
 def _heads(wire: bytes) -> tuple[bytes, bytes, bytes, bytes]:
@@ -66,17 +67,11 @@ def _heads(wire: bytes) -> tuple[bytes, bytes, bytes, bytes]:
 
 def make_entry(plain: bytes, qend: int, serial: int, stat: tuple[int, int]) -> Entry:
     edns = _with_opt(plain)
-    return Entry(_heads(plain), plain[qend:], len(plain), _heads(edns), edns[qend:], len(edns), serial, stat)
+    return Entry(_heads(plain), plain[qend:], len(plain), _heads(edns), edns[qend:], len(edns), serial, stat, {})
 
 
 def opt_record(ext_rcode: int = 0) -> bytes:
     return b"\x00" + struct.pack("!HHBBHH", OPT, SERVER_PAYLOAD, ext_rcode, 0, 0, 0)
-
-
-def name_to_wire(name: str) -> bytes:
-    if not name:
-        return b"\x00"
-    return b"".join(bytes((len(p),)) + p for p in name.encode().split(b".")) + b"\x00"
 
 
 def wire_labels(wire: bytes) -> tuple[bytes, ...]:
@@ -229,17 +224,22 @@ class Responder:
         return query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + entry.edns_tail
 
     # -- the full path -------------------------------------------------------------
-    def entry(self, qwire: bytes, qtype: int) -> tuple[Entry, Answer]:
-        """Resolve and render (lowercased wire name, type); keep what may be kept."""
-        labels = wire_labels(qwire)
-        name = labels_to_text(labels)
-        answer = resolve(self.index, name, qtype, self.synced())
-        plain = render(answer, labels, qtype, self.ttl)
+    def _resolve(self, qwire: bytes, qtype: int) -> Answer:
+        return resolve(self.index, labels_to_text(wire_labels(qwire)), qtype, self.synced())
+
+    def entry(self, qwire: bytes, qtype: int) -> Entry:
+        """The table's reply for (lowercased wire name, type), rendered now if missing or stale."""
+        key = (qwire + struct.pack("!HH", qtype, 1)).lower()  # as the fast path builds it (see fast())
+        entry = self._table.get(key)
+        if entry is not None and not (entry.serial and entry.serial != self.serial):
+            return entry
+        answer = self._resolve(qwire, qtype)
+        plain = render(answer, wire_labels(qwire), qtype, self.ttl)
         serial = self.serial if answer.negative else 0
         entry = make_entry(plain, 12 + len(qwire) + 4, serial, (qtype, answer.rcode))
         if answer.authoritative:  # SERVFAIL before sync and REFUSED are never kept
-            self._store((qwire + struct.pack("!HH", qtype, 1)).lower(), name, entry)
-        return entry, answer
+            self._store(key, labels_to_text(wire_labels(qwire)), entry)
+        return entry
 
     def _store(self, key: bytes, name: str, entry: Entry) -> None:
         table = self._table
@@ -282,14 +282,16 @@ class Responder:
             return self._error(msg, FORMERR, edns, counts)  # dnslib reads 0x40/0x80 label types as lengths
         question = name_to_wire_labels(labels) + struct.pack("!HH", q.qtype, q.qclass)
         qwire = name_to_wire_labels(tuple(lb.lower() for lb in labels))
-        entry, answer = self.entry(qwire, q.qtype)
+        entry = self.entry(qwire, q.qtype)
         qend = 12 + len(question)
         heads, tail = (entry.edns_heads, entry.edns_tail) if edns else (entry.plain_heads, entry.plain_tail)
         reply = b"".join((query[:2], heads[(query[2] & 1) | ((query[3] >> 3) & 2)], question, tail))
         if len(reply) > limit:
-            labels_lower = wire_labels(qwire)
-            cut = render(answer, labels_lower, q.qtype, self.ttl, limit - (11 if edns else 0))
-            cut = _with_opt(cut) if edns else cut
+            cut = entry.cut.get((limit, edns))
+            if cut is None:  # rendering with truncation packs several times: keep the result
+                answer = self._resolve(qwire, q.qtype)
+                cut = render(answer, wire_labels(qwire), q.qtype, self.ttl, limit - (11 if edns else 0))
+                cut = entry.cut[(limit, edns)] = _with_opt(cut) if edns else cut
             reply = b"".join((query[:2], _heads(cut)[(query[2] & 1) | ((query[3] >> 3) & 2)], question, cut[qend:]))
         counts[entry.stat] = counts.get(entry.stat, 0) + 1
         return reply
@@ -330,4 +332,4 @@ def _error_header(query: bytes, rcode: int) -> bytes | None:
     return query[:2] + bytes(((query[2] & 0x79) | 0x80, rcode)) + b"\x00" * 8
 
 
-__all__ = ["Entry", "Record", "Responder", "render", "name_to_wire"]
+__all__ = ["Entry", "Record", "Responder", "render"]
