@@ -74,8 +74,8 @@ def service_records(
     for i, zone in enumerate(zones):
         base = f"{svc.name}.{svc.namespace}.svc.{zone}"
         if svc.type == EXTERNAL_NAME:
+            # Only the alias: CoreDNS answers no port/protocol names under an ExternalName Service.
             out.append((base, CNAME, svc.external_name))
-            out += [(_srv_name(p, base), SRV, SrvData(0, 100, p.port, svc.external_name)) for p in svc.ports if p.name]
         elif svc.type == CLUSTER_IP:
             out += _cluster_ip(svc, base, reverse=i == 0)
         elif svc.type == HEADLESS:

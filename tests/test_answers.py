@@ -92,6 +92,10 @@ def test_external_name_is_a_cname_for_every_type(ask) -> None:
         assert answers(msg) == [f"search.shop.svc.{Z}. CNAME search.example.com."], rdtype
 
 
+def test_external_name_has_no_names_below(ask) -> None:
+    assert rcode(ask(f"_http._tcp.search.shop.svc.{Z}", "SRV")) == "NXDOMAIN"
+
+
 def test_zone_apex_and_fixed_names(ask) -> None:
     soa = ask(Z, "SOA")
     assert len(soa.answer) == 1
