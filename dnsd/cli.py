@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tcp-idle-timeout", type=_number, default=10.0, help="seconds before an idle TCP connection closes")
     serve.add_argument("--tcp-max-connections", type=_positive, default=1024,
                        help="concurrent TCP connections per worker")
-    serve.add_argument("--cache-size", type=_positive, default=200_000, help="names kept as rendered replies")
+    serve.add_argument("--cache-size", type=_positive, default=200_000,
+                       help="rendered replies kept, one per (name, type) asked (default 200000)")
 
     records = sub.add_parser("records", help="print every record dnsd would serve, as sorted zone-file text")
     _source_flags(records)

@@ -21,16 +21,16 @@ BIG_BATCH = 1000  # objects replaced in one batch: an initial sync or a relist
 
 
 class Dataplane:
-    def __init__(self, zones: Sequence[str], ttl: int, ns_address: str | None = None) -> None:
+    def __init__(
+        self, zones: Sequence[str], ttl: int, ns_address: str | None = None, cache_size: int = 200_000
+    ) -> None:
         self.zones = tuple(dict.fromkeys(z.lower().strip(".") for z in zones))
         self.ttl = ttl
         self.ns_address = ns_address
         self.store = Store(self._changed)
         self.index = Index(self.zones + REVERSE_ZONES)
-        self.responder = Responder(self.index, ttl, lambda: self.store.synced)
-        self.serial = 0
+        self.responder = Responder(self.index, ttl, lambda: self.store.synced, cache_size)
         self._inputs: dict[ServiceKey, tuple[Service | None, tuple[EndpointSet, ...]]] = {}
-        self.last_change = time.time()
         self.programming_seconds: list[float] = []  # drained by metrics
         self._set_serial(int(time.time()))
 
@@ -62,18 +62,18 @@ class Dataplane:
             exists = store.namespace_exists(ns)
             touched |= index.apply(() if exists else records, records if exists else ())
         if touched:
-            self.last_change = time.time()
             # As CoreDNS: the serial is the time of the last change, in seconds, never going back.
-            self._set_serial(max(self.serial, int(self.last_change)))
+            self._set_serial(max(self.responder.serial, int(time.time())))
             self.responder.invalidate(touched)
         self.programming_seconds.append(time.perf_counter() - started)
         if len(self.programming_seconds) > 10_000:
             del self.programming_seconds[:5_000]
 
     def _set_serial(self, serial: int) -> None:
-        if serial == self.serial:
+        """The responder holds the one serial (it rechecks cached negative answers against it)."""
+        old = self.responder.serial
+        if serial == old:
             return
-        old, self.serial = self.serial, serial
         self.responder.serial = serial
         primary = self.zones[0]
         for zone in self.zones + REVERSE_ZONES:

@@ -73,7 +73,6 @@ def snapshot(listeners: Iterable[Listener], dataplane: Any) -> dict[str, Any]:
         "records": dataplane.index.record_count,
         "services": len(dataplane.store.services),
         "programming": programming,
-        "last_change": dataplane.last_change,
         "synced": dataplane.store.synced,
     }
 

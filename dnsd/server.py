@@ -246,7 +246,7 @@ def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
 async def _serve_single(config: Config) -> int:
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
-    dataplane = Dataplane(config.domains, config.ttl, config.ns_address)
+    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size)
 
     def emit(ops: list[Op]) -> None:
         if threading.get_ident() == loop_thread:
@@ -321,7 +321,7 @@ def worker_main(config: Config, conn: Connection, number: int) -> None:
 
 async def _serve_worker(config: Config, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
-    dataplane = Dataplane(config.domains, config.ttl, config.ns_address)
+    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size)
     dataplane.apply(conn.recv())  # the supervisor's snapshot, before the first query can arrive
     dns = DnsServer(config, dataplane.responder, reuse_port=True)
     try:

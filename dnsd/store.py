@@ -107,9 +107,6 @@ class Store:
             ops += [Synced(o, ok) for o, ok in self.healthy.items()]
         return ops
 
-    def __len__(self) -> int:
-        return len(self._effective)
-
     # -- writing -----------------------------------------------------------------
     def apply(self, ops: Sequence[Op]) -> tuple[set[ServiceKey], set[str]]:
         services: set[ServiceKey] = set()
@@ -204,7 +201,7 @@ class Store:
             self.namespaces[namespace] = count
         else:
             del self.namespaces[namespace]
-        if count in (0, 1) and (count == 0 or delta > 0):
+        if count == (1 if delta > 0 else 0):  # the namespace started or stopped existing
             namespaces.add(namespace)
 
 

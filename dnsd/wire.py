@@ -224,21 +224,20 @@ class Responder:
         return query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + entry.edns_tail
 
     # -- the full path -------------------------------------------------------------
-    def _resolve(self, qwire: bytes, qtype: int) -> Answer:
-        return resolve(self.index, labels_to_text(wire_labels(qwire)), qtype, self.synced())
-
     def entry(self, qwire: bytes, qtype: int) -> Entry:
         """The table's reply for (lowercased wire name, type), rendered now if missing or stale."""
         key = (qwire + struct.pack("!HH", qtype, 1)).lower()  # as the fast path builds it (see fast())
         entry = self._table.get(key)
         if entry is not None and not (entry.serial and entry.serial != self.serial):
             return entry
-        answer = self._resolve(qwire, qtype)
-        plain = render(answer, wire_labels(qwire), qtype, self.ttl)
+        labels = wire_labels(qwire)
+        name = labels_to_text(labels)
+        answer = resolve(self.index, name, qtype, self.synced())
+        plain = render(answer, labels, qtype, self.ttl)
         serial = self.serial if answer.negative else 0
         entry = make_entry(plain, 12 + len(qwire) + 4, serial, (qtype, answer.rcode))
         if answer.authoritative:  # SERVFAIL before sync and REFUSED are never kept
-            self._store(key, labels_to_text(wire_labels(qwire)), entry)
+            self._store(key, name, entry)
         return entry
 
     def _store(self, key: bytes, name: str, entry: Entry) -> None:
@@ -289,8 +288,9 @@ class Responder:
         if len(reply) > limit:
             cut = entry.cut.get((limit, edns))
             if cut is None:  # rendering with truncation packs several times: keep the result
-                answer = self._resolve(qwire, q.qtype)
-                cut = render(answer, wire_labels(qwire), q.qtype, self.ttl, limit - (11 if edns else 0))
+                labels = wire_labels(qwire)
+                answer = resolve(self.index, labels_to_text(labels), q.qtype, self.synced())
+                cut = render(answer, labels, q.qtype, self.ttl, limit - (11 if edns else 0))
                 cut = entry.cut[(limit, edns)] = _with_opt(cut) if edns else cut
             reply = b"".join((query[:2], _heads(cut)[(query[2] & 1) | ((query[3] >> 3) & 2)], question, cut[qend:]))
         counts[entry.stat] = counts.get(entry.stat, 0) + 1

@@ -88,3 +88,14 @@ def test_change_invalidates_rendered_replies(dataplane: Dataplane) -> None:
     dataplane.apply([Replace("file:late", ())])
     third = dnslib.DNSRecord.parse(responder.answer(query, MIN_PAYLOAD, counts))
     assert third.header.rcode == dnslib.RCODE.NXDOMAIN
+
+
+def test_reply_table_is_bounded_and_still_correct() -> None:
+    dp = Dataplane(["cluster.local"], 5, None, cache_size=5)
+    dp.apply([Expect("t"), Synced("t")])
+    counts: dict = {}
+    for i in range(20):
+        query = bytes(dnslib.DNSRecord.question(f"n{i}.default.svc.cluster.local", "A").pack())
+        reply = dnslib.DNSRecord.parse(dp.responder.answer(query, MIN_PAYLOAD, counts))
+        assert reply.header.rcode == dnslib.RCODE.NXDOMAIN
+    assert len(dp.responder._table) == 5 and sum(map(len, dp.responder._keys.values())) == 5
