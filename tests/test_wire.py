@@ -561,9 +561,7 @@ def test_longest_legal_name_is_answered(zones_server: Dnsd, transport: str) -> N
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest.mark.parametrize("case", MALFORMED)
 def test_malformed_query(zones_server: Dnsd, transport: str, case: str) -> None:
-    packet, expected = MALFORMED[case]
-    if transport == "tcp" and len(packet) < 12:
-        pytest.skip("a TCP message this short is covered over UDP")
+    packet, expected = MALFORMED[case]  # None over TCP: the server closes the connection (a timeout raises)
     assert zones_server.query(WEB).answer  # primes the precomputed table: malformed input may hit the fast path
     since = log_size(zones_server)
     if transport == "udp":
