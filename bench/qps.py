@@ -15,6 +15,7 @@ Prints a table and writes bench/out/qps.json. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import array
 import datetime
 import hashlib
 import json
@@ -95,6 +96,25 @@ class Run:
 
 
 @dataclass
+class Probe:
+    """One udpprobe run: the fixed-rate latency again, from a load generator that is one busy thread."""
+
+    cmd: list[str]
+    rate: float
+    sent: int = 0
+    answered: int = 0
+    late_sends: int = 0  # queries the probe itself sent behind schedule (its own stalls)
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    p999_ms: float = math.nan
+    max_ms: float = math.nan
+
+    @property
+    def lost_pct(self) -> float:
+        return 100.0 * (self.sent - self.answered) / self.sent if self.sent else math.nan
+
+
+@dataclass
 class Result:
     key: str
     label: str
@@ -107,6 +127,8 @@ class Result:
     fixed: Run | None = None  # the fixed-rate run with the lowest p99
     fixed_runs: list[Run] = field(default_factory=list)
     fixed_rate: float | None = None
+    probe: Probe | None = None  # the udpprobe run with the lowest p99
+    probe_runs: list[Probe] = field(default_factory=list)
     quiet_before: list[float] = field(default_factory=list)  # other processes' load (cores) just before each run
     overloaded_at_common_rate: bool = False
     error: str | None = None
@@ -285,6 +307,25 @@ def dnsperf(cmd: list[str], out: Path, port: int, pgid: int, wall: float, cpus: 
     return run
 
 
+def udpprobe(binary: Path, port: int, queries: Path, rate: float, seconds: float, out: Path,
+             gen_cpus: str | None, clients: int) -> Probe:
+    """Run bench/udpprobe.c's binary; percentiles over every query sent (a lost one is infinitely slow)."""
+    cmd = taskset(gen_cpus, [str(binary), str(port), str(queries), str(int(rate)), f"{seconds:g}", str(out), str(clients)])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, start_new_session=True, check=False)
+    found = re.search(r"sent (\d+) answered (\d+) late_sends (\d+)", proc.stdout)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"udpprobe exited with {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}")
+    probe = Probe(cmd=cmd, rate=rate, sent=int(found[1]), answered=int(found[2]), late_sends=int(found[3]))
+    values = array.array("f")
+    values.frombytes(out.read_bytes())
+    ranked = sorted(math.inf if v < 0 else float(v) for v in values)
+    if ranked:
+        probe.p50_ms, probe.p99_ms, probe.p999_ms = (ranked[max(0, math.ceil(q * len(ranked)) - 1)]
+                                                     for q in (0.50, 0.99, 0.999))
+        probe.max_ms = ranked[-1]
+    return probe
+
+
 def wait_quiet(pgid: int, limit: float, threshold: float = 0.2, window: float = 0.5) -> float:
     """Wait (at most ``limit`` s) until other processes use < ``threshold`` cores; return the last load seen.
 
@@ -415,6 +456,15 @@ def bench_server(server: Server, procs: Procs, port: int, tmp: Path, queries: Pa
                 f"others used {fixed.other_cpu:.2f} cores")
             result.fixed_runs.append(fixed)
             result.fixed = min(result.fixed_runs, key=p99_key)  # least disturbed round, as for throughput
+
+            result.quiet_before.append(round(wait_quiet(proc.pid, args.quiet_wait), 2))
+            probe = udpprobe(tmp / "udpprobe", port, queries, result.fixed_rate, args.duration, tmp / f"{tag}.probe.f32",
+                             gen_cpus, args.clients)
+            log(f"{server.label}: udpprobe at {result.fixed_rate:,.0f} qps: p50 {ms(probe.p50_ms)} ms, p99 "
+                f"{ms(probe.p99_ms)} ms, p99.9 {ms(probe.p999_ms)} ms, max {ms(probe.max_ms)} ms, lost "
+                f"{probe.lost_pct:.2f}%, {probe.late_sends} sent late by the probe")
+            result.probe_runs.append(probe)
+            result.probe = min(result.probe_runs, key=lambda p: (p.p99_ms, p.lost_pct))
         return replies
     finally:
         procs.stop(proc)
@@ -445,11 +495,11 @@ def bound(result: Result) -> str:
 def table(results: list[Result], common_rate: float | None, given_rate: bool) -> str:
     """Three column groups: max throughput | latency at a fixed rate | CPU (cores) during the max run."""
     head = ("server", "QPS", "QPS/core", "mean ms", "lost %", "|", "rate", "mean ms", "p50 ms", "p99 ms", "p99 answ", "lost %",
-            "|", "server", "dnsperf", "others", "bound")
+            "|", "p50 ms", "p99 ms", "p99.9 ms", "lost %", "|", "server", "dnsperf", "others", "bound")
     rows = [head]
     errors = []
     for r in results:
-        m, f = r.max, r.fixed
+        m, f, p = r.max, r.fixed, r.probe
         if m is None:
             rows.append((r.label, "failed", *[""] * (len(head) - 2)))
             errors.append(f"{r.label}: {r.error}")
@@ -459,6 +509,7 @@ def table(results: list[Result], common_rate: float | None, given_rate: bool) ->
             r.label, f"{m.qps:,.0f}", "-" if math.isnan(m.qps_per_core) else f"{m.qps_per_core:,.0f}", ms(m.mean_ms),
             f"{m.lost_pct:.2f}", "|", rate,
             *((ms(f.mean_ms), ms(f.p50_ms), ms(f.p99_ms), ms(f.p99_answered_ms), f"{f.lost_pct:.2f}") if f else ("-",) * 5),
+            "|", *((ms(p.p50_ms), ms(p.p99_ms), ms(p.p999_ms), f"{p.lost_pct:.2f}") if p else ("-",) * 4),
             "|", f"{m.server_cpu:.2f}", f"{m.loadgen_cpu:.2f}", f"{m.other_cpu:.2f}", bound(r),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -469,8 +520,9 @@ def table(results: list[Result], common_rate: float | None, given_rate: bool) ->
     at_rate = (f"at {common_rate:,.0f} qps ({'--rate' if given_rate else 'dnsd max / 2'})" if common_rate
                else "at a fixed rate")
     groups = f"{'':{widths[0]}}  max throughput (closed loop)"
-    groups = groups.ljust(bars[0]) + f"| latency {at_rate}"
-    groups = groups.ljust(bars[1]) + "| CPU cores, max run"
+    groups = groups.ljust(bars[0]) + f"| dnsperf latency {at_rate}"
+    groups = groups.ljust(bars[1]) + "| udpprobe, same rate"
+    groups = groups.ljust(bars[2]) + "| CPU cores, max run"
     return "\n".join([groups, *lines[:1], "-" * len(lines[0]), *lines[1:], *errors])
 
 
@@ -492,8 +544,12 @@ def result_dict(result: Result) -> dict[str, Any]:
         return None if r is None else {**asdict(r), "lost_pct": r.lost_pct, "qps_per_core": r.qps_per_core}
 
     out = asdict(result)
+    def probe(p: Probe | None) -> dict[str, Any] | None:
+        return None if p is None else {**asdict(p), "lost_pct": p.lost_pct}
+
     out.update(max=run(result.max), fixed=run(result.fixed), max_runs=[run(r) for r in result.max_runs],
-               fixed_runs=[run(r) for r in result.fixed_runs])
+               fixed_runs=[run(r) for r in result.fixed_runs], probe=probe(result.probe),
+               probe_runs=[probe(p) for p in result.probe_runs])
     return out
 
 
@@ -584,7 +640,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common.ensure_packages({"dnsperf": "dnsperf", "knotd": "knot", "taskset": "util-linux"})
+    common.ensure_packages({"dnsperf": "dnsperf", "knotd": "knot", "taskset": "util-linux", "gcc": "gcc"})
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally below ends every server we started. SIGINT is set
     # explicitly: a shell starting us in the background (cmd &) would have it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -601,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
         query_lines = gen_cluster.queries(cluster, args.query_count, args.seed)
         queries = tmp / "queries.txt"
         queries.write_text("\n".join(query_lines) + "\n")
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(tmp / "udpprobe"), str(BENCH / "udpprobe.c")], check=True,
+                       timeout=120)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         dnsd_records = subprocess.run([sys.executable, "-m", "dnsd", "records", "--manifests", str(tmp / "cluster")],
                                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
