@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import Config
+from .config import Config, usable_cpus
 
 ENV_PREFIX = "DNSD_"
 
@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--address", action="append", type=_address, dest="addresses", metavar="ADDR",
                        help="listen address, IPv4 or IPv6 (repeatable; default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=53, help="UDP and TCP port (default 53)")
-    serve.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
-                       help="processes answering on the same port (default: number of CPUs)")
+    serve.add_argument("--workers", type=_positive, default=None,
+                       help="processes answering on the same port (default: the CPUs this process may use, "
+                            "after affinity and a container's CPU limit)")
     serve.add_argument("--http-address", default="127.0.0.1:8080",
                        help="HOST:PORT for /health, /ready and /metrics; empty to disable (default 127.0.0.1:8080)")
     serve.add_argument("--tcp-idle-timeout", type=_number, default=10.0, help="seconds before an idle TCP connection closes")
@@ -181,7 +182,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     }
     if args.command == "serve":
         fields.update(
-            addresses=tuple(_address(a) for a in args.addresses or ("127.0.0.1",)), port=args.port, workers=args.workers,
+            addresses=tuple(_address(a) for a in args.addresses or ("127.0.0.1",)), port=args.port,
+            workers=args.workers or usable_cpus(),
             http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
         )

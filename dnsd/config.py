@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,6 +18,38 @@ def bundled_zones() -> Path:
     return Path(str(resources.files("dnsd") / "zones"))
 
 
+def cgroup_cpu_limit(cpu_max: str | None) -> int | None:
+    """CPUs allowed by a cgroup v2 ``cpu.max`` line ("QUOTA PERIOD", or "max PERIOD"): quota/period rounded up."""
+    if not cpu_max:
+        return None
+    fields = cpu_max.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
+
+
+def usable_cpus(cpu_max_path: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may really use: its affinity mask, capped by a container's CPU limit.
+
+    ``os.cpu_count()`` is the node's count; in a pod limited to 2 CPUs on a 64-core node it
+    would start 64 workers, each holding a full copy of the records.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        with open(cpu_max_path) as f:
+            limit = cgroup_cpu_limit(f.read())
+    except OSError:
+        limit = None
+    return max(1, min(cpus, limit) if limit else cpus)
+
+
 @dataclass(frozen=True)
 class Config:
     manifests: tuple[str, ...] = ()
@@ -29,7 +62,7 @@ class Config:
     addresses: tuple[str, ...] = ("127.0.0.1",)
     port: int = 53
     ttl: int = 5
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=usable_cpus)
     http_address: str | None = "127.0.0.1:8080"
     log_level: str = "info"
     tcp_idle_timeout: float = 10.0

@@ -44,11 +44,15 @@ def free_port() -> int:
 class Dnsd:
     """One dnsd process: ``query``/``tcp`` with dnspython, ``dig`` with the real dig."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, http: bool = True, workers: int = 1) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, http: bool = True, workers: int | None = 1,
+                 cpus: set[int] | None = None) -> None:
+        """``workers`` None leaves dnsd's default; ``cpus`` runs it with that CPU affinity."""
         self.port = free_port()
         self.http_port = free_port() if http else None
         self.address = "127.0.0.1"
-        cmd = [sys.executable, "-m", "dnsd", "serve", "--port", str(self.port), "--workers", str(workers), *args]
+        cmd = [sys.executable, "-m", "dnsd", "serve", "--port", str(self.port), *args]
+        if workers is not None:
+            cmd += ["--workers", str(workers)]
         if "--address" not in args:
             cmd += ["--address", self.address]
         cmd += ["--http-address", f"127.0.0.1:{self.http_port}" if http else ""]
@@ -57,6 +61,7 @@ class Dnsd:
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
 
     def wait_listening(self, timeout: float = 20.0) -> Dnsd:

@@ -7,7 +7,10 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import answers, wait_for
+
+from dnsd.config import cgroup_cpu_limit, usable_cpus
 
 Z = "cluster.local"
 
@@ -39,4 +42,42 @@ def test_killed_worker_is_replaced_with_current_data(start_dnsd, manifest_dir: P
             break
         time.sleep(0.1)
     assert got == {(f"a.w.svc.{Z}. A 10.96.0.2",)}
+    assert server.stop() == 0
+
+
+# == how many workers by default ================================================================
+@pytest.mark.parametrize(("cpu_max", "cpus"), [
+    ("max 100000\n", None),  # no limit
+    ("200000 100000\n", 2),
+    ("150000 100000\n", 2),  # 1.5 CPUs: a second worker still gets half a core
+    ("50000 100000\n", 1),
+    ("", None), ("garbage\n", None), ("0 100000\n", None), ("100000 0\n", None),
+])
+def test_cgroup_cpu_limit(cpu_max: str, cpus: int | None) -> None:
+    assert cgroup_cpu_limit(cpu_max) == cpus
+
+
+def test_usable_cpus_is_capped_by_the_cgroup_limit(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    limit = tmp_path / "cpu.max"
+    limit.write_text("100000 100000\n")
+    assert usable_cpus(str(limit)) == 1
+    limit.write_text("max 100000\n")
+    assert usable_cpus(str(limit)) == affinity
+    assert usable_cpus(str(tmp_path / "absent")) == affinity
+
+
+def test_default_workers_follow_cpu_affinity(start_dnsd) -> None:
+    # A process allowed one CPU runs one process, whatever the machine's CPU count.
+    server = start_dnsd(workers=None, cpus={min(os.sched_getaffinity(0))})
+    assert answers(server.query(f"web.default.svc.{Z}")) == [f"web.default.svc.{Z}. A 10.96.0.10"]
+    assert workers_of(server.proc.pid) == []
+    assert "workers" not in server.log()
+    assert server.stop() == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_default_workers_use_every_allowed_cpu(start_dnsd) -> None:
+    server = start_dnsd(workers=None, cpus=set(sorted(os.sched_getaffinity(0))[:2]))
+    wait_for(lambda: len(workers_of(server.proc.pid)) == 2 and "with 2 workers" in server.log(), timeout=10)
     assert server.stop() == 0
