@@ -27,7 +27,7 @@ from typing import Any
 from prometheus_client.registry import CollectorRegistry
 
 from .config import Config
-from .dataplane import Dataplane
+from .dataplane import Dataplane, big_batch
 from .http import HttpServer
 from .metrics import PROGRAMMING_BUCKETS, DnsdCollector, Histogram, Listener, Totals, snapshot, totals
 from .store import Op, Store
@@ -367,7 +367,7 @@ class Supervisor:
         self.stopping = threading.Event()
 
     def emit(self, ops: list[Op]) -> None:
-        with self.lock:
+        with self.lock, big_batch(ops):
             self.store.apply(ops)
             for number, (_, conn) in list(self.workers.items()):
                 try:
