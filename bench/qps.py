@@ -319,10 +319,7 @@ def udpprobe(binary: Path, port: int, queries: Path, rate: float, seconds: float
     values = array.array("f")
     values.frombytes(out.read_bytes())
     ranked = sorted(math.inf if v < 0 else float(v) for v in values)
-    if ranked:
-        probe.p50_ms, probe.p99_ms, probe.p999_ms = (ranked[max(0, math.ceil(q * len(ranked)) - 1)]
-                                                     for q in (0.50, 0.99, 0.999))
-        probe.max_ms = ranked[-1]
+    probe.p50_ms, probe.p99_ms, probe.p999_ms, probe.max_ms = (quantile(ranked, q) for q in (0.50, 0.99, 0.999, 1.0))
     return probe
 
 
@@ -346,6 +343,11 @@ def wait_quiet(pgid: int, limit: float, threshold: float = 0.2, window: float = 
         waited = True
 
 
+def quantile(ranked: list[float], q: float) -> float:
+    """The q-quantile of sorted values (nearest rank); NaN when there are none."""
+    return ranked[max(0, math.ceil(q * len(ranked)) - 1)] if ranked else math.nan
+
+
 def percentiles(run: Run, out: Path, skip: int = 0) -> None:
     """p50/p99/p99.9 over the queries of a -v run after the first ``skip`` (lines come in completion
     order); a timed-out query counts as infinitely slow."""
@@ -366,13 +368,8 @@ def percentiles(run: Run, out: Path, skip: int = 0) -> None:
                 latencies.append(float(parts[-1]) * 1000)
     ranked = sorted(latencies) + [math.inf] * timeouts
     run.timeouts = timeouts
-
-    def pick(q: float) -> float:
-        return ranked[max(0, math.ceil(q * len(ranked)) - 1)] if ranked else math.nan
-
-    run.p50_ms, run.p99_ms, run.p999_ms = pick(0.50), pick(0.99), pick(0.999)
-    answered = sorted(latencies)
-    run.p99_answered_ms = answered[max(0, math.ceil(0.99 * len(answered)) - 1)] if answered else math.nan
+    run.p50_ms, run.p99_ms, run.p999_ms = (quantile(ranked, q) for q in (0.50, 0.99, 0.999))
+    run.p99_answered_ms = quantile(sorted(latencies), 0.99)
 
 
 def perf_cmd(port: int, queries: Path, seconds: float, args: argparse.Namespace, gen_cpus: str | None,
@@ -543,10 +540,10 @@ def result_dict(result: Result) -> dict[str, Any]:
     def run(r: Run | None) -> dict[str, Any] | None:
         return None if r is None else {**asdict(r), "lost_pct": r.lost_pct, "qps_per_core": r.qps_per_core}
 
-    out = asdict(result)
     def probe(p: Probe | None) -> dict[str, Any] | None:
         return None if p is None else {**asdict(p), "lost_pct": p.lost_pct}
 
+    out = asdict(result)
     out.update(max=run(result.max), fixed=run(result.fixed), max_runs=[run(r) for r in result.max_runs],
                fixed_runs=[run(r) for r in result.fixed_runs], probe=probe(result.probe),
                probe_runs=[probe(p) for p in result.probe_runs])
