@@ -12,9 +12,9 @@ from dnslib import RR
 from .config import Config
 from .dataplane import Dataplane
 from .records import EXISTS, TXT
+from .render import TXT_TTL, label_tuple, rdata_of
 from .sources.manifests import expand, load_file
 from .store import Op
-from .wire import TXT_TTL, _label, _rdata
 
 
 def check(paths: Sequence[str]) -> int:
@@ -40,7 +40,7 @@ def zone_lines(dataplane: Dataplane) -> list[str]:
         if rtype == EXISTS:
             continue
         ttl = TXT_TTL if rtype == TXT else dataplane.ttl
-        lines.append(RR(_label(name), rtype, 1, ttl, _rdata(rtype, rdata)).toZone())
+        lines.append(RR(label_tuple(name), rtype, 1, ttl, rdata_of(rtype, rdata)).toZone())
     return sorted(lines)
 
 

@@ -32,6 +32,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _TRIM = _malloc_trim()
 
 
+def release_heap() -> None:
+    """Give the heap's free memory back to the OS (glibc keeps it otherwise)."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 @contextlib.contextmanager
 def big_batch(ops: Sequence[Op]) -> Iterator[None]:
     """Around applying ``ops``: when they (re)list many objects, no collection midway (a relist
@@ -48,20 +54,20 @@ def big_batch(ops: Sequence[Op]) -> Iterator[None]:
     finally:
         gc.freeze()
         gc.enable()
-        if _TRIM is not None:
-            _TRIM(0)
+        release_heap()
 
 
 class Dataplane:
     def __init__(
-        self, zones: Sequence[str], ttl: int, ns_address: str | None = None, cache_size: int = 200_000
+        self, zones: Sequence[str], ttl: int, ns_address: str | None = None, cache_size: int = 200_000,
+        cache_bytes: int = 32 << 20, max_payload: int = 1232,
     ) -> None:
         self.zones = tuple(dict.fromkeys(z.lower().strip(".") for z in zones))
         self.ttl = ttl
         self.ns_address = ns_address
         self.store = Store(self._changed)
         self.index = Index(self.zones + REVERSE_ZONES)
-        self.responder = Responder(self.index, ttl, lambda: self.store.synced, cache_size)
+        self.responder = Responder(self.index, ttl, lambda: self.store.synced, cache_size, cache_bytes, max_payload)
         self._inputs: dict[ServiceKey, tuple[Service | None, tuple[EndpointSet, ...]]] = {}
         self.programming_seconds: list[float] = []  # drained by metrics
         self._set_serial(int(time.time()))

@@ -27,8 +27,12 @@ class Answer(NamedTuple):
     negative: bool = False
 
 
-def resolve(index: Index, qname: str, qtype: int, synced: bool) -> Answer:
-    """``qname`` is lowercase, without the final dot."""
+def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
+    """``qname`` is lowercase, without the final dot.
+
+    Only the types in ``TYPES`` are ever answered: the index's internal marker (type 0) is
+    not data. ``minimal_any`` (for UDP, RFC 8482 4.1): ANY gets one RRset, not every one.
+    """
     zone = index.zone_of(qname)
     if zone is None:
         return Answer(REFUSED, authoritative=False)
@@ -38,7 +42,9 @@ def resolve(index: Index, qname: str, qtype: int, synced: bool) -> Answer:
         rrsets = index.rrsets
         if qtype == ANY:
             found = [(t, rrsets[(qname, t)]) for t in TYPES if (qname, t) in rrsets]
-        elif (qname, qtype) in rrsets:
+            if minimal_any:
+                found = found[:1]
+        elif qtype in TYPES and (qname, qtype) in rrsets:
             found = [(qtype, rrsets[(qname, qtype)])]
         elif (qname, CNAME) in rrsets:
             found = [(CNAME, rrsets[(qname, CNAME)])]  # RFC 1034: the alias answers every type; not chased

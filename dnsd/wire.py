@@ -1,77 +1,44 @@
-"""DNS wire handling: the precomputed-response fast path, the full dnslib path, EDNS and truncation.
+"""The Responder: query bytes -> reply bytes, through the precomputed-reply table or the strict path.
 
-Every answer is rendered once per (lowercased name, type) with ID 0 and the
+Every positive answer is rendered once per (lowercased name, type) with ID 0 and the
 lowercased question, and kept as bytes. Its compression pointers aim into the
 question, whose length does not depend on letter case, so one rendering serves
 every spelling: a reply is the query's ID and question spliced into those bytes.
-The fast path decides that from the header alone; anything unusual (other opcodes
-or classes, several questions, bad EDNS, a reply too big for the client) takes the
-full path, which parses with dnslib and applies every rule, and fills the same table.
+The fast path decides that from the header alone; anything else takes the strict
+path (parse.py), which classifies the query, answers errors from the query's own
+bytes, answers negatives from one template per zone (render.py), and renders and
+stores positive answers. Only positive answers enter the table, and it is bounded in
+bytes: a flood of unique names costs no memory and no rendering.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
-
-from dnslib import AAAA as AAAA_RD
-from dnslib import CNAME as CNAME_RD
-from dnslib import NS as NS_RD
-from dnslib import PTR as PTR_RD
-from dnslib import RR, DNSHeader, DNSQuestion, DNSRecord
-from dnslib import SOA as SOA_RD
-from dnslib import SRV as SRV_RD
-from dnslib import TXT as TXT_RD
-from dnslib import A as A_RD
 
 from .index import Index
-from .records import AAAA, CNAME, NS, PTR, SOA, SRV, TXT, A, Record, SoaData, SrvData
-from .resolver import FORMERR, NOTIMP, REFUSED, Answer, resolve
+from .parse import FORMERR, Query, error_reply, header_reply, parse
+from .records import Record
+from .render import TCP_LIMIT, TXT_TTL, Entry, heads, label_tuple, make_entry, rdata_of, render, template, with_opt
+from .resolver import ANY, Answer, resolve
 
 log = logging.getLogger("dnsd.wire")
 
-OPT = 41
-BADVERS = 16
-SERVER_PAYLOAD = 1232  # what we advertise: the DNS-flag-day size that avoids fragmentation
-MIN_PAYLOAD, MAX_PAYLOAD, TCP_LIMIT = 512, 4096, 65535
-TXT_TTL = 28800  # dns-version.<zone> (specification)
+MIN_PAYLOAD, MAX_PAYLOAD = 512, 4096
+MAX_QUERY = 4096  # a bigger UDP datagram is FORMERR (the listener reads one byte more to see it)
+DEFAULT_PAYLOAD = 1232  # what we advertise and the most we send over UDP: the DNS-flag-day size (as Knot)
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+# Per-entry memory beyond its byte strings' lengths: the Entry tuple, two tail bytes objects, the
+# key, its cut dict, the table's and the name index's slots. Measured with tracemalloc over 20,000
+# entries of the example cluster (tests/test_hostile.py::test_table_size_estimate): ~520 bytes.
+ENTRY_OVERHEAD = 520
+CUT_OVERHEAD = 120  # one truncated rendering: a bytes object and a dict slot
 
-
-class Entry(NamedTuple):
-    """A rendered reply, cut around the question so the query's own question can be spliced in.
-
-    ``*_heads`` are the flags and counts for each (RD, CD) combination of the query, so
-    no bit twiddling happens per query; ``*_tail`` is everything after the question.
-    """
-
-    plain_heads: tuple[bytes, bytes, bytes, bytes]
-    plain_tail: bytes
-    plain_len: int
-    edns_heads: tuple[bytes, bytes, bytes, bytes]
-    edns_tail: bytes  # with our OPT record
-    edns_len: int
-    serial: int  # negative answers: the SOA serial rendered in (stale once it moves); 0 for positive ones
-    stat: tuple[int, int]  # (qtype, rcode), the metrics key
-    cut: dict[tuple[int, bool], bytes]  # truncated renderings by (size limit, EDNS): dropped with the entry
-
-
-def _heads(wire: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """Flags + counts for a query with neither, RD, CD, or both (index: RD | CD >> 3)."""
-    f2, f3, counts = wire[2], wire[3], wire[4:12]
-    return tuple(bytes((f2 | (i & 1), f3 | (0x10 if i & 2 else 0))) + counts for i in range(4))  # type: ignore[return-value]
-
-
-def make_entry(plain: bytes, qend: int, serial: int, stat: tuple[int, int]) -> Entry:
-    edns = _with_opt(plain)
-    return Entry(_heads(plain), plain[qend:], len(plain), _heads(edns), edns[qend:], len(edns), serial, stat, {})
-
-
-def opt_record(ext_rcode: int = 0) -> bytes:
-    return b"\x00" + struct.pack("!HHBBHH", OPT, SERVER_PAYLOAD, ext_rcode, 0, 0, 0)
+# Old aliases (commands.py and other branches import them from here).
+_label, _rdata = label_tuple, rdata_of
 
 
 def wire_labels(wire: bytes) -> tuple[bytes, ...]:
@@ -87,86 +54,53 @@ def labels_to_text(labels: Iterable[bytes]) -> str:
     return ".".join(lb.decode("latin-1").replace(".", "\\.") for lb in labels)
 
 
-def _rdata(rtype: int, value: object):
-    if rtype == A:
-        return A_RD(value)
-    if rtype == AAAA:
-        return AAAA_RD(value)
-    if rtype == SRV and isinstance(value, SrvData):
-        return SRV_RD(value.priority, value.weight, value.port, _label(value.target))
-    if rtype == PTR:
-        return PTR_RD(_label(str(value)))
-    if rtype == CNAME:
-        return CNAME_RD(_label(str(value)))
-    if rtype == NS:
-        return NS_RD(_label(str(value)))
-    if rtype == TXT:
-        return TXT_RD(str(value))
-    if rtype == SOA and isinstance(value, SoaData):
-        return SOA_RD(_label(value.mname), _label(value.rname), value[2:])
-    raise ValueError(f"cannot render type {rtype}")
+def name_to_wire_labels(labels: tuple[bytes, ...]) -> bytes:
+    return b"".join(bytes((len(lb),)) + lb for lb in labels) + b"\x00"
 
 
-def _label(name: str) -> tuple[bytes, ...]:
-    return tuple(name.encode().split(b".")) if name else ()
+def _entry_size(key: bytes, entry: Entry) -> int:
+    cut = sum(len(c) + CUT_OVERHEAD for c in entry.cut.values())
+    return ENTRY_OVERHEAD + len(key) + len(entry.plain_tail) + len(entry.edns_tail) + cut
 
 
-def render(answer: Answer, qlabels: tuple[bytes, ...], qtype: int, ttl: int, limit: int = TCP_LIMIT) -> bytes:
-    """Pack an answer for the lowercased question, with ID 0 and no OPT, cut to ``limit`` bytes.
-
-    Over the limit, whole RRsets are dropped from the end: losing only additional
-    data is silent (RFC 2181 9), losing answer or authority data sets TC.
-    """
-    rrsets: list[tuple[int, list[RR]]] = []
-    for section, records in enumerate((answer.answer, answer.authority, answer.additional)):
-        groups: dict[tuple[str, int], list[RR]] = {}
-        for name, rtype, rdata in records:
-            rname = qlabels if section == 0 else _label(name)  # owner = the question: a pointer to it
-            rr_ttl = TXT_TTL if rtype == TXT else ttl
-            groups.setdefault((name, rtype), []).append(RR(rname, rtype, 1, rr_ttl, _rdata(rtype, rdata)))
-        rrsets += [(section, rrs) for rrs in groups.values()]
-
-    def pack(count: int) -> bytes:
-        header = DNSHeader(id=0, qr=1, aa=int(answer.authoritative), rd=0, rcode=answer.rcode)  # RD comes from the query
-        header.tc = int(any(section < 2 for section, _ in rrsets[count:]))
-        msg = DNSRecord(header, questions=[DNSQuestion(qlabels, qtype, 1)])
-        sections = (msg.rr, msg.auth, msg.ar)
-        for section, rrs in rrsets[:count]:
-            sections[section].extend(rrs)
-        return msg.pack()
-
-    wire = pack(len(rrsets))
-    if len(wire) <= limit:
-        return wire
-    low, high = 0, len(rrsets) - 1  # largest prefix of RRsets that fits
-    while low < high:
-        mid = (low + high + 1) // 2
-        if len(pack(mid)) <= limit:
-            low = mid
-        else:
-            high = mid - 1
-    return pack(low)
+def _asks_any(query: bytes) -> bool:
+    qend = query.find(0, 12) + 5
+    return query[qend - 4 : qend - 2] == b"\x00\xff"
 
 
-def _with_opt(wire: bytes, ext_rcode: int = 0) -> bytes:
-    arcount = int.from_bytes(wire[10:12], "big") + 1
-    return wire[:10] + arcount.to_bytes(2, "big") + wire[12:] + opt_record(ext_rcode)
+def _options_ok(query: bytes, i: int, end: int) -> bool:
+    while i < end:
+        if i + 4 > end:
+            return False
+        i += 4 + int.from_bytes(query[i + 2 : i + 4], "big")
+    return i == end
 
 
 class Responder:
     """Turns query bytes into reply bytes for one index; owns the rendered-answer table."""
 
-    def __init__(self, index: Index, ttl: int, synced: Callable[[], bool], cache_size: int = 200_000) -> None:
+    def __init__(
+        self, index: Index, ttl: int, synced: Callable[[], bool], cache_size: int = 200_000,
+        cache_bytes: int = 32 << 20, max_payload: int = DEFAULT_PAYLOAD,
+    ) -> None:
         self.index = index
         self.ttl = ttl
         self.synced = synced
         self.serial = 0
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self.max_payload = max_payload
         # lowercased question (name, type, class) in wire form -> Entry; a plain dict, bounded
-        # first-in-first-out: a cachetools LRUCache lookup costs ~0.4 us in Python, a dict ~0.05 us.
+        # first-in-first-out by entries and by bytes: a cachetools LRUCache lookup costs ~0.4 us in
+        # Python, a dict ~0.05 us, on a path that takes ~1 us in all.
         self._table: dict[bytes, Entry] = {}
+        self.table_bytes = 0
         self._keys: dict[str, set[bytes]] = {}  # index name (text) -> its keys in the table
+        # (rcode, AA, authority) -> the name-independent reply; a handful (one per zone and rcode).
+        self._templates: dict[tuple[int, bool, tuple[Record, ...]], Entry] = {}
         self.counts: dict[tuple[int, int], int] = {}  # (qtype, rcode) -> replies
+        self.failures = 0  # queries answered SERVFAIL by the catch-all (a bug if ever above 0)
+        self._failure_logged = 0.0
 
     def invalidate(self, names: Iterable[str]) -> None:
         table, keys = self._table, self._keys
@@ -174,24 +108,24 @@ class Responder:
             return
         for name in names:
             for key in keys.pop(name, ()):
-                table.pop(key, None)
+                entry = table.pop(key, None)
+                if entry is not None:
+                    self.table_bytes -= _entry_size(key, entry)
 
     def clear(self) -> None:
         self._table.clear()
         self._keys.clear()
-
-    @staticmethod
-    def _count(counts: dict[tuple[int, int], int], qtype: int, rcode: int) -> None:
-        key = (qtype, rcode)
-        counts[key] = counts.get(key, 0) + 1
+        self._templates.clear()
+        self.table_bytes = 0
 
     # -- the fast path -------------------------------------------------------------
     def fast(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
-        """A reply from the table, or None when the full path must decide.
+        """A reply from the table, or None when the strict path must decide.
 
         ``limit`` is the UDP size without EDNS (512) or TCP_LIMIT for TCP. The key is the
-        whole question lowercased; only the full path inserts keys, and only for valid
-        questions, so a hit proves the question is well formed (the label walk is free).
+        whole question lowercased; only the strict path inserts keys, and only for valid
+        questions, so a hit proves the question is well formed (the label walk is free),
+        and, the key being everything after the header, that nothing trails it.
         Lowercasing also folds qtype bytes 0x41-0x5A (types 65-90 with 97-122): none of
         them is a type we hold, so both answers are the same bytes after the question.
         """
@@ -199,8 +133,6 @@ class Responder:
         if counts_field == _PLAIN_COUNTS:  # QD=1, nothing else: the question is the rest
             entry = self._table.get(query[12:].lower())
             if entry is None or query[2] & 0xF8 or entry.plain_len > limit:
-                return None
-            if entry.serial and entry.serial != self.serial:
                 return None
             counts[entry.stat] = counts.get(entry.stat, 0) + 1
             return query[:2] + entry.plain_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:] + entry.plain_tail
@@ -212,96 +144,121 @@ class Responder:
             entry is None
             or query[qend : qend + 3] != b"\x00\x00\x29"  # root owner, type OPT
             or query[qend + 6 : qend + 7] != b"\x00"  # EDNS version 0
-            or len(query) != qend + 11 + int.from_bytes(query[qend + 9 : qend + 11], "big")
-            or (entry.serial and entry.serial != self.serial)
         ):
             return None
+        rdlength = int.from_bytes(query[qend + 9 : qend + 11], "big")
+        if len(query) != qend + 11 + rdlength or (rdlength and not _options_ok(query, qend + 11, len(query))):
+            return None
         if limit == MIN_PAYLOAD:
-            limit = max(MIN_PAYLOAD, min(MAX_PAYLOAD, int.from_bytes(query[qend + 3 : qend + 5], "big")))
+            limit = max(MIN_PAYLOAD, min(self.max_payload, int.from_bytes(query[qend + 3 : qend + 5], "big")))
         if entry.edns_len > limit:
             return None
         counts[entry.stat] = counts.get(entry.stat, 0) + 1
         return query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + entry.edns_tail
 
-    # -- the full path -------------------------------------------------------------
-    def entry(self, qwire: bytes, qtype: int) -> Entry:
-        """The table's reply for (lowercased wire name, type), rendered now if missing or stale."""
+    # -- the strict path -------------------------------------------------------------
+    def entry(self, qwire: bytes, qtype: int, minimal_any: bool = True) -> Entry:
+        """The reply for (lowercased wire name, type): from the table, a template, or rendered now.
+
+        ``minimal_any`` (UDP): ANY gets one RRset (RFC 8482); over TCP every RRset, never kept.
+        """
         key = (qwire + struct.pack("!HH", qtype, 1)).lower()  # as the fast path builds it (see fast())
-        entry = self._table.get(key)
-        if entry is not None and not (entry.serial and entry.serial != self.serial):
-            return entry
+        full_any = qtype == ANY and not minimal_any
+        if not full_any:
+            entry = self._table.get(key)
+            if entry is not None:
+                return entry
         labels = wire_labels(qwire)
         name = labels_to_text(labels)
-        answer = resolve(self.index, name, qtype, self.synced())
+        answer = resolve(self.index, name, qtype, self.synced(), minimal_any=not full_any)
+        if not answer.answer:  # negative, refused, not yet synced: the same bytes for every name
+            return self._template(answer)
         plain = render(answer, labels, qtype, self.ttl)
-        serial = self.serial if answer.negative else 0
-        entry = make_entry(plain, 12 + len(qwire) + 4, serial, (qtype, answer.rcode))
-        if answer.authoritative:  # SERVFAIL before sync and REFUSED are never kept
+        entry = make_entry(plain, 12 + len(qwire) + 4, 0, (qtype, answer.rcode), self.max_payload)
+        if not full_any:
             self._store(key, name, entry)
+        return entry
+
+    def _template(self, answer: Answer) -> Entry:
+        key = (answer.rcode, answer.authoritative, answer.authority)
+        entry = self._templates.get(key)
+        if entry is None:
+            if len(self._templates) > 64:  # old serials' templates
+                self._templates.clear()
+            soa = None
+            if answer.authority:
+                zone, _, data = answer.authority[0]
+                soa = (zone, data, self.ttl)
+            entry = self._templates[key] = template(answer.rcode, answer.authoritative, soa, self.max_payload)  # type: ignore[arg-type]
         return entry
 
     def _store(self, key: bytes, name: str, entry: Entry) -> None:
         table = self._table
-        if key not in table and len(table) >= self.cache_size:
-            old = next(iter(table))  # first in, first out: O(1), and hot names come straight back
-            del table[old]
-            old_name = labels_to_text(wire_labels(old[:-4]))
-            keys = self._keys.get(old_name)
-            if keys is not None:
-                keys.discard(old)
-                if not keys:
-                    del self._keys[old_name]
+        old = table.pop(key, None)
+        if old is not None:
+            self.table_bytes -= _entry_size(key, old)
+        size = _entry_size(key, entry)
+        while table and (len(table) >= self.cache_size or self.table_bytes + size > self.cache_bytes):
+            self._evict()
         table[key] = entry
+        self.table_bytes += size
         self._keys.setdefault(name, set()).add(key)
 
-    def full(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
-        """Parse with dnslib and answer by every rule; None means drop the packet."""
-        try:
-            msg = DNSRecord.parse(query)
-        except Exception:  # dnslib raises several types on garbage
-            return _error_header(query, FORMERR)
-        if msg.header.qr:
-            return None  # a reply sent to us: answering could loop
-        opts = [rr for rr in msg.ar if rr.rtype == OPT]
-        edns = bool(opts)
-        if msg.header.opcode != 0:
-            return self._error(msg, NOTIMP, edns, counts)
-        if len(msg.questions) != 1 or len(opts) > 1:
-            return self._error(msg, FORMERR, edns, counts)
-        if opts:
-            if (opts[0].ttl >> 16) & 0xFF:  # EDNS version above 0
-                return self._error(msg, BADVERS, edns, counts)
-            if limit == MIN_PAYLOAD:
-                limit = max(MIN_PAYLOAD, min(MAX_PAYLOAD, opts[0].rclass))
-        q = msg.questions[0]
-        if q.qclass != 1:
-            return self._error(msg, REFUSED, edns, counts)
-        labels = tuple(q.qname.label)
-        if any(len(lb) > 63 for lb in labels) or sum(len(lb) + 1 for lb in labels) + 1 > 255:
-            return self._error(msg, FORMERR, edns, counts)  # dnslib reads 0x40/0x80 label types as lengths
-        question = name_to_wire_labels(labels) + struct.pack("!HH", q.qtype, q.qclass)
-        qwire = name_to_wire_labels(tuple(lb.lower() for lb in labels))
-        entry = self.entry(qwire, q.qtype)
-        qend = 12 + len(question)
-        heads, tail = (entry.edns_heads, entry.edns_tail) if edns else (entry.plain_heads, entry.plain_tail)
-        reply = b"".join((query[:2], heads[(query[2] & 1) | ((query[3] >> 3) & 2)], question, tail))
-        if len(reply) > limit:
-            cut = entry.cut.get((limit, edns))
-            if cut is None:  # rendering with truncation packs several times: keep the result
-                labels = wire_labels(qwire)
-                answer = resolve(self.index, labels_to_text(labels), q.qtype, self.synced())
-                cut = render(answer, labels, q.qtype, self.ttl, limit - (11 if edns else 0))
-                cut = entry.cut[(limit, edns)] = _with_opt(cut) if edns else cut
-            reply = b"".join((query[:2], _heads(cut)[(query[2] & 1) | ((query[3] >> 3) & 2)], question, cut[qend:]))
-        counts[entry.stat] = counts.get(entry.stat, 0) + 1
-        return reply
+    def _evict(self) -> None:
+        """First in, first out: O(1), and hot names come straight back."""
+        table = self._table
+        old = next(iter(table))
+        self.table_bytes -= _entry_size(old, table.pop(old))
+        old_name = labels_to_text(wire_labels(old[:-4]))
+        keys = self._keys.get(old_name)
+        if keys is not None:
+            keys.discard(old)
+            if not keys:
+                del self._keys[old_name]
 
-    def _error(self, msg: DNSRecord, rcode: int, edns: bool, counts: dict[tuple[int, int], int]) -> bytes:
-        header = DNSHeader(id=msg.header.id, qr=1, opcode=msg.header.opcode, rd=msg.header.rd, rcode=rcode & 0xF)
-        questions = msg.questions if rcode != FORMERR else []
-        wire = DNSRecord(header, questions=questions).pack()
-        self._count(counts, msg.questions[0].qtype if msg.questions else 0, rcode)
-        return _with_opt(wire, rcode >> 4) if edns or rcode == BADVERS else wire
+    def full(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
+        """Parse strictly and answer by every rule; None means drop the packet."""
+        if limit != TCP_LIMIT and len(query) > MAX_QUERY:
+            reply = header_reply(query, FORMERR)  # the README's promise; Knot answers the same
+            if reply is not None:
+                counts[(0, FORMERR)] = counts.get((0, FORMERR), 0) + 1
+            return reply
+        q = parse(query)
+        if q is None:
+            return None  # no header, or a reply sent to us: answering could loop
+        if q.rcode:
+            counts[(q.qtype, q.rcode)] = counts.get((q.qtype, q.rcode), 0) + 1
+            return error_reply(query, q, self.max_payload)
+        return self._answer_question(query, q, limit, counts)
+
+    def _answer_question(self, query: bytes, q: Query, limit: int, counts: dict[tuple[int, int], int]) -> bytes:
+        edns, qend, qtype = q.edns, q.qend, q.qtype
+        if edns and limit == MIN_PAYLOAD:
+            limit = max(MIN_PAYLOAD, min(self.max_payload, q.payload))
+        question = query[12:qend]
+        entry = self.entry(question[:-4].lower(), qtype, minimal_any=limit != TCP_LIMIT)
+        hd, tail = (entry.edns_heads, entry.edns_tail) if edns else (entry.plain_heads, entry.plain_tail)
+        flags = (query[2] & 1) | ((query[3] >> 3) & 2)
+        reply = b"".join((query[:2], hd[flags], question, tail))
+        if len(reply) > limit:
+            # Cut to one of a few sizes (smaller than the client allows is legal: it gets TC and
+            # retries over TCP), so the truncated renderings kept per entry stay few.
+            size = max(s for s in (MIN_PAYLOAD, DEFAULT_PAYLOAD, self.max_payload, TCP_LIMIT) if s <= limit)
+            cut = entry.cut.get((size, edns))
+            if cut is None:  # rendering with truncation packs several times: keep the result
+                qwire = question[:-4].lower()
+                labels = wire_labels(qwire)
+                answer = resolve(self.index, labels_to_text(labels), qtype, self.synced(), minimal_any=limit != TCP_LIMIT)
+                cut = render(answer, labels, qtype, self.ttl, size - (11 if edns else 0))
+                cut = with_opt(cut, self.max_payload) if edns else cut
+                key = qwire + question[-4:]
+                if self._table.get(key) is entry:
+                    entry.cut[(size, edns)] = cut
+                    self.table_bytes += len(cut) + CUT_OVERHEAD
+            reply = b"".join((query[:2], heads(cut)[flags], question, cut[qend:]))
+        stat = entry.stat if entry.stat[0] else (qtype, entry.stat[1])  # templates serve every type
+        counts[stat] = counts.get(stat, 0) + 1
+        return reply
 
     def answer(
         self, query: bytes, limit: int = MIN_PAYLOAD, counts: dict[tuple[int, int], int] | None = None
@@ -311,25 +268,23 @@ class Responder:
             query = bytes(query)
         if counts is None:
             counts = self.counts
-        reply = self.fast(query, limit, counts)
-        if reply is not None:
-            return reply
+        if limit != TCP_LIMIT or not _asks_any(query):  # the table holds UDP's minimal ANY
+            reply = self.fast(query, limit, counts)
+            if reply is not None:
+                return reply
+        return self.miss(query, limit, counts)
+
+    def miss(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
+        """The strict path, guarded: a bug costs one SERVFAIL and a rate-limited log line, never the server."""
         try:
             return self.full(query, limit, counts)
-        except Exception:  # a bug must cost one reply, never the server
-            log.exception("failed to answer a query; replying SERVFAIL")
-            return _error_header(query, 2)
+        except Exception:
+            self.failures += 1
+            now = time.monotonic()
+            if now - self._failure_logged > 10.0:  # a packet that triggers a bug must not flood the log
+                self._failure_logged = now
+                log.exception("failed to answer a query (%d so far); replying SERVFAIL", self.failures)
+            return header_reply(query, 2)
 
 
-def name_to_wire_labels(labels: tuple[bytes, ...]) -> bytes:
-    return b"".join(bytes((len(lb),)) + lb for lb in labels) + b"\x00"
-
-
-def _error_header(query: bytes, rcode: int) -> bytes | None:
-    """A bare reply for a query we cannot parse: its ID and opcode, no sections; drop if no header."""
-    if len(query) < 12 or query[2] & 0x80:
-        return None
-    return query[:2] + bytes(((query[2] & 0x79) | 0x80, rcode)) + b"\x00" * 8
-
-
-__all__ = ["Entry", "Record", "Responder", "render"]
+__all__ = ["MAX_QUERY", "TCP_LIMIT", "TXT_TTL", "Entry", "Responder", "render"]

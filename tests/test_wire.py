@@ -376,9 +376,9 @@ def test_udp_without_edns_truncates_to_whole_rrsets(big_server: Dnsd) -> None:
     (BIG_NAME, "A", 512, 512, True),
     (BIG_NAME, "A", 1232, 1232, True),
     (BIG_NAME, "A", 100, 512, True),  # clamped up to 512
-    (BIG_NAME, "A", 4096, 4096, False),  # 200 A records are ~3.2 KB: they fit
-    (BIG_SRV, "SRV", 4096, 4096, True),  # 200 SRV are ~11 KB: they do not
-    (BIG_SRV, "SRV", 65000, 4096, True),  # clamped down to 4096
+    (BIG_NAME, "A", 4096, 1232, True),  # capped at --udp-max-payload (1232): 200 A records are ~3.2 KB
+    (BIG_SRV, "SRV", 4096, 1232, True),  # 200 SRV are ~11 KB
+    (BIG_SRV, "SRV", 65000, 1232, True),  # clamped down
 ])
 def test_udp_with_edns_limit(big_server: Dnsd, name: str, rdtype: str, payload: int, limit: int, truncated: bool) -> None:
     query = dns.message.make_query(name, rdtype, use_edns=0, payload=payload)
@@ -418,8 +418,8 @@ def test_dig_retries_over_tcp(big_server: Dnsd) -> None:
     assert sum(1 for line in out.splitlines() if line.startswith(BIG_NAME + ".") and "\tA\t" in line) == BIG
     out = big_server.dig("+ignore", "+bufsize=512", BIG_NAME)  # the truncated reply itself
     assert "flags: qr aa tc rd" in out and "ANSWER: 0" in out and "(UDP)" in out
-    out = big_server.dig("+bufsize=4096", BIG_NAME)
-    assert "ANSWER: 200" in out and "(UDP)" in out and "Truncated" not in out
+    out = big_server.dig("+bufsize=4096", BIG_NAME)  # UDP replies stop at --udp-max-payload (1232)
+    assert "ANSWER: 200" in out and "(TCP)" in out and "Truncated" in out
 
 
 @pytest.mark.parametrize("edns", [False, True], ids=["plain", "edns512"])
