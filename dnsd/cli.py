@@ -60,6 +60,29 @@ def _number(value: str) -> float:
     return number
 
 
+def _payload(value: str) -> int:
+    size = _whole(value)
+    if not 512 <= size <= 4096:
+        raise argparse.ArgumentTypeError("must be between 512 and 4096")
+    return size
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _bytes(value: str) -> int:
+    """A size in bytes, with an optional K, M or G suffix (powers of 1024)."""
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = text[-1:] if text[-1:] in "kmg" else ""
+    try:
+        size = int(float(text[: len(text) - len(unit)]) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size (e.g. 32M)") from None
+    if size < 1 << 20:
+        raise argparse.ArgumentTypeError("must be at least 1M")
+    return size
+
+
 def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
@@ -150,9 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="HOST:PORT for /health, /ready and /metrics; empty to disable (default 127.0.0.1:8080)")
     serve.add_argument("--tcp-idle-timeout", type=_number, default=10.0, help="seconds before an idle TCP connection closes")
     serve.add_argument("--tcp-max-connections", type=_positive, default=1024,
-                       help="concurrent TCP connections per worker")
+                       help="concurrent TCP connections, for the whole server (all workers together)")
     serve.add_argument("--cache-size", type=_positive, default=200_000,
-                       help="rendered replies kept, one per (name, type) asked (default 200000)")
+                       help="rendered positive replies kept per worker, one per (name, type) asked (default 200000)")
+    serve.add_argument("--cache-bytes", type=_bytes, default=32 << 20, metavar="SIZE",
+                       help="memory the rendered replies may take per worker, e.g. 64M (default 32M)")
+    serve.add_argument("--udp-max-payload", type=_payload, default=1232, metavar="BYTES",
+                       help="largest UDP reply, and the EDNS size advertised: 512-4096 (default 1232, as Knot); "
+                            "bigger answers get TC and are retried over TCP")
 
     records = sub.add_parser("records", help="print every record dnsd would serve, as sorted zone-file text")
     _source_flags(records)
@@ -186,6 +214,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             workers=args.workers or usable_cpus(),
             http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
+            cache_bytes=args.cache_bytes, udp_max_payload=args.udp_max_payload,
         )
     return Config(**fields)
 

@@ -68,6 +68,8 @@ class Config:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1024
     cache_size: int = 200_000
+    cache_bytes: int = 32 << 20  # the reply table's bound in bytes, per worker (deploy/ allows 256 MiB in all)
+    udp_max_payload: int = 1232
     kube_watch_timeout: int = 300
     kube_read_timeout: float = 75.0
     reload_debounce_ms: int = 50

@@ -11,10 +11,12 @@ import ipaddress
 import logging
 import socket
 import time
+from typing import Any
 
 from .config import Config
+from .dataplane import release_heap
 from .metrics import Listener
-from .wire import MIN_PAYLOAD, TCP_LIMIT, Responder
+from .wire import MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT, Responder
 
 log = logging.getLogger("dnsd.listeners")
 perf_counter = time.perf_counter
@@ -29,7 +31,7 @@ class UdpListener:
     """
 
     BATCH = 64  # datagrams per wake-up, so TCP and source updates get their turn
-    MAX_QUERY = 4096  # bigger UDP queries are cut and answered FORMERR; 64 KiB buffers cost ~10%
+    READ = MAX_QUERY + 1  # one byte more than a query may have: a longer datagram is seen, and gets FORMERR
 
     def __init__(self, sock: socket.socket, responder: Responder, listener: Listener) -> None:
         self.sock = sock
@@ -38,8 +40,8 @@ class UdpListener:
 
     def readable(self) -> None:
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
-        fast, answer = self.responder.fast, self.responder.answer
-        counts, observe, size = self.listener.counts, self.listener.duration.observe, self.MAX_QUERY
+        fast, miss = self.responder.fast, self.responder.miss
+        counts, observe, size = self.listener.counts, self.listener.duration.observe, self.READ
         last = perf_counter()
         for _ in range(self.BATCH):
             try:
@@ -51,7 +53,7 @@ class UdpListener:
                 return
             reply = fast(data, MIN_PAYLOAD, counts)
             if reply is None:
-                reply = answer(data, MIN_PAYLOAD, counts)
+                reply = miss(data, MIN_PAYLOAD, counts)
             if reply is not None:
                 try:
                     sendto(reply, addr)
@@ -64,23 +66,61 @@ class UdpListener:
             last = now
 
 
-UDP_BUFFER = 4 << 20  # absorbs bursts (e.g. a node's pods restarting together) instead of dropping
+# The receive buffer is a queue: it should hold a burst (a node's pods restarting together), not
+# seconds of work. The kernel charges each small datagram ~830 bytes (its skb; measured on loopback,
+# Linux 6.x) against twice the size asked for, so 512 KiB holds ~1,260 queries: ~20 ms of work on the
+# fast path, ~80 ms on the strict path (~15k/s per worker). Past that the kernel drops at once, so
+# under overload the queries that are answered are answered fast (4 MiB held ~10,000: 0.7 s).
+UDP_RCVBUF = 512 << 10
+UDP_SNDBUF = 4 << 20  # replies leave at once on a healthy host; a big buffer only avoids drops in bursts
 
 
-def _grow_buffers(sock: socket.socket) -> None:
-    """Ask for large UDP buffers; the kernel caps them at net.core.[rw]mem_max, which is fine."""
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+def _size_buffers(sock: socket.socket) -> None:
+    """Set the UDP buffers; the kernel caps them at net.core.[rw]mem_max, which is fine."""
+    for option, size in ((socket.SO_RCVBUF, UDP_RCVBUF), (socket.SO_SNDBUF, UDP_SNDBUF)):
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+class Slots:
+    """The TCP connection limit of the whole server: one count per worker in shared memory.
+
+    ``counts`` is a ``multiprocessing.Array`` (one int per worker, with its lock) when several
+    processes serve, else a plain list. Each worker changes only its own count, under the lock,
+    so a restarted worker's count can be reset by the supervisor without guessing.
+    """
+
+    def __init__(self, limit: int, counts: Any = None, number: int = 0) -> None:
+        self.limit = limit
+        self.counts = counts if counts is not None else [0]
+        self.number = number
+        self.lock = counts.get_lock() if hasattr(counts, "get_lock") else contextlib.nullcontext()
+
+    def acquire(self) -> bool:
+        with self.lock:
+            if sum(self.counts) >= self.limit:
+                return False
+            self.counts[self.number] += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.counts[self.number] -= 1
+
+
+READ_LIMIT = 4096  # bytes a TCP connection may have buffered unread (asyncio pauses it at twice this)
+TRIM_AFTER = 64  # connections closed since the heap was last given back
 
 
 class DnsServer:
     """The UDP and TCP listeners of one process."""
 
-    def __init__(self, config: Config, responder: Responder, reuse_port: bool = False) -> None:
+    def __init__(self, config: Config, responder: Responder, reuse_port: bool = False, slots: Slots | None = None) -> None:
         self.config = config
         self.responder = responder
         self.reuse_port = reuse_port
+        self.slots = slots or Slots(config.tcp_max_connections)
+        self._closed_since_trim = 0
         self.listeners: list[Listener] = []
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
@@ -102,26 +142,35 @@ class DnsServer:
                 sock.close()
                 raise
             sock.setblocking(False)
-            _grow_buffers(sock)
+            _size_buffers(sock)
             loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp).readable)
             self._udp.append(sock)
             tcp = Listener("tcp", family, server)
             self._tcp.append(await asyncio.start_server(
                 lambda r, w, tcp=tcp: self._tcp_connection(r, w, tcp), host=address, port=self.config.port,
-                reuse_port=self.reuse_port or None, backlog=1024,
+                reuse_port=self.reuse_port or None, backlog=1024, limit=READ_LIMIT,
             ))
             self.listeners += [udp, tcp]
             log.info("DNS on %s:%d (UDP and TCP)", address, self.config.port)
 
     async def _tcp_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lst: Listener) -> None:
+        """RFC 7766: several queries per connection, answered in order.
+
+        A reply is written only once the previous one left for the kernel (write buffer limit 0),
+        so a connection parks at most one reply and READ_LIMIT of queries. A peer that neither
+        sends nor reads for the idle timeout is cut: reads and writes both have the timeout, and
+        a connection with unsent data is aborted, not closed (close would wait for the flush).
+        """
         task = asyncio.current_task()
-        if len(self._connections) >= self.config.tcp_max_connections or task is None:
-            writer.close()  # over the cap: refuse rather than queue without bound
+        transport = writer.transport
+        if task is None or not self.slots.acquire():
+            transport.abort()  # over the cap: refuse at once rather than queue without bound
             return
         self._connections.add(task)
+        transport.set_write_buffer_limits(high=0)
         idle = self.config.tcp_idle_timeout
         try:
-            while True:  # RFC 7766: several queries per connection, answered in order
+            while True:
                 size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), idle), "big")
                 query = await asyncio.wait_for(reader.readexactly(size), idle)
                 self._busy.add(task)
@@ -130,7 +179,8 @@ class DnsServer:
                 if reply is None:
                     break
                 writer.write(len(reply).to_bytes(2, "big") + reply)
-                await writer.drain()
+                if transport.get_write_buffer_size():
+                    await asyncio.wait_for(writer.drain(), idle)
                 lst.duration.observe(perf_counter() - start)
                 self._busy.discard(task)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, asyncio.CancelledError):
@@ -138,7 +188,16 @@ class DnsServer:
         finally:
             self._busy.discard(task)
             self._connections.discard(task)
-            writer.close()
+            self.slots.release()
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                writer.close()
+            self._closed_since_trim += 1
+            closed = self._closed_since_trim
+            if closed >= TRIM_AFTER and (not self._connections or closed >= 16 * TRIM_AFTER):
+                self._closed_since_trim = 0
+                release_heap()  # the buffers of many closed connections go back to the OS
 
     async def close(self, grace: float = 3.0) -> None:
         """Stop accepting; let connections finish the query they are answering; close the rest."""

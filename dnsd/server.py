@@ -27,7 +27,7 @@ from prometheus_client.registry import CollectorRegistry
 from .config import Config
 from .dataplane import Dataplane, big_batch
 from .http import HttpServer
-from .listeners import DnsServer
+from .listeners import DnsServer, Slots
 from .metrics import PROGRAMMING_BUCKETS, DnsdCollector, Histogram, Totals, snapshot, totals
 from .store import Op, Store
 
@@ -60,6 +60,14 @@ class Sources:
         if self.kubernetes:
             self.kubernetes.start()
 
+    def reload(self) -> None:
+        """SIGHUP: re-read every manifest file now (the API sources are watches: nothing to re-read)."""
+        if self.manifests:
+            log.info("SIGHUP: re-reading the manifest files")
+            self.manifests.reload()
+        else:
+            log.info("SIGHUP: no manifest files to re-read; nothing to do")
+
     def stop(self) -> None:
         if self.manifests:
             self.manifests.stop()
@@ -90,6 +98,7 @@ def _tune_gc() -> None:
 
 
 def run(config: Config) -> int:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the handler is in place: a HUP must never kill us
     _tune_gc()
     if config.workers > 1:
         return Supervisor(config).run()
@@ -107,7 +116,8 @@ def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
 async def _serve_single(config: Config) -> int:
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
-    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size)
+    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size,
+                          config.cache_bytes, config.udp_max_payload)
 
     def emit(ops: list[Op]) -> None:
         if threading.get_ident() == loop_thread:
@@ -144,6 +154,7 @@ async def _serve_single(config: Config) -> int:
         sources.stop()
         return 1
     stop = _stop_event(loop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: threading.Thread(target=sources.reload, daemon=True).start())
     log.info("dnsd serving %s", ", ".join(config.domains))
     await stop.wait()
     log.info("shutting down")
@@ -172,19 +183,21 @@ def _start_http(
 
 
 # -- several worker processes ---------------------------------------------------------
-def worker_main(config: Config, conn: Connection, number: int) -> None:
+def worker_main(config: Config, conn: Connection, number: int, tcp_counts: Any) -> None:
     logging.basicConfig(level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s[w{number}]: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor re-reads the files (a HUP to the group too)
     _tune_gc()
     _use_uvloop()
-    asyncio.run(_serve_worker(config, conn))
+    asyncio.run(_serve_worker(config, conn, Slots(config.tcp_max_connections, tcp_counts, number)))
 
 
-async def _serve_worker(config: Config, conn: Connection) -> None:
+async def _serve_worker(config: Config, conn: Connection, slots: Slots) -> None:
     loop = asyncio.get_running_loop()
-    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size)
+    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size,
+                          config.cache_bytes, config.udp_max_payload)
     dataplane.apply(conn.recv())  # the supervisor's snapshot, before the first query can arrive
-    dns = DnsServer(config, dataplane.responder, reuse_port=True)
+    dns = DnsServer(config, dataplane.responder, reuse_port=True, slots=slots)
     try:
         await dns.start()
     except OSError as exc:
@@ -226,6 +239,9 @@ class Supervisor:
         self.stats: dict[int, dict[str, Any]] = {}
         self.programming = Histogram(PROGRAMMING_BUCKETS)
         self.stopping = threading.Event()
+        self.reloading = threading.Event()
+        # One TCP connection count per worker, shared: the limit holds for the whole server.
+        self.tcp_counts = self.ctx.Array("i", config.workers)
 
     def emit(self, ops: list[Op]) -> None:
         with self.lock, big_batch(ops):
@@ -238,7 +254,10 @@ class Supervisor:
 
     def _spawn(self, number: int) -> tuple[Any, Connection]:
         ours, theirs = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(target=worker_main, args=(self.config, theirs, number), name=f"dnsd-worker-{number}")
+        with self.tcp_counts.get_lock():
+            self.tcp_counts[number] = 0  # a restarted worker's connections died with it
+        process = self.ctx.Process(target=worker_main, args=(self.config, theirs, number, self.tcp_counts),
+                                   name=f"dnsd-worker-{number}")
         process.start()
         theirs.close()
         with self.lock:
@@ -255,6 +274,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reloading.set())
         # Sources first: workers start from a snapshot that already holds the manifests,
         # so the port never answers SERVFAIL for data we have on disk.
         sources = Sources(self.config, self.emit)
@@ -281,6 +301,9 @@ class Supervisor:
         log.info("dnsd serving %s with %d workers", ", ".join(self.config.domains), self.config.workers)
         while not self.stopping.is_set():
             self._monitor(timeout=0.5)
+            if self.reloading.is_set():
+                self.reloading.clear()
+                sources.reload()  # its ops reach every worker through emit
         log.info("shutting down")
         sources.stop()
         if http:

@@ -138,6 +138,7 @@ class ManifestSource:
         self.errors: dict[Path, list[str]] = {}  # current problems, for logs and metrics
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the watcher and SIGHUP may rescan at once
 
     def load(self) -> None:
         """Load every file once, synchronously (before serving starts)."""
@@ -148,7 +149,17 @@ class ManifestSource:
         self.rescan()
         self.emit([Synced(SYNC_ORIGIN)])
 
+    def reload(self) -> None:
+        """Re-read every file, even those whose bytes did not change (SIGHUP): their problems are logged again."""
+        with self._lock:
+            self._examined.clear()
+        self.rescan()
+
     def rescan(self) -> None:
+        with self._lock:
+            self._rescan()
+
+    def _rescan(self) -> None:
         ops: list[Op] = []
         files = expand(self.paths)
         for gone in set(self._examined) - set(files):
