@@ -31,6 +31,7 @@ MAX_QUERY = 4096  # a bigger UDP datagram is FORMERR (the listener reads one byt
 DEFAULT_PAYLOAD = 1232  # what we advertise and the most we send over UDP: the DNS-flag-day size (as Knot)
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_SPECIAL_TYPES = frozenset((0, 41, 251, 252, 255))  # internal marker, OPT, IXFR, AXFR, ANY: the strict path's
 # Per-entry memory beyond its byte strings' lengths: the Entry tuple, two tail bytes objects, the
 # key, its cut dict, the table's and the name index's slots. Measured with tracemalloc over 20,000
 # entries of the example cluster (tests/test_hostile.py::test_table_size_estimate): ~520 bytes.
@@ -147,8 +148,11 @@ class Responder:
         ):
             return None
         rdlength = int.from_bytes(query[qend + 9 : qend + 11], "big")
-        if len(query) != qend + 11 + rdlength or (rdlength and not _options_ok(query, qend + 11, len(query))):
+        size = len(query)
+        if size != qend + 11 + rdlength:
             return None
+        if rdlength and (not _options_ok(query, qend + 11, size) or (size > MAX_QUERY and limit != TCP_LIMIT)):
+            return None  # lying option lengths and oversize datagrams: the strict path's FORMERR
         if limit == MIN_PAYLOAD:
             limit = max(MIN_PAYLOAD, min(self.max_payload, int.from_bytes(query[qend + 3 : qend + 5], "big")))
         if entry.edns_len > limit:
@@ -274,9 +278,59 @@ class Responder:
                 return reply
         return self.miss(query, limit, counts)
 
+    def negative(self, query: bytes, counts: dict[tuple[int, int], int]) -> bytes | None:
+        """A template reply for a plainly shaped query whose name holds nothing (NXDOMAIN, NODATA,
+        REFUSED); None when anything needs the strict path. This is what a random-name flood costs:
+        one walk over the name, one resolve, no parser, no rendering, no table entry.
+        """
+        n = len(query)
+        if n < 17 or n > MAX_QUERY or query[2] & 0xF8:
+            return None
+        labels, i = [], 12
+        while True:
+            if i >= n:
+                return None
+            length = query[i]
+            if not length:
+                break
+            if length > 63:
+                return None
+            i += length + 1
+            labels.append(query[i - length : i])
+        qend = i + 5
+        if qend > 12 + 255 + 4 or query[qend - 2 : qend] != b"\x00\x01":  # name over 255 bytes; class not IN
+            return None
+        counts_field = query[4:12]
+        edns = counts_field == _EDNS_COUNTS
+        if edns:
+            if n < qend + 11 or query[qend : qend + 3] != b"\x00\x00\x29" or query[qend + 6]:
+                return None  # not our root OPT of version 0: the strict path decides
+            rdlength = int.from_bytes(query[qend + 9 : qend + 11], "big")
+            if n != qend + 11 + rdlength or (rdlength and not _options_ok(query, qend + 11, n)):
+                return None
+        elif counts_field != _PLAIN_COUNTS or n != qend:
+            return None
+        qtype = (query[qend - 4] << 8) | query[qend - 3]
+        if qtype in _SPECIAL_TYPES:
+            return None
+        name = b".".join(labels).lower().decode("latin-1")
+        if name.count(".") != len(labels) - 1:
+            return None  # a label holding a dot: the strict path escapes it
+        answer = resolve(self.index, name, qtype, self.synced())
+        if answer.answer:
+            return None  # data: rendered and kept by the strict path
+        entry = self._template(answer)
+        stat = (qtype, answer.rcode)
+        counts[stat] = counts.get(stat, 0) + 1
+        hd, tail = (entry.edns_heads, entry.edns_tail) if edns else (entry.plain_heads, entry.plain_tail)
+        return query[:2] + hd[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + tail
+
     def miss(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
         """The strict path, guarded: a bug costs one SERVFAIL and a rate-limited log line, never the server."""
         try:
+            reply = self.negative(query, counts)
+            if reply is not None:
+                return reply
             return self.full(query, limit, counts)
         except Exception:
             self.failures += 1

@@ -107,6 +107,10 @@ def without_serials(zone_text: str) -> str:
     (["serve", "--port", "-1"], "argument --port: must be between 0 and 65535"),
     (["serve", "--address", "localhost"], "argument --address: 'localhost' is not an IP address"),
     (["serve", "--workers", "0"], "argument --workers: must be at least 1"),
+    (["serve", "--udp-max-payload", "511"], "argument --udp-max-payload: must be between 512 and 4096"),
+    (["serve", "--udp-max-payload", "65535"], "argument --udp-max-payload: must be between 512 and 4096"),
+    (["serve", "--cache-bytes", "lots"], "argument --cache-bytes: 'lots' is not a size (e.g. 32M)"),
+    (["serve", "--cache-bytes", "100K"], "argument --cache-bytes: must be at least 1M"),
 ])
 def test_bad_flag_values_are_rejected(argv: list[str], message: str) -> None:
     # --http-address "" and a free port: should validation ever let one through, it cannot collide.
