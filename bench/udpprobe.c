@@ -14,6 +14,9 @@
  * their question must be the query's (so a very late answer is never credited to a newer query).
  * OUTFILE gets one little-endian float32 per query sent, in send order: milliseconds, or -1 for a query
  * not answered within 2 s. stdout gets one line: "sent N answered M late_sends L".
+ *
+ * QUERYFILE "random:SUFFIX" sends a name never asked before with every query (a random-subdomain flood):
+ * query number i asks "<16 hex digits from i>.SUFFIX" type A, so an answer is still matched to its question.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -68,6 +71,20 @@ static int encode(const char *name, int qtype, uint8_t *out, int room) {
 }
 
 typedef struct { uint8_t wire[272]; int len; } Query;
+
+/* A 64-bit mix of the query number (splitmix64's finalizer): unique names that look random. */
+static uint64_t mix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static void random_query(long seq, const char *suffix, Query *q) {
+    char name[300];
+    snprintf(name, sizeof name, "%016llx.%s", (unsigned long long)mix((uint64_t)seq), suffix);
+    q->len = encode(name, 1, q->wire, (int)sizeof q->wire);
+}
 typedef struct { double sent; long seq; } Slot;
 
 int main(int argc, char **argv) {
@@ -81,19 +98,26 @@ int main(int argc, char **argv) {
         fprintf(stderr, "udpprobe: bad arguments\n");
         return 2;
     }
-    FILE *in = fopen(argv[2], "r");
-    if (!in) { perror(argv[2]); return 1; }
+    const char *suffix = strncmp(argv[2], "random:", 7) == 0 ? argv[2] + 7 : NULL;
     Query *queries = malloc(sizeof(Query) * MAX_QUERIES);
     int nq = 0;
-    char line[600], name[300], type[16];
-    while (nq < MAX_QUERIES && fgets(line, sizeof line, in)) {
-        int qtype;
-        if (sscanf(line, "%299s %15s", name, type) != 2 || (qtype = qtype_of(type)) < 0) continue;
-        int len = encode(name, qtype, queries[nq].wire, (int)sizeof queries[nq].wire);
-        if (len == -2) len = encode("", qtype, queries[nq].wire, (int)sizeof queries[nq].wire);  /* "." */
-        if (len > 0) queries[nq++].len = len;
+    if (suffix) {
+        random_query(0, suffix, &queries[0]);
+        if (queries[0].len <= 0) { fprintf(stderr, "udpprobe: bad suffix %s\n", suffix); return 2; }
+        nq = 1;
+    } else {
+        FILE *in = fopen(argv[2], "r");
+        if (!in) { perror(argv[2]); return 1; }
+        char line[600], name[300], type[16];
+        while (nq < MAX_QUERIES && fgets(line, sizeof line, in)) {
+            int qtype;
+            if (sscanf(line, "%299s %15s", name, type) != 2 || (qtype = qtype_of(type)) < 0) continue;
+            int len = encode(name, qtype, queries[nq].wire, (int)sizeof queries[nq].wire);
+            if (len == -2) len = encode("", qtype, queries[nq].wire, (int)sizeof queries[nq].wire);  /* "." */
+            if (len > 0) queries[nq++].len = len;
+        }
+        fclose(in);
     }
-    fclose(in);
     if (nq == 0) { fprintf(stderr, "udpprobe: no usable query in %s\n", argv[2]); return 1; }
 
     struct sockaddr_in server = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -125,6 +149,7 @@ int main(int argc, char **argv) {
             int s = (int)(next % nsock);
             uint16_t id = (uint16_t)(next / nsock);
             Query *q = &queries[next % nq];
+            if (suffix) random_query(next, suffix, q);
             q->wire[0] = (uint8_t)(id >> 8);
             q->wire[1] = (uint8_t)id;
             Slot *slot = &slots[s * 65536 + id];
@@ -137,7 +162,8 @@ int main(int argc, char **argv) {
             while ((n = recv(socks[s], reply, sizeof reply, MSG_DONTWAIT)) >= 12) {
                 Slot *slot = &slots[s * 65536 + ((reply[0] << 8) | reply[1])];
                 if (slot->seq < 0 || latency[slot->seq] >= 0) continue;
-                Query *q = &queries[slot->seq % nq];
+                Query *q = &queries[slot->seq % nq], fresh;
+                if (suffix) { random_query(slot->seq, suffix, &fresh); q = &fresh; }
                 if (n < q->len || memcmp(reply + 12, q->wire + 12, (size_t)q->len - 12) != 0) continue;
                 double elapsed = now() - slot->sent;
                 if (elapsed <= TIMEOUT) {

@@ -432,3 +432,44 @@ def test_flood_reply_bytes_match_the_template(zones_server: Dnsd) -> None:
         assert reply is not None and reply[2] & (FLAG_QR >> 8)
         msg = dns.message.from_wire(reply)
         assert msg.id == query.id and rcode(msg) == "NXDOMAIN" and msg.edns == (0 if edns is not False else -1)
+
+
+def test_backlogged_socket_drops_stale_misses_and_answers_hits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process, on a real socket: once a whole batch was waiting, a query that misses the table and
+    waited over MAX_WAIT is dropped unanswered; a table hit is answered however long it waited."""
+    from bench.fuzz_query import dataplane
+    from dnsd.listeners import MAX_WAIT, SO_TIMESTAMP, UdpListener
+    from dnsd.metrics import Listener
+
+    responder = dataplane().responder
+    assert responder.answer(raw_query(WEB)) is not None  # WEB A is in the table now
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    server.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.connect(server.getsockname())
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    client.settimeout(0.2)
+    listener = UdpListener(server, responder, Listener("udp", "1", "dns://test"))
+    try:
+        for i in range(UdpListener.BATCH + 20):
+            client.send(raw_query(f"miss{i}.{SHOP}", qid=i))
+        client.send(raw_query(WEB, qid=9999))
+        time.sleep(0.05)
+        listener.readable()  # a full batch, answered: the socket is backlogged now
+        assert listener.backlogged
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 10 * MAX_WAIT)  # everything waiting is stale
+        listener.readable()
+        assert not listener.backlogged, "the socket ran dry"
+        ids = []
+        with pytest.raises(TimeoutError):
+            while True:
+                ids.append(int.from_bytes(client.recv(512)[:2], "big"))
+        assert ids == [*range(UdpListener.BATCH), 9999], "the stale misses were dropped, the hit answered"
+        assert listener.late == 20
+    finally:
+        client.close()
+        server.close()
