@@ -84,9 +84,9 @@ class Procs:
             self.stop(proc, grace=2.0)
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """user+system CPU of the live processes in one process group (a server and its workers/threads)."""
-    total = 0
+def group_stats(pgid: int) -> dict[int, list[str]]:
+    """pid -> the fields of /proc/PID/stat after the command, for the live processes of one process group."""
+    found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -96,8 +96,25 @@ def group_cpu_seconds(pgid: int) -> float:
         except (OSError, IndexError):
             continue  # exited meanwhile
         if int(fields[2]) == pgid:  # fields[2] is field 5 of stat(5): the process group
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
+            found[int(entry.name)] = fields
+    return found
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """user+system CPU of the live processes in one process group (a server and its workers/threads)."""
+    return sum(int(fields[11]) + int(fields[12]) for fields in group_stats(pgid).values()) / CLK_TCK  # utime, stime
+
+
+def group_pss_kb(pgid: int) -> int:
+    """PSS of the live processes in one process group, as the project measures memory."""
+    total = 0
+    for pid in group_stats(pgid):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
 
 
 def system_cpu_seconds() -> tuple[float, float]:

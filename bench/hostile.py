@@ -59,23 +59,6 @@ def wire_query(name: str) -> bytes:
 LEGIT_QUERY = wire_query(LEGIT)
 
 
-def pss_kb(pgid: int) -> int:
-    """PSS of every process in the group (a server and its workers)."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[2]) != pgid:
-                    continue
-            with open(f"/proc/{entry.name}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-        except (OSError, IndexError, StopIteration, ValueError):
-            continue
-    return total
-
-
 def dnsperf_qps(port: int, queries: Path, seconds: float) -> float:
     cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", f"{seconds:g}",
            "-c", "4", "-q", "200", "-T", "1", "-t", "2"]
@@ -173,7 +156,7 @@ def amplification(port: int, packets: list[bytes]) -> tuple[float, float, int]:
 def slow_readers(port: int, pgid: int, count: int) -> tuple[float, float, float, int]:
     """``count`` TCP clients each pipeline 20 queries for a 3 KB answer and never read. PSS (MB) before,
     while they are connected, and 3 s after they closed; and how many were refused (over the limit)."""
-    before = pss_kb(pgid)
+    before = common.group_pss_kb(pgid)
     query = wire_query("big.default.svc.cluster.local")
     framed = (len(query).to_bytes(2, "big") + query) * 20
     socks, refused = [], 0
@@ -189,12 +172,12 @@ def slow_readers(port: int, pgid: int, count: int) -> tuple[float, float, float,
             refused += 1
             sock.close()
     time.sleep(2)
-    during = pss_kb(pgid)
+    during = common.group_pss_kb(pgid)
     for sock in socks:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, as a crashed client
         sock.close()
     time.sleep(3)
-    return before / 1024, during / 1024, pss_kb(pgid) / 1024, refused
+    return before / 1024, during / 1024, common.group_pss_kb(pgid) / 1024, refused
 
 
 def answering(port: int) -> bool:
@@ -218,7 +201,7 @@ def measure(name: str, argv: list[str], port: int, procs: Procs, tmp: Path, args
         log(f"{name}: cached positive {positive:,.0f} qps, unique-name NXDOMAIN {unique:,.0f} qps ({unique / positive:.0%})")
 
         time.sleep(1)
-        steady = pss_kb(proc.pid)
+        steady = common.group_pss_kb(proc.pid)
         flood_out = tmp / f"{name}.flood.f32"
         flood = udpprobe(files["udpprobe"], port, f"random:{FLOOD_SUFFIX}", args.flood_rate, args.seconds, flood_out)
         lat: list[float] = []
@@ -226,13 +209,13 @@ def measure(name: str, argv: list[str], port: int, procs: Procs, tmp: Path, args
         probe.start()
         peak = steady
         while flood.poll() is None or probe.is_alive():
-            peak = max(peak, pss_kb(proc.pid))
+            peak = max(peak, common.group_pss_kb(proc.pid))
             time.sleep(0.25)
         sent, answered, _ = probe_result(flood, flood_out, args.seconds)
         psent = len(lat)
         lat.sort()
         time.sleep(1)
-        after = pss_kb(proc.pid)
+        after = common.group_pss_kb(proc.pid)
         within = sum(1 for x in lat if x <= 50) / max(1, psent)
         figures.update(flood_sent=sent, flood_answered=answered, legit_within_50ms=within, legit_p50_ms=quantile(lat, 0.5),
                        legit_p99_ms=quantile(lat, 0.99), pss_steady_mb=steady / 1024, pss_peak_mb=peak / 1024,

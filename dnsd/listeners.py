@@ -54,23 +54,32 @@ class UdpListener:
         self.late = 0  # queries dropped for waiting too long
 
     def readable(self) -> None:
-        if self.backlogged:
-            self._drain_backlog()
-            return
-        recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
+        backlogged = self.backlogged
+        recvfrom, recvmsg, sendto = self.sock.recvfrom, self.sock.recvmsg, self.sock.sendto
         fast, miss = self.responder.fast, self.responder.miss
         counts, observe, size = self.listener.counts, self.listener.duration.observe, self.READ
+        unpack, wall = _TIMEVAL.unpack_from, time.time
+        ancillary: list = []
         last = perf_counter()
         for _ in range(self.BATCH):
             try:
-                data, addr = recvfrom(size)
+                if backlogged:
+                    data, ancillary, _, addr = recvmsg(size, 32)
+                else:
+                    data, addr = recvfrom(size)
             except (BlockingIOError, InterruptedError):
+                self.backlogged = False
                 return
             except OSError as exc:
                 log.debug("UDP receive error: %s", exc)
                 return
             reply = fast(data, MIN_PAYLOAD, counts)
             if reply is None:
+                if backlogged and ancillary and len(ancillary[0][2]) >= 16:
+                    seconds, micros = unpack(ancillary[0][2])
+                    if wall() - seconds - micros * 1e-6 > MAX_WAIT:
+                        self.late += 1
+                        continue  # the client has likely given up or retried; others are waiting
                 reply = miss(data, MIN_PAYLOAD, counts)
             if reply is not None:
                 try:
@@ -83,40 +92,6 @@ class UdpListener:
             observe(now - last)  # one clock read per query: receive, answer and send
             last = now
         self.backlogged = True  # a full batch and maybe more: read with arrival times until the socket runs dry
-
-    def _drain_backlog(self) -> None:
-        recvmsg, sendto = self.sock.recvmsg, self.sock.sendto
-        fast, miss = self.responder.fast, self.responder.miss
-        counts, observe, size = self.listener.counts, self.listener.duration.observe, self.READ
-        unpack, wall = _TIMEVAL.unpack_from, time.time
-        last = perf_counter()
-        for _ in range(self.BATCH):
-            try:
-                data, ancillary, _, addr = recvmsg(size, 32)
-            except (BlockingIOError, InterruptedError):
-                self.backlogged = False
-                return
-            except OSError as exc:
-                log.debug("UDP receive error: %s", exc)
-                return
-            reply = fast(data, MIN_PAYLOAD, counts)
-            if reply is None:
-                if ancillary and ancillary[0][2:] and len(ancillary[0][2]) >= 16:
-                    seconds, micros = unpack(ancillary[0][2])
-                    if wall() - seconds - micros * 1e-6 > MAX_WAIT:
-                        self.late += 1
-                        continue  # the client has likely given up or retried; others are waiting
-                reply = miss(data, MIN_PAYLOAD, counts)
-            if reply is not None:
-                try:
-                    sendto(reply, addr)
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError as exc:
-                    log.debug("UDP send to %s failed: %s", addr, exc)
-            now = perf_counter()
-            observe(now - last)
-            last = now
 
 
 _TIMEVAL = struct.Struct("@ll")
