@@ -256,7 +256,7 @@ class Responder:
                 answer = resolve(self.index, labels_to_text(labels), qtype, self.synced(), minimal_any=limit != TCP_LIMIT)
                 cut = render(answer, labels, qtype, self.ttl, size - (11 if edns else 0))
                 cut = with_opt(cut, self.max_payload) if edns else cut
-                key = qwire + question[-4:]
+                key = (qwire + question[-4:]).lower()  # as entry() builds it (type bytes too)
                 if self._table.get(key) is entry:
                     entry.cut[(size, edns)] = cut
                     self.table_bytes += len(cut) + CUT_OVERHEAD
