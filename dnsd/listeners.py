@@ -222,8 +222,8 @@ class DnsServer:
                 self._busy.add(task)
                 start = perf_counter()
                 reply = self.responder.answer(query, TCP_LIMIT, lst.counts)
-                if reply is None:
-                    break
+                if reply is None or transport.is_closing():
+                    break  # a reset peer: queries still buffered are not answered (writing would raise)
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 if transport.get_write_buffer_size():
                     await asyncio.wait_for(writer.drain(), idle)
@@ -239,6 +239,8 @@ class DnsServer:
                 transport.abort()
             else:
                 writer.close()
+            with contextlib.suppress(Exception):  # a reset's exception, taken here: else it is logged when collected
+                await writer.wait_closed()
             self._closed_since_trim += 1
             closed = self._closed_since_trim
             if closed >= TRIM_AFTER and (not self._connections or closed >= 16 * TRIM_AFTER):

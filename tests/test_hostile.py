@@ -261,6 +261,32 @@ def test_clients_that_never_read_lose_their_slot(start_dnsd: Callable[..., Dnsd]
     assert server.proc.poll() is None
 
 
+def test_clients_that_reset_with_queries_pending(start_dnsd: Callable[..., Dnsd], big_dir: Path) -> None:
+    """Clients that pipeline queries, never read, then reset (RST) while the server is mid-answer with
+    more of their queries buffered: each connection just ends, with no traceback."""
+    server = start_dnsd("--manifests", str(big_dir))
+    since = log_size(server)
+    framed = (len(raw_query(BIG)).to_bytes(2, "big") + raw_query(BIG)) * 20
+    socks = []
+    try:
+        for _ in range(600):  # within the default 1024 descriptors of the test process
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(2)
+            sock.connect((server.address, server.port))
+            sock.sendall(framed)
+            socks.append(sock)
+        time.sleep(1.0)
+    finally:
+        for sock in socks:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+    time.sleep(1.0)
+    assert len(server.query(BIG, tcp=True).answer[0]) == 200
+    no_traceback(server, since)
+    assert "Unhandled exception" not in new_log(server, since)
+
+
 def test_tcp_limit_holds_for_the_whole_server(start_dnsd: Callable[..., Dnsd]) -> None:
     server = start_dnsd("--tcp-max-connections", "3", workers=2)
     held = [tcp_connect(server) for _ in range(3)]
