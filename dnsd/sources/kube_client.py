@@ -67,7 +67,8 @@ class Credentials:
         self._refresh_every = refresh_every
         self._lock = threading.Lock()
         self._client = build()  # config problems surface here, in the caller's thread
-        self._loaded = time.monotonic()
+        self._loaded = time.monotonic()  # for the periodic refresh
+        self._reloaded = -_RELOAD_DEBOUNCE  # for the debounce of 401s
         self.reloads = 0
 
     @property
@@ -86,9 +87,10 @@ class Credentials:
         and it goes when they let go of it.
         """
         with self._lock:
-            if time.monotonic() - self._loaded < _RELOAD_DEBOUNCE and why != "periodic refresh":
+            now = time.monotonic()
+            if now - self._reloaded < _RELOAD_DEBOUNCE and why != "periodic refresh":
                 return True  # another reflector's 401 just did it
-            self._loaded = time.monotonic()
+            self._loaded = self._reloaded = now
             try:
                 new = self._build()
             except Exception as exc:  # e.g. the token file is being replaced: keep the old

@@ -182,11 +182,15 @@ class Reflector:
                 return
             # Again, with no event since the last relist: back off first, or a confused
             # server would have us list in a tight loop.
+        # Every 401 reads the credentials again (the operator may fix the secret at any time);
+        # the first one of a streak retries at once, later ones after the backoff: a token the
+        # server keeps refusing must not make us spin.
+        if isinstance(exc, ApiException) and exc.status == 401 and self._reauth \
+                and self._reauth(f"{self.origin} got HTTP 401") and not self._reauthed:
+            self._reauthed = True
+            self._count(exc)  # counted, but no outage: retry at once with the new credentials
+            return
         delay = self._failed(exc)
-        if isinstance(exc, ApiException) and exc.status == 401 and self._reauth and not self._reauthed:
-            self._reauthed = True  # once per failure streak: a wrong token must not spin
-            if self._reauth(f"{self.origin} got HTTP 401"):
-                return  # retry at once with the new credentials
         if unreachable(exc) and self._probe is not None and self._probe_wakes < 2:
             # Wait for the API's return (the shared probe), not for a backoff that grows while it
             # is down. Twice at most: if the probe gets answers but we still cannot reach this
