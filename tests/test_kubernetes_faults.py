@@ -184,7 +184,7 @@ def test_a_relist_that_changes_nothing_sends_workers_nothing(start_dnsd, tls_api
     batches = metric(server, "dnsd_programming_duration_seconds_count")
     tls_api.restart()  # compaction: every reflector relists, and nothing changed
     wait_for(lambda: server.log().count("changes sent") >= 6, timeout=10)
-    assert re.findall(r"synced \d+ objects \((\d+) changes sent\)", server.log())[3:] == ["0", "0", "0"]
+    assert re.findall(r"synced \d+ objects in .*, (\d+) changes sent\)", server.log())[3:] == ["0", "0", "0"]
     time.sleep(1.5)
     assert metric(server, "dnsd_programming_duration_seconds_count") == batches  # nothing applied anywhere
     tls_api.restart()

@@ -622,3 +622,125 @@ def test_bad_json_and_error_events_rewatch_from_the_last_rv(sink: Sink, tmp_path
     finally:
         source.stop(timeout=2.0)
         scripted.close()
+
+
+# -- streamed lists, relists as diffs, throttling, credentials ---------------------
+
+
+def test_streamed_list_when_offered_one_stream_per_resource(api: FakeKubeAPI, sink: Sink, make_source) -> None:
+    small_cluster(api, n=5)
+    make_source(watch_list=True)
+    sink.wait(healthy(), what="sync")
+    one_watch_each(api)
+    assert api.request_count("list") == 0  # no list response at all: the initial events stream
+    for resource in ("services", "endpointslices", "namespaces"):
+        (stream,) = api.requests("watch", resource)
+        assert stream.params["sendInitialEvents"] == "true" and stream.params["resourceVersionMatch"] == "NotOlderThan"
+        assert stream.end is None  # the list's stream goes on as the watch
+    assert len(sink.store.services) == 5
+    api.create(service("default", "later", cluster_ip="10.0.9.9"))
+    sink.wait(lambda s: ("default", "later") in s.services, what="an event on the same stream")
+    # A 410 on resume (compaction while cut off) streams the list again, sent as its changes.
+    api.down()
+    api.delete("Service", "default", "svc1")
+    api.restart()
+    api.up()
+    sink.wait(lambda s: ("default", "svc1") not in s.services, timeout=5, what="relisted")
+    assert sink.count(Replace, "k8s:services") == 1 and sink.count(Delete, "k8s:services") == 1
+    assert api.request_count("list") == 0
+
+
+def test_streamed_list_refused_falls_back_to_pages(sink: Sink, make_source, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "dnsd.kubernetes")
+    with FakeKubeAPI(bookmark_interval=0.2, watch_list=False) as old:
+        small_cluster(old, n=5)
+        source = KubernetesSource(sink, kubeconfig=str(old.write_kubeconfig(tmp_path / "kc")),
+                                  **{**FAST, "watch_list": True, "page_size": 2})
+        try:
+            source.start()
+            sink.wait(healthy(), what="sync through paginated lists")
+            assert len(sink.store.services) == 5
+            refused = [r for r in old.requests("watch") if "sendInitialEvents" in r.params]
+            assert [r.status for r in refused] and all(r.status == 422 for r in refused)
+            assert len(refused) <= 3  # tried once per reflector at most, then never again
+            assert old.request_count("list", "services") == 3  # ceil(5/2) pages
+            assert "refuses streamed lists (HTTP 422" in caplog.text
+            assert source.status()["k8s:services"].errors == 0  # a refusal is no failure
+        finally:
+            source.stop(timeout=2.0)
+
+
+def test_a_relist_that_changes_nothing_sends_nothing(api: FakeKubeAPI, sink: Sink, make_source) -> None:
+    small_cluster(api, n=20)
+    source = make_source()
+    sink.wait(healthy(), what="sync")
+    held = dict(sink.store._by_origin["k8s:services"])
+    for round_ in range(3):
+        api.restart()  # compaction: every watch gets 410 and relists
+        sink.wait(lambda s, r=round_: all(st.relists == r + 1 for st in source.status().values()), what="relists")
+    with sink.lock:
+        changes = [op for _, batch in sink.batches[1:] for op in batch if isinstance(op, Replace | Upsert | Delete)]
+    assert len(changes) == len(ORIGINS)  # the first sync's Replace per origin; the relists: nothing
+    # The very same record objects: no second copy of anything.
+    assert all(sink.store._by_origin["k8s:services"][k] is v for k, v in held.items())
+
+
+def test_retry_after_is_honoured(api: FakeKubeAPI, sink: Sink, make_source) -> None:
+    small_cluster(api)
+    make_source(backoff=(0.01, 5.0))
+    sink.wait(healthy(), what="sync")
+    one_watch_each(api)
+    before = api.request_count("watch", "services")
+    api.fail_next(1, status=429, verb="watch", resource="services", retry_after=1)
+    api.drop_watches("services")
+    api.wait_for_watches(1, "services", timeout=5)
+    throttled, retried = api.requests("watch", "services")[before:before + 2]
+    assert throttled.status == 429
+    assert retried.started - throttled.ended >= 0.95  # not the 10 ms backoff
+
+
+def test_credentials_reload_on_401_and_every_refresh(api: FakeKubeAPI, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from dnsd.sources.kube_client import Credentials
+
+    caplog.set_level(logging.INFO, "dnsd.kubernetes")
+    token = tmp_path / "token"
+    kubeconfig = str(api.write_kubeconfig(tmp_path / "kc", token_file=token))
+    creds = Credentials(lambda: k8s.api_client(kubeconfig), refresh_every=0.3)
+    bearer = lambda: creds.client().configuration.auth_settings()["BearerToken"]["value"]  # noqa: E731
+    assert bearer() == f"Bearer {api.token}"
+    client = creds.client()
+    api.rotate_token(token_file=token)
+    time.sleep(0.35)
+    assert bearer() == f"Bearer {api.token}"  # re-read without any 401
+    assert creds.client() is client  # same CA: the connection pool is kept
+    new = api.rotate_token(token_file=token)
+    assert creds.reload("test: HTTP 401") and bearer() == f"Bearer {new}"
+    assert creds.reload("another reflector's 401")  # within the debounce: no second reload
+    assert "reloaded API credentials (test: HTTP 401): new token" in caplog.text
+
+
+def test_in_cluster_token_rotation_is_picked_up_on_401(sink: Sink, monkeypatch, tmp_path: Path) -> None:
+    from kubernetes.config import incluster_config
+
+    with FakeKubeAPI(tls=True, bookmark_interval=0.2) as api:
+        token = tmp_path / "token"
+        token.write_text(api.token)
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(api.ca_file))
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", api.host)
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
+        small_cluster(api)
+        source = KubernetesSource(sink, **FAST)  # no kubeconfig: the in-cluster files above
+        try:
+            source.start()
+            sink.wait(healthy(), what="sync with the in-cluster token")
+            api.rotate_token(token_file=token)  # the kubelet rotates the projected token
+            api.drop_watches()
+            api.create(service("default", "rotated", cluster_ip="10.0.7.7"))
+            took = sink.wait(lambda s: ("default", "rotated") in s.services, timeout=5, what="the rotated token used")
+            assert took < 2.0  # not the client's 60 s cache
+            assert sink.synced_ops("k8s:services") == [True]  # a 401 fixed by reloading is no outage
+        finally:
+            source.stop(timeout=2.0)

@@ -88,9 +88,12 @@ class Credentials:
         """
         with self._lock:
             now = time.monotonic()
-            if now - self._reloaded < _RELOAD_DEBOUNCE and why != "periodic refresh":
-                return True  # another reflector's 401 just did it
-            self._loaded = self._reloaded = now
+            periodic = why == "periodic refresh"
+            if not periodic:
+                if now - self._reloaded < _RELOAD_DEBOUNCE:
+                    return True  # another reflector's 401 just did it
+                self._reloaded = now
+            self._loaded = now
             try:
                 new = self._build()
             except Exception as exc:  # e.g. the token file is being replaced: keep the old

@@ -29,18 +29,20 @@ from typing import Any
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from ..dataplane import release_heap
 from ..model import NAMESPACE, Key, Object, from_object
 from ..store import Delete, Op, Replace, Synced, Upsert
-from .kube_client import describe, reason, retry_after, unreachable
+from .kube_client import describe, retry_after, unreachable
+from .kube_failures import OUTAGE_AFTER, FailureLog
 from .kube_probe import ApiProbe
 
 log = logging.getLogger("dnsd.kubernetes")
 
 _READ_SIZE = 1 << 16  # read1() returns what has arrived, up to this much
 _CONNECT_TIMEOUT = 10.0
-_OUTAGE_AFTER = 2  # consecutive failures (the failure and its first retry) that make an outage
 WARN_EVERY = 60.0  # seconds between WARNINGs while one resource keeps failing
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+_BIG_LIST = 1000  # objects
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,27 +120,22 @@ class Reflector:
         self._gone_streak = 0  # 410s with no watch event in between
         self._lock = threading.Lock()
         self._response: Any = None  # the open urllib3 response, for stop() to cut
-        self._failures = 0  # consecutive; reset by a list, a watch event or a clean watch end
         self._step = 0  # backoff exponent; also reset when the probe sees the API come back
         self._probe_wakes = 0  # probe wake-ups since the last success
         self._reauthed = False  # a 401 reloaded the credentials since the last success
-        self._last_error = ""
-        self._failing_since: float | None = None  # monotonic time of the first failure in a row
-        self._warned: float | None = None  # monotonic time of the last failure WARNING
-        self._outage_since: float | None = None
+        self.failures = FailureLog(origin, options.warn_every, self._staleness)
         self._watches = 0
         self.synced = False
         self.healthy = False
         self.last_event: float | None = None
         self.lists = 0
-        self.errors = 0
-        self.reasons: dict[str, int] = {}
         self.thread = threading.Thread(target=self._run, name=f"dnsd-{origin}", daemon=True)
 
     def status(self) -> ReflectorStatus:
         return ReflectorStatus(
             self.origin, self.synced, self.healthy, self.last_event,
-            max(0, self.lists - 1), max(0, self._watches - 1), self.errors, tuple(sorted(self.reasons.items())),
+            max(0, self.lists - 1), max(0, self._watches - 1), self.failures.errors,
+            tuple(sorted(self.failures.reasons.items())),
         )
 
     def interrupt(self) -> None:
@@ -178,7 +175,7 @@ class Reflector:
             self._gone_streak += 1
             self._rv = None
             if self._gone_streak == 1:
-                self._count(exc, failure=False)
+                self.failures.count(exc, failure=False)
                 return
             # Again, with no event since the last relist: back off first, or a confused
             # server would have us list in a tight loop.
@@ -188,7 +185,7 @@ class Reflector:
         if isinstance(exc, ApiException) and exc.status == 401 and self._reauth \
                 and self._reauth(f"{self.origin} got HTTP 401") and not self._reauthed:
             self._reauthed = True
-            self._count(exc)  # counted, but no outage: retry at once with the new credentials
+            self.failures.count(exc)  # counted, but no outage: retry at once with the new credentials
             return
         delay = self._failed(exc)
         if unreachable(exc) and self._probe is not None and self._probe_wakes < 2:
@@ -214,21 +211,11 @@ class Reflector:
             # Unreachable for over a second: that is an outage already, and it stays loud.
             self._report("watch" if self._rv is not None else "list", outage=True)
 
-    def _count(self, exc: BaseException, *, failure: bool = True) -> None:
-        if failure:
-            self.errors += 1
-        why = reason(exc)
-        self.reasons[why] = self.reasons.get(why, 0) + 1
-
     def _failed(self, exc: Exception) -> float:
         """Count a failure, maybe begin an outage, say so; the backoff delay before the next attempt."""
-        self._count(exc)
-        self._failures += 1
+        self.failures.failed(exc)
         self._step += 1
         self.healthy = False
-        self._last_error = describe(exc)
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
         expected = isinstance(exc, ApiException | urllib3.exceptions.HTTPError | OSError | ValueError | _Gone)
         if not expected:  # a bug rather than the network: keep the traceback
             log.warning("%s: unexpected error", self.origin, exc_info=exc)
@@ -237,36 +224,18 @@ class Reflector:
         # Full jitter: replicas that lost the API together do not come back in lockstep.
         delay = max(random.uniform(0, ceiling), min(retry_after(exc), backoff[1]))
         step = "watch" if self._rv is not None else "list"
-        if not self._report(step, outage=self._failures >= _OUTAGE_AFTER):
-            log.debug("%s: %s failed: %s (retry in %.2f s)", self.origin, step, self._last_error, delay)
+        if not self._report(step, outage=self.failures.streak >= OUTAGE_AFTER):
+            log.debug("%s: %s failed: %s (retry in %.2f s)", self.origin, step, self.failures.last_error, delay)
         return delay
 
     def _report(self, step: str, *, outage: bool) -> bool:
-        """The WARNINGs of a failure streak: its start, then at most one per ``warn_every``."""
-        now = time.monotonic()
-        if self.synced and outage and self._outage_since is None:
-            self._outage_since = now
-            self._warned = now
-            log.warning("%s: outage begun: %s failed (%d failures), last: %s (keeping the data)",
-                        self.origin, step, self._failures, self._last_error)
+        said = self.failures.report(step, synced=self.synced, outage=outage)
+        if said == "outage":
             try:
                 self._emit([Synced(self.origin, False)])
             except Exception:  # the caller's bug; the reflector must keep going
                 log.exception("%s: emit failed", self.origin)
-            return True
-        if not self.synced and self._warned is None:  # the first sync is late: say why at once
-            self._warned = now
-            log.warning("%s: %s failed: %s (retrying)", self.origin, step, self._last_error)
-            return True
-        if (self._outage_since is not None or not self.synced) and self._warned is not None \
-                and now - self._warned >= self._options.warn_every:
-            # Loud for as long as it lasts, but once a minute per resource at most.
-            self._warned = now
-            since = self._failing_since if self._failing_since is not None else now
-            log.warning("%s: still failing: %d failures in %.0f s, last: %s; %s", self.origin, self._failures,
-                        now - since, self._last_error, self._staleness())
-            return True
-        return False
+        return said is not None
 
     def _staleness(self) -> str:
         if not self.synced or self.last_event is None:
@@ -275,30 +244,17 @@ class Reflector:
 
     def _succeeded(self, *, event: bool = True) -> None:
         """The API works again: backoff starts over."""
-        if self._failures and self._outage_since is None and self._failing_since is not None \
-                and self._warned is not None and self.synced:
-            # Failures that never made an outage but did make a WARNING: say they are over.
-            log.info("%s: recovered after %d failures in %.1f s", self.origin, self._failures,
-                     time.monotonic() - self._failing_since)
-        self._failures = 0
+        self.failures.succeeded(synced=self.synced)
         self._step = 0
         self._probe_wakes = 0
         self._reauthed = False
-        self._failing_since = None
-        if self._outage_since is None:
-            self._warned = None
         self.healthy = True
         if event:
             self.last_event = time.time()
 
     def _end_outage(self, *, emit: bool) -> None:
-        if self._outage_since is not None:
-            log.info("%s: outage ended after %.1f s (%d failures, last: %s)", self.origin,
-                     time.monotonic() - self._outage_since, self._failures, self._last_error)
-            self._outage_since = None
-            self._warned = None
-            if emit:
-                self._emit([Synced(self.origin, True)])
+        if self.failures.end_outage() and emit:
+            self._emit([Synced(self.origin, True)])
 
     def _emit(self, ops: list[Op]) -> None:
         try:
@@ -374,7 +330,7 @@ class Reflector:
                 # The snapshot behind the continue token was compacted: start over for a
                 # consistent list (the token from the 410 would give an inconsistent one).
                 log.info("%s: list continue token expired; listing again from the start", self.origin)
-                self._count(exc, failure=False)
+                self.failures.count(exc, failure=False)
                 listing = _Listing()
                 token = None
                 continue
@@ -416,8 +372,12 @@ class Reflector:
         self._end_outage(emit=False)  # the Synced(True) below says it
         self._emit(ops)
         self._held_sent = True
-        log.info("%s: synced %d objects (%d changes sent) in %.2f s (resourceVersion %s)",
-                 self.origin, len(objects), changes, time.monotonic() - listing.started, rv)
+        if len(objects) >= _BIG_LIST and changes < _BIG_LIST:
+            # The parsed pages are garbage now, and no big batch downstream trims the heap (no
+            # changes, no big batch): give it back here, or glibc keeps a few MB per relist.
+            release_heap()
+        log.info("%s: synced %d objects in %.2f s (resourceVersion %s, %d changes sent)",
+                 self.origin, len(objects), time.monotonic() - listing.started, rv, changes)
 
     def _list_item(self, item: Any, listing: _Listing) -> None:
         try:
@@ -457,10 +417,11 @@ class Reflector:
         ) as response:
             self._watches += 1
             self.healthy = True
-            if self._outage_since is not None:
+            if self.failures.outage_since is not None:
                 self._end_outage(emit=True)
-            elif self._failures:
-                log.info("%s: watch restarted at resourceVersion %s after: %s", self.origin, rv, self._last_error)
+            elif self.failures.streak:
+                log.info("%s: watch restarted at resourceVersion %s after: %s", self.origin, rv,
+                         self.failures.last_error)
             else:
                 log.debug("%s: watching from resourceVersion %s (timeout %d s)", self.origin, rv, timeout)
             self._read_events(response)
