@@ -5,10 +5,7 @@ annotated ``k8s.io/initial-events-end``, then the same stream goes on as the wat
 server offers it, else paginated. The watch resumes from the last seen resourceVersion when
 it ends or fails; only a 410 Gone makes it list again.
 
-A relist is diffed against what the reflector holds: an object equal to the held one is
-kept (the new copy is dropped at once) and only changes are sent, so the store and every
-worker receive nothing for a relist that changed nothing, and equal records are never held
-twice (a relist after an API restart used to leave two copies: +46% memory, for good).
+A relist is sent as its changes only (``kube_held``).
 
 Responses are read raw and parsed with ``json`` straight into ``dnsd.model`` records.
 """
@@ -30,10 +27,10 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from ..dataplane import release_heap
-from ..model import NAMESPACE, Key, Object, from_object
-from ..store import Delete, Op, Replace, Synced, Upsert
+from ..store import Op, Synced
 from .kube_client import describe, retry_after, unreachable
 from .kube_failures import OUTAGE_AFTER, FailureLog
+from .kube_held import Held, Listing, raw_key
 from .kube_probe import ApiProbe
 
 log = logging.getLogger("dnsd.kubernetes")
@@ -77,24 +74,6 @@ class _Stopped(Exception):
     pass
 
 
-class _Listing:
-    """A list in progress: what it has seen so far."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.objects: dict[Key, Object] = {}
-        self.bad: set[Key] = set()  # invalid in this list (each reported once, not on every relist)
-
-
-def _raw_key(kind: str, raw: Any) -> Key | None:
-    """The model key of a raw object, even one that does not convert (to withdraw it)."""
-    meta = raw.get("metadata") if isinstance(raw, dict) else None
-    name = meta.get("name") if isinstance(meta, dict) else None
-    if not isinstance(name, str) or not name:
-        return None
-    return (kind, "" if kind == NAMESPACE else (meta.get("namespace") or "default"), name)
-
-
 class Reflector:
     def __init__(
         self, origin: str, kind: str, call: Callable[..., Any], emit: Callable[[list[Op]], None],
@@ -112,11 +91,9 @@ class Reflector:
         # (connect, read): the read timeout bounds every socket read, so a dead or stalled
         # connection surfaces even though the watch itself may stay open for many minutes.
         self._timeouts = (min(_CONNECT_TIMEOUT, options.read_timeout), options.read_timeout)
-        self._held: dict[Key, Object] = {}  # what the store holds for this origin
-        self._held_sent = False  # the store got _held (False: the next list sends a Replace)
-        self._bad: dict[Key, str] = {}  # objects skipped as invalid -> reason (log each once)
+        self._held = Held(origin, kind)
         self._rv: str | None = None  # None: the next step is a (re)list
-        self._listing: _Listing | None = None  # a streamed list before its initial-events-end
+        self._listing: Listing | None = None  # a streamed list before its initial-events-end
         self._gone_streak = 0  # 410s with no watch event in between
         self._lock = threading.Lock()
         self._response: Any = None  # the open urllib3 response, for stop() to cut
@@ -262,7 +239,7 @@ class Reflector:
         except Exception:
             # The store missed ops it can only get back from a full list, sent whole.
             self._rv = None
-            self._held_sent = False
+            self._held.lost()
             raise
 
     @contextlib.contextmanager
@@ -307,7 +284,7 @@ class Reflector:
             allow_watch_bookmarks=True, timeout_seconds=timeout,
         ) as response:
             self._watches += 1
-            self._listing = _Listing()
+            self._listing = Listing()
             try:
                 self._read_events(response)
             finally:
@@ -317,7 +294,7 @@ class Reflector:
         self._succeeded(event=False)
 
     def _list(self) -> None:
-        listing = _Listing()
+        listing = Listing()
         token: str | None = None
         rv: str | None = None
         while True:
@@ -331,7 +308,7 @@ class Reflector:
                 # consistent list (the token from the 410 would give an inconsistent one).
                 log.info("%s: list continue token expired; listing again from the start", self.origin)
                 self.failures.count(exc, failure=False)
-                listing = _Listing()
+                listing = Listing()
                 token = None
                 continue
             if self._stop.is_set():
@@ -340,7 +317,7 @@ class Reflector:
                 raise ValueError("list response is not an object")
             meta = page.get("metadata") or {}
             for item in page.get("items") or ():  # one page at a time: each is dropped after use
-                self._list_item(item, listing)
+                self._held.add(item, listing)
             del page
             token = meta.get("continue") or None
             if token is None:
@@ -350,62 +327,24 @@ class Reflector:
             raise ValueError("list response without metadata.resourceVersion")
         self._listed(listing, rv)
 
-    def _listed(self, listing: _Listing, rv: str) -> None:
+    def _listed(self, listing: Listing, rv: str) -> None:
         """A complete list: send the store what changed since what it holds."""
-        objects = listing.objects
-        if self._held_sent:
-            held = self._held
-            ops: list[Op] = [Delete(self.origin, key) for key in held.keys() - objects.keys()]
-            # Equal objects were replaced by the held ones in _list_item: identity says "unchanged".
-            ops += [Upsert(self.origin, obj) for key, obj in objects.items() if held.get(key) is not obj]
-            changes = len(ops)
-        else:
-            ops = [Replace(self.origin, tuple(objects.values()))]
-            changes = len(objects)
+        ops, changes = self._held.commit(listing)
         ops.append(Synced(self.origin, True))
-        self._bad = {k: v for k, v in self._bad.items() if k in listing.bad}
-        self._held = objects
         self._rv = rv
         self.lists += 1
         self.synced = True
         self._succeeded()
-        self._end_outage(emit=False)  # the Synced(True) below says it
+        self._end_outage(emit=False)  # the Synced(True) says it
         self._emit(ops)
-        self._held_sent = True
-        if len(objects) >= _BIG_LIST and changes < _BIG_LIST:
+        self._held.sent = True
+        count = len(self._held.objects)
+        if count >= _BIG_LIST and changes < _BIG_LIST:
             # The parsed pages are garbage now, and no big batch downstream trims the heap (no
             # changes, no big batch): give it back here, or glibc keeps a few MB per relist.
             release_heap()
         log.info("%s: synced %d objects in %.2f s (resourceVersion %s, %d changes sent)",
-                 self.origin, len(objects), time.monotonic() - listing.started, rv, changes)
-
-    def _list_item(self, item: Any, listing: _Listing) -> None:
-        try:
-            obj = from_object(item, self.kind)
-        except ValueError as exc:
-            key = self._skip(item, exc)
-            if key is not None:
-                listing.bad.add(key)
-                if key in self._held:
-                    listing.objects[key] = self._held[key]  # keep serving its last good version
-            return
-        if obj is not None:
-            held = self._held.get(obj.key)
-            # Keep the held copy of an unchanged object: the new one is freed right here, and
-            # the store, which holds the same one, is not sent anything for it.
-            listing.objects[obj.key] = held if held is not None and held == obj else obj
-
-    def _skip(self, raw: Any, exc: ValueError) -> Key | None:
-        key = _raw_key(self.kind, raw)
-        why = str(exc)
-        if key is None:
-            log.warning("%s: skipping an invalid %s: %s", self.origin, self.kind, why)
-        elif self._bad.get(key) != why:
-            self._bad[key] = why
-            kept = "keeping its previous version" if key in self._held else "not served"
-            where = f"{key[1]}/{key[2]}" if key[1] else key[2]
-            log.warning("%s: invalid %s %s: %s; %s", self.origin, self.kind, where, why, kept)
-        return key
+                 self.origin, count, time.monotonic() - listing.started, rv, changes)
 
     # -- watch ---------------------------------------------------------------------
     def _watch(self) -> None:
@@ -482,24 +421,15 @@ class Reflector:
         if self._listing is not None:
             self._apply_initial(kind, raw, meta, ops)
             return
+        op = None
         if kind in ("ADDED", "MODIFIED"):
-            try:
-                obj = from_object(raw, self.kind)
-            except ValueError as exc:
-                self._skip(raw, exc)  # the previous version stays
-            else:
-                if obj is None:  # no longer relevant (e.g. a slice lost its service label)
-                    self._withdraw(_raw_key(self.kind, raw), ops)
-                else:
-                    if self._bad:
-                        self._bad.pop(obj.key, None)
-                    if self._held.get(obj.key) != obj:  # unchanged for DNS: nothing to send
-                        self._held[obj.key] = obj
-                        ops.append(Upsert(self.origin, obj))
+            op = self._held.upsert(raw)
         elif kind == "DELETED":
-            self._withdraw(_raw_key(self.kind, raw), ops)
+            op = self._held.withdraw(raw_key(self.kind, raw))
         elif kind != "BOOKMARK":
             log.debug("%s: ignoring watch event type %r", self.origin, kind)
+        if op is not None:
+            ops.append(op)
         rv = meta.get("resourceVersion")
         if rv:
             self._rv = rv
@@ -509,11 +439,11 @@ class Reflector:
         listing = self._listing
         assert listing is not None
         if kind in ("ADDED", "MODIFIED"):
-            self._list_item(raw, listing)
+            self._held.add(raw, listing)
         elif kind == "DELETED":
-            key = _raw_key(self.kind, raw)
+            key = raw_key(self.kind, raw)
             if key is not None:
-                listing.objects.pop(key, None)
+                listing.drop(key)
         elif kind == "BOOKMARK" and (meta.get("annotations") or {}).get(_INITIAL_EVENTS_END) == "true":
             rv = meta.get("resourceVersion")
             if not rv:
@@ -523,10 +453,3 @@ class Reflector:
                 ops.clear()
             self._listing = None
             self._listed(listing, rv)
-
-    def _withdraw(self, key: Key | None, ops: list[Op]) -> None:
-        if key is None:
-            return
-        self._bad.pop(key, None)
-        if self._held.pop(key, None) is not None:
-            ops.append(Delete(self.origin, key))
