@@ -89,6 +89,8 @@ class Credentials:
         with self._lock:
             now = time.monotonic()
             periodic = why == "periodic refresh"
+            if periodic and now - self._loaded < self._refresh_every:
+                return False  # another thread just did it
             if not periodic:
                 if now - self._reloaded < _RELOAD_DEBOUNCE:
                     return True  # another reflector's 401 just did it
