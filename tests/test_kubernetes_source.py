@@ -744,3 +744,36 @@ def test_in_cluster_token_rotation_is_picked_up_on_401(sink: Sink, monkeypatch, 
             assert sink.synced_ops("k8s:services") == [True]  # a 401 fixed by reloading is no outage
         finally:
             source.stop(timeout=2.0)
+
+
+def test_exec_plugin_runs_again_on_401(api: FakeKubeAPI, sink: Sink, tmp_path: Path) -> None:
+    """A kubeconfig credential plugin (exec) is run again when its token is refused."""
+    import sys
+
+    token = tmp_path / "token"
+    token.write_text(api.token)
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json, pathlib, sys\n"
+        f"t = pathlib.Path({str(token)!r}).read_text()\n"
+        "json.dump({'apiVersion': 'client.authentication.k8s.io/v1beta1', 'kind': 'ExecCredential',"
+        " 'status': {'token': t}}, sys.stdout)\n"
+    )
+    kubeconfig = api.write_kubeconfig(tmp_path / "kc")
+    config = json.loads(kubeconfig.read_text())
+    config["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1",
+                                           "command": sys.executable, "args": [str(plugin)],
+                                           "interactiveMode": "Never"}}
+    kubeconfig.write_text(json.dumps(config))
+    small_cluster(api)
+    source = KubernetesSource(sink, kubeconfig=str(kubeconfig), **FAST)
+    try:
+        source.start()
+        sink.wait(healthy(), what="sync with the plugin's token")
+        api.rotate_token(token_file=token)  # the plugin now hands out the new token
+        api.drop_watches()
+        api.create(service("default", "rotated", cluster_ip="10.0.7.8"))
+        sink.wait(lambda s: ("default", "rotated") in s.services, timeout=5, what="the plugin run again")
+        assert sink.synced_ops("k8s:services") == [True]
+    finally:
+        source.stop(timeout=2.0)
