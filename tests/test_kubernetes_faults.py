@@ -190,3 +190,18 @@ def test_a_relist_that_changes_nothing_sends_workers_nothing(start_dnsd, tls_api
     tls_api.restart()
     tls_api.create(service("default", "after", cluster_ip="10.96.10.1"))
     wait_for(lambda: all(a_records(server, f"after.default.svc.{Z}") == ["10.96.10.1"] for _ in range(10)), timeout=10)
+
+
+def test_paginated_lists_when_the_server_refuses_streamed_ones(start_dnsd, tmp_path: Path) -> None:
+    with FakeKubeAPI(tls=True, bookmark_interval=0.2, watch_list=False) as old:
+        old.load([namespace("default"), service("default", "web", cluster_ip="10.96.0.10")])
+        server = started(start_dnsd, str(old.write_kubeconfig(tmp_path / "kc")))
+        assert a_records(server, f"web.default.svc.{Z}") == ["10.96.0.10"]
+        assert "refuses streamed lists (HTTP 422" in server.log()
+        assert old.request_count("list") >= 3  # one paginated list per resource
+        # A compaction then relists with pages straight away: no second streamed attempt.
+        refused = len([r for r in old.requests("watch") if "sendInitialEvents" in r.params])
+        old.restart()
+        old.create(service("default", "after", cluster_ip="10.96.0.11"))
+        wait_for(lambda: a_records(server, f"after.default.svc.{Z}") == ["10.96.0.11"], timeout=5)
+        assert len([r for r in old.requests("watch") if "sendInitialEvents" in r.params]) == refused
