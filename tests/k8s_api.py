@@ -614,6 +614,7 @@ class FakeKubeAPI:
         log_limit: int = 100_000,
         tls: bool = False,
         watch_list: bool = True,
+        ignore_watch_list: bool = False,
     ) -> None:
         """
         backlog: watch events kept for resuming; older RVs get 410.
@@ -625,6 +626,9 @@ class FakeKubeAPI:
         tls: serve HTTPS with a certificate from ``tls_files()`` (its CA in ``ca_file``).
         watch_list: serve streamed lists; False answers them 422 like a server without
             the WatchList feature.
+        ignore_watch_list: like a server older than the parameters (before 1.27): they are
+            ignored, so the watch sends the initial ADDED events but never the bookmark
+            that ends them (its bookmarks are plain ones).
         """
         self.host = host
         self.port = port
@@ -633,6 +637,7 @@ class FakeKubeAPI:
         self.bookmark_interval = bookmark_interval
         self.watch_timeout = watch_timeout
         self.watch_list = watch_list
+        self.ignore_watch_list = ignore_watch_list
         self.tls = tls
         self.ca_file: Path | None = tls_files()["ca"] if tls else None
         self.reset_connections = 0  # connections accepted and reset while down(refuse=False)
@@ -1306,6 +1311,8 @@ class FakeKubeAPI:
             raise _HTTPStatus(400, str(exc)) from None
         if name is not None:  # /watch/namespaces/ns/services/name form
             fields.append(("metadata.name", True, name))
+        if self.ignore_watch_list:
+            q = {k: v for k, v in q.items() if k not in ("sendInitialEvents", "resourceVersionMatch")}
         send_initial = _truthy(q["sendInitialEvents"]) if "sendInitialEvents" in q else start_rv is None
         if "sendInitialEvents" in q:
             # As kube-apiserver validates watch-list requests.

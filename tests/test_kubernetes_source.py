@@ -777,3 +777,20 @@ def test_exec_plugin_runs_again_on_401(api: FakeKubeAPI, sink: Sink, tmp_path: P
         assert sink.synced_ops("k8s:services") == [True]
     finally:
         source.stop(timeout=2.0)
+
+
+def test_a_server_that_ignores_streamed_lists_gets_paginated_ones(sink: Sink, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "dnsd.kubernetes")
+    with FakeKubeAPI(bookmark_interval=0.2, ignore_watch_list=True) as old:
+        small_cluster(old, n=3)
+        source = KubernetesSource(sink, kubeconfig=str(old.write_kubeconfig(tmp_path / "kc")),
+                                  **{**FAST, "watch_list": True})
+        try:
+            source.start()
+            sink.wait(healthy(), what="sync through paginated lists after a plain bookmark")
+            assert len(sink.store.services) == 3
+            assert old.request_count("list") == 3
+            assert "ignores sendInitialEvents" in caplog.text
+        finally:
+            source.stop(timeout=2.0)

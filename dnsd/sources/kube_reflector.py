@@ -74,6 +74,10 @@ class _Stopped(Exception):
     pass
 
 
+class _NoStreamedList(Exception):
+    """The server ignored sendInitialEvents (older than 1.27): a plain bookmark came first."""
+
+
 class Reflector:
     def __init__(
         self, origin: str, kind: str, call: Callable[..., Any], emit: Callable[[list[Op]], None],
@@ -265,14 +269,16 @@ class Reflector:
             try:
                 self._stream_list()
                 return
-            except ApiException as exc:
+            except (ApiException, _NoStreamedList) as exc:
                 # Servers without watch-list (or with it switched off) refuse it with 422 or
-                # 400: fall back to paginated lists, for every reflector of this source.
-                if exc.status not in (400, 422):
+                # 400, older ones ignore it: fall back to paginated lists, for every reflector
+                # of this source.
+                if isinstance(exc, ApiException) and exc.status not in (400, 422):
                     raise
                 if self._options.watch_list:
                     self._options.watch_list = False
-                    log.info("the API server refuses streamed lists (%s): using paginated lists", describe(exc))
+                    why = describe(exc) if isinstance(exc, ApiException) else str(exc)
+                    log.info("the API server refuses streamed lists (%s): using paginated lists", why)
         self._list()
 
     def _stream_list(self) -> None:
@@ -444,7 +450,9 @@ class Reflector:
             key = raw_key(self.kind, raw)
             if key is not None:
                 listing.drop(key)
-        elif kind == "BOOKMARK" and (meta.get("annotations") or {}).get(_INITIAL_EVENTS_END) == "true":
+        elif kind == "BOOKMARK" and (meta.get("annotations") or {}).get(_INITIAL_EVENTS_END) != "true":
+            raise _NoStreamedList("it ignores sendInitialEvents: a plain bookmark came before the initial-events-end")
+        elif kind == "BOOKMARK":
             rv = meta.get("resourceVersion")
             if not rv:
                 raise ValueError("initial-events-end bookmark without a resourceVersion")
