@@ -31,17 +31,23 @@ def raw_key(kind: str, raw: Any) -> Key | None:
 
 
 class Listing:
-    """A list in progress: what it has seen so far."""
+    """A list in progress: what it has seen so far.
 
-    def __init__(self) -> None:
+    It tracks the held keys not listed yet rather than the keys listed, so that an unchanged
+    object leaves nothing behind, not even its key: what survives a page is what changed.
+    """
+
+    def __init__(self, held: dict[Key, Object]) -> None:
         self.started = time.monotonic()
-        self.seen: set[Key] = set()  # every listed key (an invalid one too, if a good version is held)
+        self._held = held
+        self.unseen: set[Key] = set(held)  # held keys not listed (yet): gone, at the end
         self.changed: dict[Key, Object] = {}  # listed objects that differ from (or are not) the held ones
         self.bad: set[Key] = set()  # invalid in this list (each reported once, not on every relist)
 
     def drop(self, key: Key) -> None:
         """A streamed list's DELETED event."""
-        self.seen.discard(key)
+        if key in self._held:
+            self.unseen.add(key)
         self.changed.pop(key, None)
 
 
@@ -52,6 +58,9 @@ class Held:
         self.objects: dict[Key, Object] = {}  # what the store holds for this origin
         self.sent = False  # the store got ``objects`` (False: the next list sends a Replace)
         self._bad: dict[Key, str] = {}  # objects skipped as invalid -> reason (log each once)
+
+    def listing(self) -> Listing:
+        return Listing(self.objects)
 
     def lost(self) -> None:
         """The store may have missed ops: the next list is sent whole."""
@@ -67,13 +76,12 @@ class Held:
             key = self.skip(item, exc)
             if key is not None:
                 listing.bad.add(key)
-                if key in self.objects:
-                    listing.seen.add(key)  # keep serving its last good version
+                listing.unseen.discard(key)  # keep serving its last good version, if any
             return
         if obj is None:
             return
         key = obj.key
-        listing.seen.add(key)
+        listing.unseen.discard(key)
         if self.objects.get(key) == obj:
             listing.changed.pop(key, None)
         else:
@@ -82,7 +90,7 @@ class Held:
     def commit(self, listing: Listing) -> tuple[list[Op], int]:
         """A complete list is now what is held: the ops that tell the store, and how many changes."""
         held = self.objects
-        gone = [key for key in held if key not in listing.seen]
+        gone = listing.unseen
         for key in gone:
             del held[key]
         held.update(listing.changed)  # an existing key keeps its old tuple

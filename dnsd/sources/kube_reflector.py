@@ -290,7 +290,7 @@ class Reflector:
             allow_watch_bookmarks=True, timeout_seconds=timeout,
         ) as response:
             self._watches += 1
-            self._listing = Listing()
+            self._listing = self._held.listing()
             try:
                 self._read_events(response)
             finally:
@@ -300,7 +300,7 @@ class Reflector:
         self._succeeded(event=False)
 
     def _list(self) -> None:
-        listing = Listing()
+        listing = self._held.listing()
         token: str | None = None
         rv: str | None = None
         while True:
@@ -314,7 +314,7 @@ class Reflector:
                 # consistent list (the token from the 410 would give an inconsistent one).
                 log.info("%s: list continue token expired; listing again from the start", self.origin)
                 self.failures.count(exc, failure=False)
-                listing = Listing()
+                listing = self._held.listing()
                 token = None
                 continue
             if self._stop.is_set():
