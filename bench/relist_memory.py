@@ -32,16 +32,21 @@ from k8s_api import FakeKubeAPI  # noqa: E402
 from scale_lib import Cluster, Metrics, group_pids, http_get  # noqa: E402
 
 
-def pss_mb(pgid: int) -> float:
+def pss_mb(pgid: int, field: str = "Pss") -> float:
+    """``field`` of /proc/PID/smaps_rollup (Pss, Pss_Anon, Pss_File) summed over the group, in MB."""
     total = 0
     for pid in group_pids(pgid):
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1])
         except OSError:
             continue
     return total / 1024
+
+
+def split(pgid: int) -> str:
+    return f"anonymous {pss_mb(pgid, 'Pss_Anon'):.1f} MB, file-backed {pss_mb(pgid, 'Pss_File'):.1f} MB"
 
 
 def wait(predicate, timeout: float, what: str, interval: float = 0.2) -> None:  # type: ignore[no-untyped-def]
@@ -89,7 +94,7 @@ def main() -> int:
             time.sleep(3)  # workers' reports and any trailing batch
             steady = pss_mb(dnsd.pid)
             print(f"steady: PSS {steady:.1f} MB over {len(group_pids(dnsd.pid))} processes "
-                  f"({args.workers} worker(s), dnsd from {args.dnsd_root})", flush=True)
+                  f"({args.workers} worker(s), dnsd from {args.dnsd_root}; {split(dnsd.pid)})", flush=True)
             peak, after = steady, steady
             for k in range(1, args.relists + 1):
                 samples: list[float] = []
@@ -113,7 +118,7 @@ def main() -> int:
                 after = pss_mb(dnsd.pid)
                 peak = max(peak, *samples, after)
                 print(f"relist {k}: peak during {max(samples):.1f} MB ({max(samples) / steady:.2f}x steady), "
-                      f"after {after:.1f} MB ({(after / steady - 1) * 100:+.1f}%)", flush=True)
+                      f"after {after:.1f} MB ({(after / steady - 1) * 100:+.1f}%; {split(dnsd.pid)})", flush=True)
         finally:
             procs.stop_all()
     print(f"after {args.relists} relists: {after:.1f} MB vs steady {steady:.1f} MB ({(after / steady - 1) * 100:+.1f}%,"
