@@ -180,7 +180,8 @@ class Reflector:
     def _await_api(self) -> None:
         assert self._probe is not None
         since = self._probe.generation
-        deadline = time.monotonic() + self._options.backoff[1]
+        began = time.monotonic()
+        deadline = began + self._options.backoff[1]
         while not self._stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -189,8 +190,9 @@ class Reflector:
                 self._probe_wakes += 1
                 self._step = 0
                 return
-            # Unreachable for over a second: that is an outage already, and it stays loud.
-            self._report("watch" if self._rv is not None else "list", outage=True)
+            if time.monotonic() - began >= 1.0:
+                # Unreachable for over a second: that is an outage already, and it stays loud.
+                self._report("watch" if self._rv is not None else "list", outage=True)
 
     def _failed(self, exc: Exception) -> float:
         """Count a failure, maybe begin an outage, say so; the backoff delay before the next attempt."""
