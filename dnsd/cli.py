@@ -149,6 +149,8 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ttl", type=_ttl, default=5, help="TTL of answers, 0-3600 seconds (default 5)")
     group.add_argument("--kube-watch-timeout", type=_positive, default=300, help=argparse.SUPPRESS)
     group.add_argument("--kube-read-timeout", type=_number, default=75.0, help=argparse.SUPPRESS)
+    group.add_argument("--kube-warn-interval", type=_number, default=60.0, help=argparse.SUPPRESS)
+    group.add_argument("--kube-max-backoff", type=_number, default=30.0, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +209,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "log_level": args.log_level,
         "kube_watch_timeout": args.kube_watch_timeout,
         "kube_read_timeout": args.kube_read_timeout,
+        "kube_warn_interval": args.kube_warn_interval,
+        "kube_max_backoff": args.kube_max_backoff,
     }
     if args.command == "serve":
         fields.update(

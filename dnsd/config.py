@@ -72,6 +72,8 @@ class Config:
     udp_max_payload: int = 1232
     kube_watch_timeout: int = 300
     kube_read_timeout: float = 75.0
+    kube_warn_interval: float = 60.0  # seconds between WARNINGs while a resource keeps failing
+    kube_max_backoff: float = 30.0  # the longest wait between retries of a failing request
     reload_debounce_ms: int = 50
 
     @property

@@ -146,8 +146,13 @@ class DnsdCollector(Collector):
         age = GaugeMetricFamily("dnsd_watch_last_event_age_seconds",
                                 "Seconds since the last successful list or watch event (incl. bookmarks).",
                                 labels=["origin"])
+        errors = CounterMetricFamily("dnsd_source_errors",
+                                     "Failed API requests and broken streams, by resource and reason.",
+                                     labels=["resource", "reason"])
         now = time.time()
         for origin, st in sorted(status.items()):
+            for why, n in sorted((st.get("errors") or {}).items()):
+                errors.add_metric([origin.removeprefix("k8s:"), why], n)
             synced.add_metric([origin], 1.0 if st.get("synced") else 0.0)
             healthy.add_metric([origin], 1.0 if st.get("healthy") else 0.0)
             if st.get("last_event") is not None:
@@ -155,3 +160,4 @@ class DnsdCollector(Collector):
         yield synced
         yield healthy
         yield age
+        yield errors

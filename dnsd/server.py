@@ -51,6 +51,7 @@ class Sources:
                 emit, kubeconfig=config.kubeconfig, namespaces=config.namespaces,
                 label_selector=config.label_selector, endpoints_api=config.endpoints_api,
                 watch_timeout=config.kube_watch_timeout, read_timeout=config.kube_read_timeout,
+                warn_every=config.kube_warn_interval, backoff=(0.8, config.kube_max_backoff),
             )
 
     def start(self) -> None:
@@ -77,7 +78,8 @@ class Sources:
     def status(self) -> dict[str, dict[str, Any]]:
         if not self.kubernetes:
             return {}
-        return {o: {"synced": s.synced, "healthy": s.healthy, "last_event": s.last_event}
+        return {o: {"synced": s.synced, "healthy": s.healthy, "last_event": s.last_event,
+                    "errors": dict(s.errors_by_reason)}
                 for o, s in self.kubernetes.status().items()}
 
 

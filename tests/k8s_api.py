@@ -17,8 +17,15 @@ Semantics mirror kube-apiserver + etcd where dnsd can observe them:
 * watch: resume from a resourceVersion, synthetic ADDED events for
   ``resourceVersion`` ""/"0", bookmarks, ``timeoutSeconds``, selector
   transitions (ADDED/DELETED), and a 410 ``ERROR`` event for compacted RVs;
-* faults: dropped watches, stalls, injected HTTP errors, restarts
-  (compaction) and the server going down/up on the same port.
+* streamed lists (watch-list: ``sendInitialEvents=true`` with
+  ``resourceVersionMatch=NotOlderThan``, ending at a bookmark annotated
+  ``k8s.io/initial-events-end``), or refusing them with 422 like a server
+  without the WatchList feature (``watch_list=False``);
+* HTTPS with its own CA (``tls=True``) and bearer tokens that rotate
+  (``rotate_token()``: the old one gets 401 from then on);
+* faults: dropped watches, stalls, injected HTTP errors (with Retry-After),
+  restarts (compaction) and the server going down/up on the same port
+  (refusing connections, or accepting and resetting them while counting).
 
 Usage::
 
@@ -39,6 +46,9 @@ import dataclasses
 import json
 import math
 import re
+import ssl
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -552,6 +562,32 @@ def _decode_continue(token: str) -> tuple[int, Key]:
 # --------------------------------------------------------------------------
 
 
+_TLS_FILES: dict[str, Path] = {}
+
+
+def tls_files() -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (made once per process, by openssl)."""
+    if not _TLS_FILES:
+        d = Path(tempfile.mkdtemp(prefix="fake-kube-tls-"))
+        ext = d / "ext.cnf"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n"
+                       "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                       "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+        run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3", "-subj", "/CN=fake-kube-ca")
+        run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "3", "-extfile", "ext.cnf")
+        run("req", "-x509", *ec, "-keyout", "other-ca.key", "-out", "other-ca.crt", "-days", "3",
+            "-subj", "/CN=some-other-ca")
+        _TLS_FILES.update(ca=d / "ca.crt", cert=d / "server.crt", key=d / "server.key", other_ca=d / "other-ca.crt")
+    return _TLS_FILES
+
+
 class FakeKubeAPI:
     """Fake kube-apiserver on 127.0.0.1 in a background thread.
 
@@ -576,6 +612,9 @@ class FakeKubeAPI:
         watch_timeout: float | None = None,
         max_snapshots: int = 64,
         log_limit: int = 100_000,
+        tls: bool = False,
+        watch_list: bool = True,
+        ignore_watch_list: bool = False,
     ) -> None:
         """
         backlog: watch events kept for resuming; older RVs get 410.
@@ -584,6 +623,12 @@ class FakeKubeAPI:
         watch_timeout: server-side cap for watches without timeoutSeconds (the
             real server uses 30-60 min); None = never.
         max_snapshots: paginated-list snapshots kept for continue tokens.
+        tls: serve HTTPS with a certificate from ``tls_files()`` (its CA in ``ca_file``).
+        watch_list: serve streamed lists; False answers them 422 like a server without
+            the WatchList feature.
+        ignore_watch_list: like a server older than the parameters (before 1.27): they are
+            ignored, so the watch sends the initial ADDED events but never the bookmark
+            that ends them (its bookmarks are plain ones).
         """
         self.host = host
         self.port = port
@@ -591,6 +636,12 @@ class FakeKubeAPI:
         self.require_auth = require_auth
         self.bookmark_interval = bookmark_interval
         self.watch_timeout = watch_timeout
+        self.watch_list = watch_list
+        self.ignore_watch_list = ignore_watch_list
+        self.tls = tls
+        self.ca_file: Path | None = tls_files()["ca"] if tls else None
+        self.reset_connections = 0  # connections accepted and reset while down(refuse=False)
+        self._reset_server: asyncio.Server | None = None
         self._backlog_max = backlog
         self._max_snapshots = max_snapshots
 
@@ -647,16 +698,31 @@ class FakeKubeAPI:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
-    def write_kubeconfig(self, path: str | Path, *, namespace: str = "default") -> Path:
-        """Write a kubeconfig (JSON is valid YAML) pointing at this server."""
+    def write_kubeconfig(
+        self, path: str | Path, *, namespace: str = "default", token_file: str | Path | None = None,
+        ca_file: str | Path | None = None,
+    ) -> Path:
+        """Write a kubeconfig (JSON is valid YAML) pointing at this server.
+
+        token_file: name this file (``tokenFile``) instead of embedding the token; it is
+            written with the current token.
+        ca_file: the CA to trust instead of the server's own (e.g. tls_files()["other_ca"]).
+        """
         path = Path(path)
+        user: JSON = {"token": self.token}
+        if token_file is not None:
+            Path(token_file).write_text(self.token)
+            user = {"tokenFile": str(token_file)}
+        cluster: JSON = {"server": self.url}
+        if self.tls:
+            cluster["certificate-authority"] = str(ca_file or self.ca_file)
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": self.token}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
+            "users": [{"name": "fake", "user": user}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
             "current-context": "fake",
             "preferences": {},
@@ -868,9 +934,22 @@ class FakeKubeAPI:
             self._snapshots.clear()
         self._call(self._adrop_connections())
 
-    def down(self) -> None:
-        """Stop listening (connections are refused) and drop every connection."""
+    def rotate_token(self, token: str | None = None, token_file: str | Path | None = None) -> str:
+        """A new bearer token (written to ``token_file`` too); the old one gets 401 from now on."""
+        with self._lock:
+            self.token = token or f"token-{uuid.uuid4().hex[:12]}"
+        if token_file is not None:
+            tmp = Path(f"{token_file}.tmp")
+            tmp.write_text(self.token)
+            tmp.replace(token_file)  # atomically, as the kubelet does
+        return self.token
+
+    def down(self, *, refuse: bool = True) -> None:
+        """Stop serving and drop every connection. ``refuse``: connections are refused;
+        else they are accepted and reset at once (counted in ``reset_connections``)."""
         self._call(self._adown())
+        if not refuse:
+            self._call(self._alisten_reset())
 
     def up(self) -> None:
         """Listen again on the same port, with the same objects."""
@@ -948,11 +1027,27 @@ class FakeKubeAPI:
         await self._runner.setup()
         await self._alisten()
 
+    async def _alisten_reset(self) -> None:
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.reset_connections += 1
+            writer.transport.abort()
+
+        self._reset_server = await asyncio.start_server(accepted, self.host, self.port, reuse_address=True)
+
     async def _alisten(self) -> None:
         assert self._runner is not None
+        if self._reset_server is not None:
+            self._reset_server.close()
+            await self._reset_server.wait_closed()
+            self._reset_server = None
         if self._site is not None:
             return
-        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        context = None
+        if self.tls:
+            files = tls_files()
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(files["cert"], files["key"])
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, ssl_context=context)
         await self._site.start()
         if self.port == 0:
             self.port = self._runner.addresses[-1][1]
@@ -966,6 +1061,9 @@ class FakeKubeAPI:
     async def _astop(self) -> None:
         await self._aset_stall(None)
         await self._adown()
+        if self._reset_server is not None:
+            self._reset_server.close()
+            self._reset_server = None
         assert self._runner is not None
         await self._runner.cleanup()
 
@@ -1103,7 +1201,8 @@ class FakeKubeAPI:
         self, request: web.Request, record: RequestRecord, rt: ResourceType | None, ns: str | None, name: str | None
     ) -> web.StreamResponse:
         try:
-            authorized = request.headers.get("Authorization") == f"Bearer {self.token}"
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            authorized = scheme.lower() == "bearer" and token == self.token
             if self.require_auth and not authorized and request.path not in ("/healthz", "/livez", "/readyz"):
                 raise _HTTPStatus(401, "Unauthorized")
             self._maybe_fail(record)
@@ -1212,7 +1311,20 @@ class FakeKubeAPI:
             raise _HTTPStatus(400, str(exc)) from None
         if name is not None:  # /watch/namespaces/ns/services/name form
             fields.append(("metadata.name", True, name))
+        if self.ignore_watch_list:
+            q = {k: v for k, v in q.items() if k not in ("sendInitialEvents", "resourceVersionMatch")}
         send_initial = _truthy(q["sendInitialEvents"]) if "sendInitialEvents" in q else start_rv is None
+        if "sendInitialEvents" in q:
+            # As kube-apiserver validates watch-list requests.
+            if not self.watch_list:
+                raise _HTTPStatus(422, "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: "
+                                  "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled")
+            if q.get("resourceVersionMatch") != "NotOlderThan":
+                raise _HTTPStatus(422, "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: "
+                                  "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
+            if not _truthy(q.get("allowWatchBookmarks")):
+                raise _HTTPStatus(422, "ListOptions.meta.k8s.io \"\" is invalid: allowWatchBookmarks: Forbidden: "
+                                  "sendInitialEvents requires allowWatchBookmarks=true")
         deadline = time.monotonic() + timeout if timeout else math.inf
 
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"})

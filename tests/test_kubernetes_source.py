@@ -17,13 +17,14 @@ import pytest
 from k8s_api import FakeKubeAPI, endpoint_slice, endpoints, namespace, service
 
 from dnsd.model import ENDPOINTS, Port, Service
+from dnsd.sources import kube_reflector
 from dnsd.sources import kubernetes as k8s
 from dnsd.sources.kubernetes import KubernetesSource
 from dnsd.store import Delete, Expect, Op, Replace, Store, Synced, Upsert
 
 ORIGINS = ("k8s:services", "k8s:endpointslices", "k8s:namespaces")
 BOOKMARK_INTERVAL = 0.2  # the source's read_timeout must exceed it
-FAST = dict(read_timeout=1.0, watch_timeout=30, backoff=(0.05, 0.3))
+FAST = dict(read_timeout=1.0, watch_timeout=30, backoff=(0.05, 0.3), watch_list=False)
 
 
 class Sink:
@@ -284,9 +285,12 @@ def test_relist_after_410_converges_exactly(api: FakeKubeAPI, sink: Sink, make_s
     assert ready(sink.store, "default", "svc4") == {"10.1.4.1", "10.1.4.2"}
     assert {k for k, v in sink.store.slices.items()} == {("default", f"svc{i}") for i in (0, 2, 3, 4)}
     for origin in ORIGINS:
-        assert sink.count(Replace, origin) == 2
+        # The relist is sent as its changes, not as a second Replace of everything.
+        assert sink.count(Replace, origin) == 1
         status = source.status()[origin]
         assert status.relists == 1 and status.synced
+    assert sink.count(Delete, "k8s:services") == 2 and sink.count(Upsert, "k8s:services") == 2
+    assert sink.count(Delete, "k8s:endpointslices") == 1 and sink.count(Upsert, "k8s:endpointslices") == 0
     one_watch_each(api)
 
 
@@ -341,7 +345,7 @@ def test_down_keeps_data_then_recovers(api: FakeKubeAPI, sink: Sink, make_source
 def test_failures_back_off_exponentially(api: FakeKubeAPI, sink: Sink, make_source, monkeypatch) -> None:
     small_cluster(api)
     # Jitter at its ceiling, so the delays are exactly 0.1, 0.2, 0.4 s.
-    monkeypatch.setattr(k8s.random, "uniform", lambda low, high: high)
+    monkeypatch.setattr(kube_reflector.random, "uniform", lambda low, high: high)
     source = make_source(backoff=(0.1, 1.0))
     sink.wait(healthy(), what="sync")
     one_watch_each(api)
@@ -356,7 +360,9 @@ def test_failures_back_off_exponentially(api: FakeKubeAPI, sink: Sink, make_sour
     assert [r.status for r in watches[:3]] == [500, 500, 500] and len(watches) == 4
     assert watches[3].end is None  # open
     gaps = [b.started - a.started for a, b in itertools.pairwise(watches)]
-    for gap, delay in zip(gaps, (0.2, 0.4, 0.8), strict=True):  # 1 drop + 3 failures: 2nd..4th delays
+    # The drop is retried as soon as the shared probe sees the API answer, and the backoff starts
+    # over from there: the three failures wait 0.1, 0.2, 0.4 s.
+    for gap, delay in zip(gaps, (0.1, 0.2, 0.4), strict=True):
         assert delay - 0.02 <= gap < delay + 0.3, gaps
     assert sink.synced_ops("k8s:services") == [True, False, True]  # repeated failures = outage
     assert api.request_count("list", "services") == 1
@@ -367,7 +373,7 @@ def test_failures_back_off_exponentially(api: FakeKubeAPI, sink: Sink, make_sour
     api.wait_until(lambda: api.request_count("watch", "services") == before + 5, timeout=5)
     api.wait_for_watches(1, "services")
     dropped, rewatch = api.requests("watch", "services")[before + 3:]
-    assert rewatch.end is None and 0.09 <= rewatch.started - dropped.ended < 0.3
+    assert rewatch.end is None and rewatch.started - dropped.ended < 0.3  # the probe: no backoff
     assert sink.synced_ops("k8s:services") == [True, False, True]
 
 
@@ -598,7 +604,7 @@ def test_bad_json_and_error_events_rewatch_from_the_last_rv(sink: Sink, tmp_path
         [added("a", 12, "10.0.0.2", "MODIFIED"), added("b", 13, "10.0.0.3")],  # then a clean end
     ])
     source = KubernetesSource(sink, kubeconfig=scripted.kubeconfig(tmp_path / "kc"), namespaces=("default",),
-                              read_timeout=1.0, backoff=(0.05, 0.2))
+                              read_timeout=1.0, backoff=(0.05, 0.2), watch_list=False)
     try:
         source.start()
         sink.wait(lambda s: svc_ips(s).get(("default", "b")) == ("10.0.0.3",), what="events after errors")
@@ -616,3 +622,175 @@ def test_bad_json_and_error_events_rewatch_from_the_last_rv(sink: Sink, tmp_path
     finally:
         source.stop(timeout=2.0)
         scripted.close()
+
+
+# -- streamed lists, relists as diffs, throttling, credentials ---------------------
+
+
+def test_streamed_list_when_offered_one_stream_per_resource(api: FakeKubeAPI, sink: Sink, make_source) -> None:
+    small_cluster(api, n=5)
+    make_source(watch_list=True)
+    sink.wait(healthy(), what="sync")
+    one_watch_each(api)
+    assert api.request_count("list") == 0  # no list response at all: the initial events stream
+    for resource in ("services", "endpointslices", "namespaces"):
+        (stream,) = api.requests("watch", resource)
+        assert stream.params["sendInitialEvents"] == "true" and stream.params["resourceVersionMatch"] == "NotOlderThan"
+        assert stream.end is None  # the list's stream goes on as the watch
+    assert len(sink.store.services) == 5
+    api.create(service("default", "later", cluster_ip="10.0.9.9"))
+    sink.wait(lambda s: ("default", "later") in s.services, what="an event on the same stream")
+    # A 410 on resume (compaction while cut off) streams the list again, sent as its changes.
+    api.down()
+    api.delete("Service", "default", "svc1")
+    api.restart()
+    api.up()
+    sink.wait(lambda s: ("default", "svc1") not in s.services, timeout=5, what="relisted")
+    assert sink.count(Replace, "k8s:services") == 1 and sink.count(Delete, "k8s:services") == 1
+    assert api.request_count("list") == 0
+
+
+def test_streamed_list_refused_falls_back_to_pages(sink: Sink, make_source, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "dnsd.kubernetes")
+    with FakeKubeAPI(bookmark_interval=0.2, watch_list=False) as old:
+        small_cluster(old, n=5)
+        source = KubernetesSource(sink, kubeconfig=str(old.write_kubeconfig(tmp_path / "kc")),
+                                  **{**FAST, "watch_list": True, "page_size": 2})
+        try:
+            source.start()
+            sink.wait(healthy(), what="sync through paginated lists")
+            assert len(sink.store.services) == 5
+            refused = [r for r in old.requests("watch") if "sendInitialEvents" in r.params]
+            assert [r.status for r in refused] and all(r.status == 422 for r in refused)
+            assert len(refused) <= 3  # tried once per reflector at most, then never again
+            assert old.request_count("list", "services") == 3  # ceil(5/2) pages
+            assert "refuses streamed lists (HTTP 422" in caplog.text
+            assert source.status()["k8s:services"].errors == 0  # a refusal is no failure
+        finally:
+            source.stop(timeout=2.0)
+
+
+def test_a_relist_that_changes_nothing_sends_nothing(api: FakeKubeAPI, sink: Sink, make_source) -> None:
+    small_cluster(api, n=20)
+    source = make_source()
+    sink.wait(healthy(), what="sync")
+    held = dict(sink.store._by_origin["k8s:services"])
+    for round_ in range(3):
+        api.restart()  # compaction: every watch gets 410 and relists
+        sink.wait(lambda s, r=round_: all(st.relists == r + 1 for st in source.status().values()), what="relists")
+    with sink.lock:
+        changes = [op for _, batch in sink.batches[1:] for op in batch if isinstance(op, Replace | Upsert | Delete)]
+    assert len(changes) == len(ORIGINS)  # the first sync's Replace per origin; the relists: nothing
+    # The very same record objects: no second copy of anything.
+    assert all(sink.store._by_origin["k8s:services"][k] is v for k, v in held.items())
+
+
+def test_retry_after_is_honoured(api: FakeKubeAPI, sink: Sink, make_source) -> None:
+    small_cluster(api)
+    make_source(backoff=(0.01, 5.0))
+    sink.wait(healthy(), what="sync")
+    one_watch_each(api)
+    before = api.request_count("watch", "services")
+    api.fail_next(1, status=429, verb="watch", resource="services", retry_after=1)
+    api.drop_watches("services")
+    api.wait_for_watches(1, "services", timeout=5)
+    throttled, retried = api.requests("watch", "services")[before:before + 2]
+    assert throttled.status == 429
+    assert retried.started - throttled.ended >= 0.95  # not the 10 ms backoff
+
+
+def test_credentials_reload_on_401_and_every_refresh(api: FakeKubeAPI, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from dnsd.sources.kube_client import Credentials
+
+    caplog.set_level(logging.INFO, "dnsd.kubernetes")
+    token = tmp_path / "token"
+    kubeconfig = str(api.write_kubeconfig(tmp_path / "kc", token_file=token))
+    creds = Credentials(lambda: k8s.api_client(kubeconfig), refresh_every=0.3)
+    bearer = lambda: creds.client().configuration.auth_settings()["BearerToken"]["value"]  # noqa: E731
+    assert bearer() == f"Bearer {api.token}"
+    client = creds.client()
+    api.rotate_token(token_file=token)
+    time.sleep(0.35)
+    assert bearer() == f"Bearer {api.token}"  # re-read without any 401
+    assert creds.client() is client  # same CA: the connection pool is kept
+    new = api.rotate_token(token_file=token)
+    assert creds.reload("test: HTTP 401") and bearer() == f"Bearer {new}"
+    assert creds.reload("another reflector's 401")  # within the debounce: no second reload
+    assert "reloaded API credentials (test: HTTP 401): new token" in caplog.text
+
+
+def test_in_cluster_token_rotation_is_picked_up_on_401(sink: Sink, monkeypatch, tmp_path: Path) -> None:
+    from kubernetes.config import incluster_config
+
+    with FakeKubeAPI(tls=True, bookmark_interval=0.2) as api:
+        token = tmp_path / "token"
+        token.write_text(api.token)
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(api.ca_file))
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", api.host)
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
+        small_cluster(api)
+        source = KubernetesSource(sink, **FAST)  # no kubeconfig: the in-cluster files above
+        try:
+            source.start()
+            sink.wait(healthy(), what="sync with the in-cluster token")
+            api.rotate_token(token_file=token)  # the kubelet rotates the projected token
+            api.drop_watches()
+            api.create(service("default", "rotated", cluster_ip="10.0.7.7"))
+            took = sink.wait(lambda s: ("default", "rotated") in s.services, timeout=5, what="the rotated token used")
+            assert took < 2.0  # not the client's 60 s cache
+            assert sink.synced_ops("k8s:services") == [True]  # a 401 fixed by reloading is no outage
+        finally:
+            source.stop(timeout=2.0)
+
+
+def test_exec_plugin_runs_again_on_401(api: FakeKubeAPI, sink: Sink, tmp_path: Path) -> None:
+    """A kubeconfig credential plugin (exec) is run again when its token is refused."""
+    import sys
+
+    token = tmp_path / "token"
+    token.write_text(api.token)
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json, pathlib, sys\n"
+        f"t = pathlib.Path({str(token)!r}).read_text()\n"
+        "json.dump({'apiVersion': 'client.authentication.k8s.io/v1beta1', 'kind': 'ExecCredential',"
+        " 'status': {'token': t}}, sys.stdout)\n"
+    )
+    kubeconfig = api.write_kubeconfig(tmp_path / "kc")
+    config = json.loads(kubeconfig.read_text())
+    config["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1",
+                                           "command": sys.executable, "args": [str(plugin)],
+                                           "interactiveMode": "Never"}}
+    kubeconfig.write_text(json.dumps(config))
+    small_cluster(api)
+    source = KubernetesSource(sink, kubeconfig=str(kubeconfig), **FAST)
+    try:
+        source.start()
+        sink.wait(healthy(), what="sync with the plugin's token")
+        api.rotate_token(token_file=token)  # the plugin now hands out the new token
+        api.drop_watches()
+        api.create(service("default", "rotated", cluster_ip="10.0.7.8"))
+        sink.wait(lambda s: ("default", "rotated") in s.services, timeout=5, what="the plugin run again")
+        assert sink.synced_ops("k8s:services") == [True]
+    finally:
+        source.stop(timeout=2.0)
+
+
+def test_a_server_that_ignores_streamed_lists_gets_paginated_ones(sink: Sink, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "dnsd.kubernetes")
+    with FakeKubeAPI(bookmark_interval=0.2, ignore_watch_list=True) as old:
+        small_cluster(old, n=3)
+        source = KubernetesSource(sink, kubeconfig=str(old.write_kubeconfig(tmp_path / "kc")),
+                                  **{**FAST, "watch_list": True})
+        try:
+            source.start()
+            sink.wait(healthy(), what="sync through paginated lists after a plain bookmark")
+            assert len(sink.store.services) == 3
+            assert old.request_count("list") == 3
+            assert "ignores sendInitialEvents" in caplog.text
+        finally:
+            source.stop(timeout=2.0)
