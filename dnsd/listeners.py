@@ -11,12 +11,15 @@ import ipaddress
 import logging
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .dataplane import release_heap
 from .metrics import Listener
-from .wire import MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT, Responder
+from .wire import MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT, Pending, Responder, refused
+
+if TYPE_CHECKING:
+    from .upstream.forwarder import Forwarder
 
 log = logging.getLogger("dnsd.listeners")
 perf_counter = time.perf_counter
@@ -33,15 +36,20 @@ class UdpListener:
     BATCH = 64  # datagrams per wake-up, so TCP and source updates get their turn
     READ = MAX_QUERY + 1  # one byte more than a query may have: a longer datagram is seen, and gets FORMERR
 
-    def __init__(self, sock: socket.socket, responder: Responder, listener: Listener) -> None:
+    def __init__(self, sock: socket.socket, responder: Responder, listener: Listener,
+                 forwarder: Forwarder | None = None, allowed: Allowed | None = None) -> None:
         self.sock = sock
         self.responder = responder
         self.listener = listener
+        self.forwarder = forwarder
+        self.allowed = allowed
+        self._tasks: set[asyncio.Task] = set()
 
     def readable(self) -> None:
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
         fast, miss = self.responder.fast, self.responder.miss
         counts, observe, size = self.listener.counts, self.listener.duration.observe, self.READ
+        allowed = self.allowed
         last = perf_counter()
         for _ in range(self.BATCH):
             try:
@@ -51,9 +59,14 @@ class UdpListener:
             except OSError as exc:
                 log.debug("UDP receive error: %s", exc)
                 return
-            reply = fast(data, MIN_PAYLOAD, counts)
-            if reply is None:
-                reply = miss(data, MIN_PAYLOAD, counts)
+            if allowed is not None and not allowed(addr[0]):
+                reply = refused(data)
+            else:
+                reply = fast(data, MIN_PAYLOAD, counts)
+                if reply is None:
+                    reply = miss(data, MIN_PAYLOAD, counts)
+                    if reply.__class__ is Pending:
+                        reply = self._forward(reply, addr)  # type: ignore[arg-type]
             if reply is not None:
                 try:
                     sendto(reply, addr)
@@ -64,6 +77,47 @@ class UdpListener:
             now = perf_counter()
             observe(now - last)  # one clock read per query: receive, answer and send
             last = now
+
+    def _forward(self, pending: Pending, addr: tuple) -> bytes | None:
+        """A cached reply at once, else the forwarder's reply is sent when it comes."""
+        forwarder = self.forwarder
+        assert forwarder is not None  # the Responder returns Pending only when upstreams are configured
+        reply = forwarder.now(pending, self.listener.counts)
+        if reply is None:
+            task = asyncio.get_running_loop().create_task(self._send_later(pending, addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return reply
+
+    async def _send_later(self, pending: Pending, addr: tuple) -> None:
+        assert self.forwarder is not None
+        start = perf_counter()
+        reply = await self.forwarder.answer(pending, self.listener.counts)
+        try:
+            self.sock.sendto(reply, addr)
+        except OSError as exc:
+            log.debug("UDP send to %s failed: %s", addr, exc)
+        self.listener.duration.observe(perf_counter() - start)
+
+
+class Allowed:
+    """``--allow-from``: which client addresses may ask (a small cache of decisions per address)."""
+
+    def __init__(self, networks: tuple[str, ...]) -> None:
+        self.networks = [ipaddress.ip_network(n) for n in networks]
+        self._seen: dict[str, bool] = {}
+
+    def __call__(self, host: str) -> bool:
+        ok = self._seen.get(host)
+        if ok is None:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+            if address.version == 6 and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            ok = any(address in n for n in self.networks)
+            if len(self._seen) > 65536:
+                self._seen.clear()
+            self._seen[host] = ok
+        return ok
 
 
 # The receive buffer is a queue: it should hold a burst (a node's pods restarting together), not
@@ -115,12 +169,15 @@ TRIM_AFTER = 64  # connections closed since the heap was last given back
 class DnsServer:
     """The UDP and TCP listeners of one process."""
 
-    def __init__(self, config: Config, responder: Responder, reuse_port: bool = False, slots: Slots | None = None) -> None:
+    def __init__(self, config: Config, responder: Responder, reuse_port: bool = False, slots: Slots | None = None,
+                 forwarder: Forwarder | None = None) -> None:
         self.config = config
         self.responder = responder
         self.reuse_port = reuse_port
         self.slots = slots or Slots(config.tcp_max_connections)
         self._closed_since_trim = 0
+        self.forwarder = forwarder
+        self.allowed = Allowed(config.allow_from) if config.allow_from else None
         self.listeners: list[Listener] = []
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
@@ -143,7 +200,7 @@ class DnsServer:
                 raise
             sock.setblocking(False)
             _size_buffers(sock)
-            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp).readable)
+            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp, self.forwarder, self.allowed).readable)
             self._udp.append(sock)
             tcp = Listener("tcp", family, server)
             self._tcp.append(await asyncio.start_server(
@@ -175,7 +232,14 @@ class DnsServer:
                 query = await asyncio.wait_for(reader.readexactly(size), idle)
                 self._busy.add(task)
                 start = perf_counter()
-                reply = self.responder.answer(query, TCP_LIMIT, lst.counts)
+                peer = writer.get_extra_info("peername")
+                if self.allowed is not None and not (peer and self.allowed(peer[0])):
+                    reply = refused(query)
+                else:
+                    reply = self.responder.answer(query, TCP_LIMIT, lst.counts)
+                if reply.__class__ is Pending and self.forwarder is not None:
+                    pending: Pending = reply  # type: ignore[assignment]
+                    reply = self.forwarder.now(pending, lst.counts) or await self.forwarder.answer(pending, lst.counts)
                 if reply is None:
                     break
                 writer.write(len(reply).to_bytes(2, "big") + reply)
