@@ -23,6 +23,7 @@ WEB = "web.default.svc.cluster.local"
 SERVE_FLAGS = [
     "--manifests", "--kubernetes", "--kubeconfig", "--endpoints-api", "--namespace", "--label-selector",
     "--domain", "--address", "--port", "--ttl", "--workers", "--http-address", "--log-level",
+    "--upstream", "--stub-domain", "--forward-cache-size", "--forward-max-ttl", "--serve-stale", "--allow-from",
 ]
 
 

@@ -327,3 +327,57 @@ def test_forwarding_with_two_workers(start_dnsd: Callable[..., Dnsd], upstream: 
     for i in range(10):
         assert answers(server.query(f"w{i}.example.com", tcp=bool(i % 2))) == [f"w{i}.example.com. A 192.0.2.1"]
     wait_for(lambda: metric(server, "coredns_forward_requests_total") >= 10, 5)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--upstream", "300.1.1.1"], "argument --upstream: '300.1.1.1' is not IP, IP:PORT or [IPv6]:PORT"),
+    (["--upstream", "1.2.3.4:99999"], "argument --upstream: '1.2.3.4:99999': port must be 1-65535"),
+    (["--upstream", "dns.google"], "argument --upstream: 'dns.google' is not IP"),
+    (["--upstream", "/nonexistent/resolv.conf"], "argument --upstream: cannot read resolv.conf '/nonexistent/resolv.conf'"),
+    (["--stub-domain", "corp.internal"], "argument --stub-domain: 'corp.internal' is not ZONE=SERVER"),
+    (["--stub-domain", "corp.internal=nope"], "argument --stub-domain: 'nope' is not IP"),
+    (["--stub-domain", "=1.2.3.4"], "argument --stub-domain: '=1.2.3.4' is not ZONE=SERVER"),
+    (["--allow-from", "10.0.0.0/33"], "argument --allow-from: '10.0.0.0/33' is not an address or CIDR network"),
+])
+def test_bad_forwarding_flags_exit_2_naming_the_flag(argv: list[str], message: str) -> None:
+    from test_cli import dnsd
+
+    result = dnsd("serve", "--port", str(free_port()), "--http-address", "", *argv, timeout=15)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("DNSD_UPSTREAM", "127.0.0.1,bogus", "--upstream: 'bogus' is not IP"),
+    ("DNSD_STUB_DOMAIN", "corp.internal=127.0.0.1,127.0.0.300", "--stub-domain: '127.0.0.300' is not IP"),
+])
+def test_bad_forwarding_variables_exit_2(variable: str, value: str, message: str) -> None:
+    from test_cli import clean_env, dnsd
+
+    result = dnsd("serve", "--port", str(free_port()), "--http-address", "", env=clean_env(**{variable: value}),
+                  timeout=15)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_resolv_conf_is_a_clear_error(tmp_path) -> None:
+    from test_cli import dnsd
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("search example.com\n")  # no nameserver line
+    result = dnsd("serve", "--port", str(free_port()), "--http-address", "", "--upstream", str(conf), timeout=15)
+    assert result.returncode == 2 and "has no nameserver line" in result.stderr, result.stderr
+    # unreadable (a directory: chmod 0 would not stop root, who runs CI)
+    result = dnsd("serve", "--port", str(free_port()), "--http-address", "", "--upstream", f"{tmp_path}/", timeout=15)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot read resolv.conf '{tmp_path}/': Is a directory" in result.stderr, result.stderr
+
+
+def test_stub_domain_variable_keeps_its_servers(start_dnsd: Callable[..., Dnsd], upstream: FakeUpstream,
+                                                upstream2: FakeUpstream) -> None:
+    # DNSD_STUB_DOMAIN splits on commas like every repeatable variable: a piece without "=" is another server
+    upstream2.mode = "silent"
+    env = {"DNSD_STUB_DOMAIN": f"corp.internal={upstream2.server},{upstream.server}"}
+    server = start_dnsd("--upstream", "none", *FAST, env=env)
+    assert answers(server.query("db.corp.internal", timeout=3)) == ["db.corp.internal. A 192.0.2.1"]
