@@ -4,7 +4,7 @@
 answer, nxdomain (with SOA), servfail, tc (UDP: TC set and no data; TCP: the answer),
 big (100 A records: over 1232 bytes, so TC by UDP), slow (answer after ``delay``), silent,
 wrong_source (the answer sent from 127.0.0.2), wrong_id, wrong_question (the name's case
-flipped), garbage (random bytes after the right ID), loop (relay to ``loop_to`` and back).
+flipped), garbage (the right ID and question, then random bytes), loop (relay to ``loop_to`` and back).
 Every query it receives is recorded in ``seen``.
 """
 
@@ -163,8 +163,9 @@ class FakeUpstream:
             wire = ((query.header.id + 1) & 0xFFFF).to_bytes(2, "big") + wire[2:]
         elif mode == "wrong_question":
             wire = _flip_case(wire)
-        elif mode == "garbage":
-            wire = wire[:2] + os.urandom(40)
+        elif mode == "garbage":  # the right ID and question, then a body that does not parse
+            qend = wire.index(0, 12) + 5
+            wire = wire[:6] + b"\x00\x05\x00\x00\x00\x00" + wire[12:qend] + b"\xc0\x0c" + os.urandom(40)
         return wire
 
 

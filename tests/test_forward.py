@@ -126,19 +126,27 @@ def test_truncated_upstream_reply_is_retried_over_tcp(start_dnsd: Callable[..., 
 
 
 def test_big_answers_reach_clients_that_can_take_them(start_dnsd: Callable[..., Dnsd], upstream: FakeUpstream) -> None:
-    upstream.mode = "big"
-    server = start_dnsd("--upstream", upstream.server, *FAST)
-    full = server.query(EXT, use_edns=0, payload=4096)  # > 512 and > 1232 bytes: came from upstream by TCP
+    upstream.mode = "big"  # 100 A records, ~1.6 KB: TC from the upstream over UDP, so dnsd asks by TCP
+    server = start_dnsd("--upstream", upstream.server, "--udp-max-payload", "4096", *FAST)
+    full = server.query(EXT, use_edns=0, payload=4096)
     assert len(full.answer[0]) == 100 and not full.flags & dns.flags.TC
     plain = server.query(EXT)  # no EDNS: 512 bytes at most, TC set, whole records only
-    assert plain.flags & dns.flags.TC
-    assert 0 < len(plain.answer[0]) < 100 if plain.answer else True
+    assert plain.flags & dns.flags.TC and len(plain.to_wire()) <= 512
+    assert not plain.answer or 0 < len(plain.answer[0]) < 100
     small = server.query(EXT, use_edns=0, payload=1232)
-    assert small.flags & dns.flags.TC and small.edns == 0
+    assert small.flags & dns.flags.TC and small.edns == 0 and len(small.to_wire()) <= 1232
     assert len(server.query(EXT, tcp=True).answer[0]) == 100
     assert upstream.count(EXT, "tcp") == 1, "every later answer, cut or whole, came from the cache"
     out = server.dig(EXT, "+noedns")  # dig retries over TCP on TC, as resolvers do
     assert "198.51.100.100" in out, out
+
+
+def test_udp_replies_stay_within_udp_max_payload(start_dnsd: Callable[..., Dnsd], upstream: FakeUpstream) -> None:
+    upstream.mode = "big"
+    server = start_dnsd("--upstream", upstream.server, *FAST)  # default 1232, whatever the client offers
+    msg = server.query(EXT, use_edns=0, payload=4096)
+    assert msg.flags & dns.flags.TC and len(msg.to_wire()) <= 1232
+    assert len(server.query(EXT, tcp=True).answer[0]) == 100
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
