@@ -27,7 +27,8 @@ FORGET_TYPES = (12, 1, 28, 255, 5, 16, 33, 2, 6)  # PTR A AAAA ANY CNAME TXT SRV
 class Item:
     """One cached reply (normalised: ID 0, RD clear, no OPT), with its rendering for one age."""
 
-    __slots__ = ("age", "entry", "expires", "hits", "offsets", "payload", "refreshing", "reply", "stale", "stat", "stored", "ttl")
+    __slots__ = ("age", "entry", "expires", "hits", "negative", "offsets", "payload", "refreshing", "reply", "stale", "stat",
+                 "stored", "ttl")
 
     def __init__(self, reply: Reply, ttl: int, stored: float, stat: tuple[int, int], payload: int) -> None:
         self.reply = reply
@@ -42,6 +43,7 @@ class Item:
         self.stale: Entry | None = None
         self.hits = 0
         self.refreshing = False
+        self.negative = reply.rcode != NOERROR or not any(r.section == 0 for r in reply.records)
 
     def render(self, age: int) -> Entry:
         if age != self.age or self.entry is None:
@@ -54,10 +56,6 @@ class Item:
         if self.stale is None:
             self.stale = make_entry(aged(self.reply, self.offsets, None, STALE_TTL), self.reply.qend, 0, self.stat, self.payload)
         return self.stale
-
-    @property
-    def negative(self) -> bool:
-        return self.reply.rcode != NOERROR or not any(r.section == 0 for r in self.reply.records)
 
 
 class ForwardCache:
@@ -75,6 +73,13 @@ class ForwardCache:
         self.stale_served = 0
         self.prefetches = 0
         self._counted = (-1e9, 0)
+        # key -> (entry, valid until, item): the entries hit in the current second. A plain dict in
+        # front of the TLRUCache because the fast path runs this for every cached external name, and
+        # TLRUCache.get measured 4.6 us against 0.07 us for dict.get (loaded 2-CPU machine); the
+        # TLRUCache still sees each key once a second (LRU order, expiry), and the dict is emptied
+        # every second, so it holds at most one second's worth of hot keys.
+        self._hot: dict[bytes, tuple[Entry, float, Item]] = {}
+        self._hot_until = 0.0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -82,12 +87,18 @@ class ForwardCache:
     def entry(self, key: bytes) -> Entry | None:
         """A fresh entry for the lowercased question ``key`` (name, type, class in wire form), else None.
         Runs on the fast path of every query that misses the cluster table."""
-        item = self._items.get(key)
-        if item is None:
-            return None
         now = self.clock()
-        if now >= item.expires:
-            return None
+        hot = self._hot.get(key)
+        if hot is None or now >= hot[1]:
+            if now >= self._hot_until:
+                self._hot.clear()
+                self._hot_until = now + 1.0
+            item = self._items.get(key)
+            if item is None or now >= item.expires:
+                return None
+            age = int(now - item.stored)
+            hot = self._hot[key] = (item.render(age), min(item.stored + age + 1, item.expires), item)
+        item = hot[2]
         item.hits += 1
         self.hits[item.negative] += 1
         if (self.prefetch and item.hits >= self.prefetch and not item.refreshing
@@ -95,7 +106,7 @@ class ForwardCache:
             item.refreshing = True
             self.prefetches += 1
             self.on_prefetch(key)
-        return item.render(int(now - item.stored))
+        return hot[0]
 
     def stale(self, key: bytes) -> Entry | None:
         """An expired entry still inside the serve-stale window, with TTL 30 (RFC 8767)."""
@@ -111,6 +122,7 @@ class ForwardCache:
         """Cache ``reply`` if it may be cached; its entry at age 0 either way."""
         ttl = cache_ttl(reply, self.max_ttl)
         item = Item(reply, ttl, self.clock(), stat, self.payload)
+        self._hot.pop(key, None)
         if ttl > 0:
             self._items[key] = item
         else:
@@ -131,7 +143,9 @@ class ForwardCache:
             if name.endswith(".arpa"):
                 wire = b"".join(bytes((len(lb),)) + lb for lb in name.encode().split(b".")) + b"\x00"
                 for qtype in FORGET_TYPES:
-                    items.pop(wire + struct.pack("!HH", qtype, 1), None)
+                    key = wire + struct.pack("!HH", qtype, 1)
+                    items.pop(key, None)
+                    self._hot.pop(key, None)
 
     def counts(self) -> tuple[int, int]:
         """Entries: (success, denial). Walking 100k+ entries costs ~30 ms and workers report every
