@@ -128,15 +128,27 @@ class Forwarder:
                     self._inflight[key] = future = asyncio.ensure_future(self._fetch(key, qwire, qtype, name))
                     future.add_done_callback(lambda _f: self._inflight.pop(key, None))
                     return stale
-        if future is None:
-            if len(self._inflight) >= self.config.max_concurrent:
-                self.stats.rejects += 1
-                return self._error(qwire, qtype, REFUSED)
-            if name is None:
-                name = _text(qwire)
-            future = self._inflight[key] = asyncio.ensure_future(self._fetch(key, qwire, qtype, name))
-            future.add_done_callback(lambda _f: self._inflight.pop(key, None))
-        return await asyncio.shield(future)
+        if future is not None:
+            return await asyncio.shield(future)
+        if len(self._inflight) >= self.config.max_concurrent:
+            self.stats.rejects += 1
+            return self._error(qwire, qtype, REFUSED)
+        # The first asker fetches in its own task (no extra task per query); later askers wait on
+        # a plain future that it resolves.
+        future = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            entry = await self._fetch(key, qwire, qtype, name if name is not None else _text(qwire))
+        except asyncio.CancelledError:  # shutting down
+            future.cancel()
+            raise
+        except Exception as exc:  # a bug: every asker of this question learns it
+            future.set_exception(exc)
+            future.exception()  # marked retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(entry)
+        return entry
 
     # -- going upstream ------------------------------------------------------------------
     async def _fetch(self, key: bytes, qwire: bytes, qtype: int, name: str) -> Entry:

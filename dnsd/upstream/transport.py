@@ -73,19 +73,23 @@ async def udp(upstream: Upstream, question: bytes, timeout: float, dropped: Call
                     reason = "garbage"
             dropped(reason)
 
+    def expire() -> None:
+        if not done.done():
+            done.set_exception(UpstreamError("timeout"))
+
+    # A timer on the future itself, not asyncio.wait_for: no wrapper task or future per query.
+    timer = loop.call_later(timeout, expire)
     try:
-        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        sock.sendto(query, target)  # binds a random ephemeral port (kernel port randomisation)
         loop.add_reader(sock.fileno(), readable)
         try:
-            sock.sendto(query, target)
-            return await asyncio.wait_for(done, timeout)
+            return await done
         finally:
             loop.remove_reader(sock.fileno())
-    except TimeoutError:
-        raise UpstreamError("timeout") from None
     except OSError as exc:
         raise UpstreamError(str(exc)) from None
     finally:
+        timer.cancel()
         sock.close()
 
 
