@@ -1,6 +1,6 @@
 """Forwarding benchmarks: dnsd in front of Knot DNS on loopback. See bench/README.md.
 
-  bench/forward [--duration 8] [--flood 1000000] [--cache-size 100000] [--probes 2000]
+  bench/forward [--duration 8] [--repeat 3] [--flood 1000000] [--cache-size 100000] [--probes 2000] [--skip-flood]
 
 1. Cached external names vs cluster names, in the same run: dnsperf against dnsd for a
    file of cluster names, then a file of external names already in the forward cache,
@@ -58,8 +58,11 @@ def pss_kb(pid: int) -> int:
     return total
 
 
-def dnsperf(port: int, queries: Path, seconds: float | None, once: bool = False, outstanding: int = 100) -> dict[str, float]:
+def dnsperf(port: int, queries: Path, seconds: float | None, once: bool = False, outstanding: int = 100,
+            rate: int = 0) -> dict[str, float]:
     cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-q", str(outstanding), "-t", "2", "-c", "4"]
+    if rate:
+        cmd += ["-Q", str(rate)]
     cmd += ["-n", "1"] if once else ["-l", f"{seconds:g}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=(seconds or 0) + 600).stdout
     found = {k: float(v) for k, v in re.findall(r"(Queries (?:per second|sent|completed|lost)):\s+([\d.]+)", out)}
@@ -106,6 +109,9 @@ def main() -> int:
     parser.add_argument("--flood", type=int, default=1_000_000, help="unique external names in the flood")
     parser.add_argument("--cache-size", type=int, default=100_000, help="dnsd --forward-cache-size")
     parser.add_argument("--probes", type=int, default=2000, help="queries per latency probe")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of the cached/cluster comparison")
+    parser.add_argument("--flood-rate", type=int, default=0, help="flood queries/s offered (0: as fast as dnsd answers)")
+    parser.add_argument("--skip-flood", action="store_true", help="only parts 1-3")
     args = parser.parse_args()
     common.ensure_packages({"dnsperf": "dnsperf", "knotd": "knot"})
     procs = Procs()
@@ -130,12 +136,14 @@ def main() -> int:
         external.write_text("".join(f"c{i}.example.test A\n" for i in range(1000)))
         dnsperf(port, external, None, once=True)  # warm the forward cache
         dnsperf(port, cluster, None, once=True)
-        c1 = dnsperf(port, cluster, args.duration)["Queries per second"]
-        e = dnsperf(port, external, args.duration)["Queries per second"]
-        c2 = dnsperf(port, cluster, args.duration)["Queries per second"]
-        ratio = e / ((c1 + c2) / 2)
-        print(f"cached external names: {e:,.0f} qps; cluster names {c1:,.0f} / {c2:,.0f} qps (before/after); "
-              f"ratio {ratio:.0%} (target >= 80%)")
+        cl: list[float] = []
+        ex: list[float] = []
+        for _ in range(args.repeat):  # interleaved, best of each: the machine is shared
+            cl.append(dnsperf(port, cluster, args.duration)["Queries per second"])
+            ex.append(dnsperf(port, external, args.duration)["Queries per second"])
+        print(f"cached external names: {max(ex):,.0f} qps (runs {', '.join(f'{x:,.0f}' for x in ex)}); cluster names "
+              f"{max(cl):,.0f} qps (runs {', '.join(f'{x:,.0f}' for x in cl)}); best/best {max(ex) / max(cl):.0%} "
+              f"(target >= 80%)")
 
         # 2. uncached latency, dnsd vs knot directly
         tag = int(time.time())
@@ -154,13 +162,16 @@ def main() -> int:
         print(f"uncached forwarding: {run['Queries per second']:,.0f} qps ({run.get('Queries lost', 0):.0f} lost of "
               f"{run.get('Queries sent', 0):.0f})")
 
+        if args.skip_flood:
+            return 0
         # 4. flood of unique names, cluster names probed meanwhile
         before = probe(port, [CLUSTER[0].split()[0]] * 500)
         pss0 = pss_kb(dnsd.pid)
-        flood = tmp / "flood.txt"
-        with open(flood, "w") as f:
-            for i in range(args.flood):
-                f.write(f"f{i}.x{tag}.example.test A\n")
+        halves = [tmp / "flood1.txt", tmp / "flood2.txt"]
+        for half, path in enumerate(halves):
+            with open(path, "w") as f:
+                for i in range(half * args.flood // 2, (half + 1) * args.flood // 2):
+                    f.write(f"f{i}.x{tag}.example.test A\n")
         during: list[float] = []
         stop = threading.Event()
 
@@ -172,14 +183,20 @@ def main() -> int:
         thread = threading.Thread(target=probing, daemon=True)
         thread.start()
         started = time.monotonic()
-        run = dnsperf(port, flood, None, once=True)
+        pss, runs = [], []
+        for path in halves:
+            runs.append(dnsperf(port, path, None, once=True, rate=args.flood_rate))
+            pss.append(pss_kb(dnsd.pid))
         stop.set()
         thread.join()
-        pss1 = pss_kb(dnsd.pid)
         entries = metric(http, "coredns_cache_entries")
-        print(f"flood: {args.flood:,} unique names in {time.monotonic() - started:.0f} s ({run['Queries per second']:,.0f} qps, "
-              f"{run.get('Queries lost', 0):.0f} lost); cache entries {entries:,.0f} (bound {args.cache_size:,}); "
-              f"dnsd PSS {pss0 / 1024:.0f} -> {pss1 / 1024:.0f} MB")
+        sent = sum(r.get("Queries sent", 0) for r in runs)
+        lost = sum(r.get("Queries lost", 0) for r in runs)
+        qps = ", ".join(f"{r['Queries per second']:,.0f}" for r in runs)
+        offered = f"offered at most {args.flood_rate:,}/s" if args.flood_rate else "as fast as dnsd answers"
+        print(f"flood: {args.flood:,} unique names in {time.monotonic() - started:.0f} s ({qps} qps per half, {offered}; "
+              f"{lost:.0f} lost of {sent:.0f}); cache entries {entries:,.0f} (bound {args.cache_size:,}); dnsd PSS "
+              f"{pss0 / 1024:.0f} MB before, {pss[0] / 1024:.0f} MB after half, {pss[1] / 1024:.0f} MB after all")
         print(f"cluster-name latency: before p50 {pct(before, .5):.3f} ms p99 {pct(before, .99):.3f} ms; during flood "
               f"p50 {pct(during, .5):.3f} ms p99 {pct(during, .99):.3f} ms ({len(during)} probes)")
         print(f"load average after: {os.getloadavg()[0]:.2f} (2 CPUs shared with other users)")

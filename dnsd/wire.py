@@ -159,9 +159,10 @@ class Responder:
         """
         counts_field = query[4:12]
         if counts_field == _PLAIN_COUNTS:  # QD=1, nothing else: the question is the rest
-            entry = self._table.get(query[12:].lower())
+            key = query[12:].lower()
+            entry = self._table.get(key)
             if entry is None and self.forward is not None:  # a cached upstream reply (no await)
-                entry = self.forward.entry(query[12:].lower())
+                entry = self.forward.entry(key)
             if entry is None or query[2] & 0xF8 or entry.plain_len > limit:
                 return None
             counts[entry.stat] = counts.get(entry.stat, 0) + 1
@@ -169,9 +170,10 @@ class Responder:
         if counts_field != _EDNS_COUNTS or query[2] & 0xF8:
             return None
         qend = query.find(0, 12) + 5
-        entry = self._table.get(query[12:qend].lower())
+        key = query[12:qend].lower()
+        entry = self._table.get(key)
         if entry is None and self.forward is not None:
-            entry = self.forward.entry(query[12:qend].lower())
+            entry = self.forward.entry(key)
         if (
             entry is None
             or query[qend : qend + 3] != b"\x00\x00\x29"  # root owner, type OPT

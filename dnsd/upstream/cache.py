@@ -78,7 +78,7 @@ class ForwardCache:
         # TLRUCache.get measured 4.6 us against 0.07 us for dict.get (loaded 2-CPU machine); the
         # TLRUCache still sees each key once a second (LRU order, expiry), and the dict is emptied
         # every second, so it holds at most one second's worth of hot keys.
-        self._hot: dict[bytes, tuple[Entry, float, Item]] = {}
+        self._hot: dict[bytes, tuple[Entry, float, Item, float]] = {}  # (entry, until, item, prefetch at)
         self._hot_until = 0.0
 
     def __len__(self) -> int:
@@ -97,12 +97,12 @@ class ForwardCache:
             if item is None or now >= item.expires:
                 return None
             age = int(now - item.stored)
-            hot = self._hot[key] = (item.render(age), min(item.stored + age + 1, item.expires), item)
+            prefetch_at = item.expires - item.ttl * PREFETCH_PERCENT / 100 if self.prefetch else item.expires
+            hot = self._hot[key] = (item.render(age), min(item.stored + age + 1, item.expires), item, prefetch_at)
         item = hot[2]
         item.hits += 1
         self.hits[item.negative] += 1
-        if (self.prefetch and item.hits >= self.prefetch and not item.refreshing
-                and (item.expires - now) * 100 < item.ttl * PREFETCH_PERCENT and self.on_prefetch is not None):
+        if now >= hot[3] and item.hits >= self.prefetch and not item.refreshing and self.on_prefetch is not None:
             item.refreshing = True
             self.prefetches += 1
             self.on_prefetch(key)
