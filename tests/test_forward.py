@@ -389,3 +389,39 @@ def test_stub_domain_variable_keeps_its_servers(start_dnsd: Callable[..., Dnsd],
     env = {"DNSD_STUB_DOMAIN": f"corp.internal={upstream2.server},{upstream.server}"}
     server = start_dnsd("--upstream", "none", *FAST, env=env)
     assert answers(server.query("db.corp.internal", timeout=3)) == ["db.corp.internal. A 192.0.2.1"]
+
+
+def test_forward_max_ttl_caps_cached_ttls(start_dnsd: Callable[..., Dnsd], upstream: FakeUpstream) -> None:
+    upstream.ttl = 86400
+    server = start_dnsd("--upstream", upstream.server, "--forward-max-ttl", "60", *FAST)
+    assert ttls(server.query(EXT)) == [60]
+    assert ttls(server.query(EXT, tcp=True)) in ([60], [59])
+
+
+def test_forward_cache_size_bounds_the_entries(start_dnsd: Callable[..., Dnsd], upstream: FakeUpstream) -> None:
+    server = start_dnsd("--upstream", upstream.server, "--forward-cache-size", "5", *FAST)
+    for i in range(12):
+        server.query(f"s{i}.example.com")
+    wait_for(lambda: metric(server, "coredns_cache_entries") == 5, 3)
+    server.query("s11.example.com")  # the most recent ones are kept
+    assert upstream.count("s11.example.com") == 1
+    server.query("s0.example.com")  # the oldest one was evicted
+    assert upstream.count("s0.example.com") == 2
+
+
+def test_force_tcp(start_dnsd: Callable[..., Dnsd], upstream: FakeUpstream) -> None:
+    server = start_dnsd("--upstream", upstream.server, "--force-tcp", *FAST)
+    assert answers(server.query(EXT)) == [f"{EXT}. A 192.0.2.1"]
+    assert upstream.count(EXT, "tcp") == 1 and upstream.count(EXT, "udp") == 0
+
+
+def test_max_concurrent_refuses_the_excess(start_dnsd: Callable[..., Dnsd], upstream: FakeUpstream) -> None:
+    upstream.mode, upstream.delay = "slow", 0.5
+    server = start_dnsd("--upstream", upstream.server, "--max-concurrent", "1", "--upstream-timeout", "2")
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(server.query, "one.example.com", timeout=3)
+        time.sleep(0.1)
+        second = pool.submit(server.query, "two.example.com", timeout=3)
+        assert rcode(second.result()) == "REFUSED"
+        assert rcode(first.result()) == "NOERROR"
+    assert metric(server, "coredns_forward_max_concurrent_rejects_total") == 1
