@@ -17,6 +17,7 @@ import threading
 import time
 from typing import NamedTuple
 
+from conftest import free_port
 from dnslib import QTYPE, RCODE, RR, SOA, A, DNSRecord
 
 
@@ -41,7 +42,7 @@ class FakeUpstream:
         self.loop_to: tuple[str, int] | None = None
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
-        self.port = port or _free_port(host)
+        self.port = port or free_port()  # on 127.0.0.1, as every test upstream
         outer = self
 
         class Udp(socketserver.BaseRequestHandler):
@@ -173,17 +174,3 @@ def _flip_case(wire: bytes) -> bytes:
     """The same reply with the question name's letters in the other case."""
     end = wire.index(0, 12)
     return wire[:12] + wire[12:end].swapcase() + wire[end:]
-
-
-def _free_port(host: str) -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
