@@ -425,3 +425,18 @@ def test_max_concurrent_refuses_the_excess(start_dnsd: Callable[..., Dnsd], upst
         assert rcode(second.result()) == "REFUSED"
         assert rcode(first.result()) == "NOERROR"
     assert metric(server, "coredns_forward_max_concurrent_rejects_total") == 1
+
+
+def test_stale_answers_come_at_once_while_every_upstream_is_down(start_dnsd: Callable[..., Dnsd],
+                                                                 upstream: FakeUpstream) -> None:
+    upstream.ttl = 1
+    server = start_dnsd("--upstream", upstream.server, "--max-fails", "1", "--health-check", "5", "--prefetch", "0", *FAST)
+    assert ttls(server.query(EXT)) == [1]
+    upstream.mode = "silent"
+    time.sleep(1.1)
+    assert rcode(server.query("other.example.com", timeout=5)) == "SERVFAIL"  # one failure: the upstream is down
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _i: server.query(EXT, timeout=5), range(4)))
+    assert time.monotonic() - started < 0.3, "no wait for a timeout"
+    assert all(ttls(m) == [30] for m in replies)

@@ -119,15 +119,16 @@ class Forwarder:
         entry = self.cache.entry(key)
         if entry is not None:
             return entry
-        future = self._inflight.get(key)
-        if future is None and name is not None:
+        if name is not None:
             pool = self._pool(name)
             if pool is not None and pool.down:  # no need to wait for a timeout to answer stale
                 stale = self.cache.stale(key)
                 if stale is not None:
-                    self._inflight[key] = future = asyncio.ensure_future(self._fetch(key, qwire, qtype, name))
-                    future.add_done_callback(lambda _f: self._inflight.pop(key, None))
+                    if key not in self._inflight:  # one refresh in the background
+                        refresh = self._inflight[key] = asyncio.ensure_future(self._fetch(key, qwire, qtype, name, False))
+                        refresh.add_done_callback(lambda _f: self._inflight.pop(key, None))
                     return stale
+        future = self._inflight.get(key)
         if future is not None:
             return await asyncio.shield(future)
         if len(self._inflight) >= self.config.max_concurrent:
@@ -151,7 +152,8 @@ class Forwarder:
         return entry
 
     # -- going upstream ------------------------------------------------------------------
-    async def _fetch(self, key: bytes, qwire: bytes, qtype: int, name: str) -> Entry:
+    async def _fetch(self, key: bytes, qwire: bytes, qtype: int, name: str, stale_ok: bool = True) -> Entry:
+        """Ask the route's upstreams; ``stale_ok`` False when a stale answer already went out (refresh only)."""
         self.stats.misses += 1
         pool = self._pool(name)
         stat = (qtype, SERVFAIL)
@@ -170,7 +172,7 @@ class Forwarder:
         if reply is not None and reply.rcode != SERVFAIL:
             stat = (qtype, reply.rcode)
             return self.cache.put(key, normalise(reply), stat)
-        stale = self.cache.stale(key)  # RFC 8767: every upstream failed (or said SERVFAIL)
+        stale = self.cache.stale(key) if stale_ok else None  # RFC 8767: every upstream failed (or said SERVFAIL)
         if stale is not None:
             return stale
         if reply is not None:
@@ -206,7 +208,7 @@ class Forwarder:
         async def refresh() -> None:
             try:
                 qwire, qtype = key[:-4], struct.unpack("!H", key[-4:-2])[0]
-                await self._fetch(key, qwire, qtype, _text(qwire))
+                await self._fetch(key, qwire, qtype, _text(qwire), False)
             finally:
                 self.cache.done_refreshing(key)
 
