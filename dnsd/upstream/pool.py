@@ -50,7 +50,7 @@ class Pool:
     def order(self) -> list[State]:
         usable = [s for s in self.states if not s.looped]
         healthy = [s for s in usable if s.healthy]
-        if self.policy == "random":
+        if self.policy == "random" and len(healthy) > 1:
             healthy = random.sample(healthy, len(healthy))
         elif self.policy == "round_robin" and healthy:
             start = next(self._next) % len(healthy)
