@@ -42,7 +42,7 @@ class FakeUpstream:
         self.loop_to: tuple[str, int] | None = None
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
-        self.port = port or free_port()  # on 127.0.0.1, as every test upstream
+        self.port = port or (free_port() if host == "127.0.0.1" else _free_port6())
         outer = self
 
         class Udp(socketserver.BaseRequestHandler):
@@ -62,9 +62,11 @@ class FakeUpstream:
                         continue
                     self.wfile.write(len(reply).to_bytes(2, "big") + reply)
 
-        socketserver.ThreadingUDPServer.allow_reuse_address = True
-        self._udp_server = socketserver.ThreadingUDPServer((host, self.port), Udp)
-        self._tcp_server = socketserver.ThreadingTCPServer((host, self.port), Tcp, bind_and_activate=False)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        udp_class = type("Udp", (socketserver.ThreadingUDPServer,), {"address_family": family, "allow_reuse_address": True})
+        tcp_class = type("Tcp", (socketserver.ThreadingTCPServer,), {"address_family": family})
+        self._udp_server = udp_class((host, self.port), Udp)
+        self._tcp_server = tcp_class((host, self.port), Tcp, bind_and_activate=False)
         self._tcp_server.allow_reuse_address = True
         self._tcp_server.daemon_threads = self._udp_server.daemon_threads = True
         self._tcp_server.server_bind()
@@ -84,7 +86,7 @@ class FakeUpstream:
 
     @property
     def server(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def count(self, name: str | None = None, proto: str | None = None) -> int:
         with self._lock:
@@ -174,3 +176,18 @@ def _flip_case(wire: bytes) -> bytes:
     """The same reply with the question name's letters in the other case."""
     end = wire.index(0, 12)
     return wire[:12] + wire[12:end].swapcase() + wire[end:]
+
+
+def _free_port6() -> int:
+    """A port free for UDP and TCP on ::1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("::1", 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("::1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")

@@ -440,3 +440,15 @@ def test_stale_answers_come_at_once_while_every_upstream_is_down(start_dnsd: Cal
         replies = list(pool.map(lambda _i: server.query(EXT, timeout=5), range(4)))
     assert time.monotonic() - started < 0.3, "no wait for a timeout"
     assert all(ttls(m) == [30] for m in replies)
+
+
+def test_ipv6_upstream(start_dnsd: Callable[..., Dnsd]) -> None:
+    try:
+        server6 = FakeUpstream("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with server6 as upstream:
+        upstream.mode = "tc"  # UDP and then TCP, both over IPv6
+        server = start_dnsd("--upstream", upstream.server, *FAST)
+        assert answers(server.query(EXT)) == [f"{EXT}. A 192.0.2.1"]
+        assert upstream.count(EXT, "udp") == 1 and upstream.count(EXT, "tcp") == 1
