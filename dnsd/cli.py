@@ -183,9 +183,12 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
 def _forward_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("forwarding: names outside the served zones (dnsd/upstream/)")
     group.add_argument("--upstream", action="append", metavar="SERVER", type=_checked(servers.parse_upstream),
-                       help="where names outside the served zones go: IP, IP:PORT, [IPv6]:PORT, or a resolv.conf "
+                       help="where names outside the served zones go: IP, IP:PORT, [IPv6]:PORT, "
+                            "tls://IP[:PORT][#NAME] (DNS over TLS, the certificate must name NAME), or a resolv.conf "
                             "path whose nameserver lines are used (repeatable; default /etc/resolv.conf); "
                             "'none': authoritative only, REFUSED outside the zones")
+    group.add_argument("--upstream-tls-ca", metavar="FILE",
+                       help="CA certificates for tls:// upstreams (default: the system's)")
     group.add_argument("--stub-domain", action="append", metavar="ZONE=SERVER[,SERVER...]", dest="stub_domains",
                        type=_checked(servers.parse_stub_domain),
                        help="send names in ZONE to these servers instead (repeatable); wins over a served zone "
@@ -241,12 +244,19 @@ def _upstream_fields(args: argparse.Namespace) -> dict[str, Any]:
             allow.append(_network(value))
         except argparse.ArgumentTypeError as exc:
             raise ValueError(f"--allow-from: {exc}") from None
+    if args.upstream_tls_ca:
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=args.upstream_tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--upstream-tls-ca: cannot load {args.upstream_tls_ca!r}: {exc}") from None
     return dict(
         upstreams=tuple(dict.fromkeys(upstreams)), stub_domains=tuple(stubs), forward_cache_size=args.forward_cache_size,
         forward_max_ttl=args.forward_max_ttl, serve_stale=args.serve_stale, prefetch=args.prefetch,
         upstream_timeout=args.upstream_timeout, forward_timeout=args.forward_timeout, max_fails=args.max_fails,
         health_check=args.health_check, policy=args.policy, force_tcp=args.force_tcp,
-        max_concurrent=args.max_concurrent, allow_from=tuple(allow),
+        max_concurrent=args.max_concurrent, allow_from=tuple(allow), upstream_tls_ca=args.upstream_tls_ca,
     )
 
 

@@ -91,6 +91,7 @@ class Config:
     force_tcp: bool = False
     max_concurrent: int = 1000
     allow_from: tuple[str, ...] = ()
+    upstream_tls_ca: str | None = None  # CA bundle for tls:// upstreams (default: the system's)
     # names the loop-detection probes; one per dnsd (workers share it through the pickled Config)
     loop_token: str = field(default_factory=lambda: secrets.token_hex(6))
 

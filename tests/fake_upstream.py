@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from typing import NamedTuple
@@ -32,7 +33,8 @@ class Seen(NamedTuple):
 
 
 class FakeUpstream:
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: TCP connections are TLS with this server context (DNS over TLS)."""
         self.host = host
         self.mode = "answer"
         self.modes: dict[str, str] = {}
@@ -64,7 +66,18 @@ class FakeUpstream:
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         udp_class = type("Udp", (socketserver.ThreadingUDPServer,), {"address_family": family, "allow_reuse_address": True})
-        tcp_class = type("Tcp", (socketserver.ThreadingTCPServer,), {"address_family": family})
+        def get_request(server: socketserver.TCPServer) -> tuple[socket.socket, object]:
+            conn, addr = server.socket.accept()
+            if tls is not None:
+                conn.settimeout(5)
+                try:
+                    conn = tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):
+                    conn.close()
+                    raise
+            return conn, addr
+
+        tcp_class = type("Tcp", (socketserver.ThreadingTCPServer,), {"address_family": family, "get_request": get_request})
         self._udp_server = udp_class((host, self.port), Udp)
         self._tcp_server = tcp_class((host, self.port), Tcp, bind_and_activate=False)
         self._tcp_server.allow_reuse_address = True

@@ -346,6 +346,10 @@ def test_forwarding_with_two_workers(start_dnsd: Callable[..., Dnsd], upstream: 
     (["--stub-domain", "corp.internal=nope"], "argument --stub-domain: 'nope' is not IP"),
     (["--stub-domain", "=1.2.3.4"], "argument --stub-domain: '=1.2.3.4' is not ZONE=SERVER"),
     (["--allow-from", "10.0.0.0/33"], "argument --allow-from: '10.0.0.0/33' is not an address or CIDR network"),
+    (["--upstream", "tls://dns.example"], "argument --upstream: 'tls://dns.example' is not tls://IP[:PORT][#NAME]"),
+    (["--upstream", "tls://1.1.1.1#"], "argument --upstream: 'tls://1.1.1.1#': empty TLS server name"),
+    (["--upstream", "127.0.0.1:5353", "--upstream-tls-ca", "/nonexistent.pem"],
+     "--upstream-tls-ca: cannot load '/nonexistent.pem'"),
 ])
 def test_bad_forwarding_flags_exit_2_naming_the_flag(argv: list[str], message: str) -> None:
     from test_cli import dnsd
@@ -452,3 +456,39 @@ def test_ipv6_upstream(start_dnsd: Callable[..., Dnsd]) -> None:
         server = start_dnsd("--upstream", upstream.server, *FAST)
         assert answers(server.query(EXT)) == [f"{EXT}. A 192.0.2.1"]
         assert upstream.count(EXT, "udp") == 1 and upstream.count(EXT, "tcp") == 1
+
+
+@pytest.fixture
+def dot_upstream(tmp_path) -> Iterator[tuple[FakeUpstream, str]]:
+    """A DNS-over-TLS upstream with a self-signed certificate for dot.test; yields it and the CA file."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=dot.test", "-addext", "subjectAltName=DNS:dot.test"],
+                   check=True, capture_output=True, timeout=60)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    with FakeUpstream(tls=context) as server:
+        yield server, str(cert)
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_dns_over_tls_upstream(start_dnsd: Callable[..., Dnsd], dot_upstream: tuple[FakeUpstream, str], tcp: bool) -> None:
+    upstream, ca = dot_upstream
+    server = start_dnsd("--upstream", f"tls://{upstream.server}#dot.test", "--upstream-tls-ca", ca, *FAST)
+    assert answers(server.query(EXT, tcp=tcp)) == [f"{EXT}. A 192.0.2.1"]
+    assert upstream.count(EXT, "tcp") == 1 and upstream.count(EXT, "udp") == 0
+
+
+def test_dns_over_tls_checks_the_server_name(start_dnsd: Callable[..., Dnsd], dot_upstream: tuple[FakeUpstream, str]) -> None:
+    upstream, ca = dot_upstream
+    wrong = start_dnsd("--upstream", f"tls://{upstream.server}#other.test", "--upstream-tls-ca", ca, *FAST)
+    assert rcode(wrong.query(EXT, timeout=5)) == "SERVFAIL"
+    untrusted = start_dnsd("--upstream", f"tls://{upstream.server}#dot.test", *FAST)  # system CAs: not ours
+    assert rcode(untrusted.query(EXT, timeout=5)) == "SERVFAIL"
+    assert upstream.count(EXT) == 0, "no question reaches a server whose certificate failed"

@@ -74,6 +74,8 @@ class Forwarder:
         self.stubs = [("." + s.zone, s.zone, pool(s.servers)) for s in sorted(stubs, key=lambda s: -len(s.zone))]
         self.forwards_default = self.default is not None
         self._inflight: dict[bytes, asyncio.Future[Entry]] = {}
+        tls_ca = getattr(config, "upstream_tls_ca", None)
+        self.tls = transport.default_tls(tls_ca) if any(u.tls_name for u in self._states) else None
         self._tasks: set[asyncio.Task] = set()
 
     # -- what the Responder asks -----------------------------------------------------
@@ -185,8 +187,8 @@ class Forwarder:
         self.stats.sent(to)
         started = time.perf_counter()
         try:
-            if self.config.force_tcp:
-                reply = await transport.tcp(upstream, question, timeout, self.stats.drop)
+            if self.config.force_tcp or upstream.tls_name:
+                reply = await transport.tcp(upstream, question, timeout, self.stats.drop, self.tls)
             else:
                 reply = await transport.udp(upstream, question, timeout, self.stats.drop)
                 if reply.wire[2] & 0x02:  # TC: the answer is bigger than UDP could carry
@@ -201,8 +203,10 @@ class Forwarder:
         return reply
 
     async def _health_probe(self, upstream: Upstream) -> None:
-        send = transport.tcp if self.config.force_tcp else transport.udp
-        await send(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop)
+        if self.config.force_tcp or upstream.tls_name:
+            await transport.tcp(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop, self.tls)
+        else:
+            await transport.udp(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop)
 
     def _prefetch(self, key: bytes) -> None:
         async def refresh() -> None:
@@ -238,7 +242,7 @@ class Forwarder:
         question comes back to us, that upstream forwards to us (``now`` notices)."""
         for _ in range(3):  # a few, so one of them reaches every worker that shares the port
             for number, state in enumerate(list(self._states.values())):
-                if state.looped:
+                if state.looped or state.upstream.tls_name:  # a DoT server is never dnsd (no TLS listener)
                     continue
                 question = _wire_name(f"{self.token}.{number}.{LOOP_SUFFIX}") + struct.pack("!HH", HINFO, 1)
                 self._spawn(self._quiet_probe(state.upstream, question))

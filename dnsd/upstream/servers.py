@@ -6,14 +6,17 @@ import ipaddress
 from typing import NamedTuple
 
 DNS_PORT = 53
+DOT_PORT = 853
 
 
 class Upstream(NamedTuple):
     host: str  # an IP address, normalised
     port: int = DNS_PORT
+    tls_name: str | None = None  # DNS over TLS: the name the server's certificate must carry
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"tls://{address}#{self.tls_name}" if self.tls_name else address
 
     @property
     def family(self) -> int:
@@ -26,8 +29,19 @@ class StubDomain(NamedTuple):
 
 
 def parse_server(value: str) -> Upstream:
-    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``; ValueError with the reason otherwise."""
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``, or DNS over TLS: ``tls://IP[:PORT][#NAME]`` (port 853;
+    the certificate must name NAME, or the IP without one); ValueError with the reason otherwise."""
     text = value.strip()
+    if text.lower().startswith("tls://"):
+        address, _, name = text[6:].partition("#")
+        if "#" in value and not name:
+            raise ValueError(f"{value!r}: empty TLS server name after '#'")
+        try:
+            server = parse_server(address if _has_port(address) else (f"[{address}]" if ":" in address else address)
+                                  + f":{DOT_PORT}")
+        except ValueError:
+            raise ValueError(f"{value!r} is not tls://IP[:PORT][#NAME]") from None
+        return Upstream(server.host, server.port, name.strip().lower().rstrip(".") or server.host)
     if not text:
         raise ValueError("empty server")
     host, port = text, DNS_PORT
@@ -47,6 +61,10 @@ def parse_server(value: str) -> Upstream:
     if address.version == 6 and address.ipv4_mapped is None and "%" in host:
         raise ValueError(f"{value!r}: scoped IPv6 addresses are not supported")
     return Upstream(str(address), port)
+
+
+def _has_port(address: str) -> bool:
+    return address.count(":") == 1 or (address.startswith("[") and "]:" in address)
 
 
 def _port(text: str, value: str) -> int:
@@ -80,7 +98,7 @@ def parse_upstream(value: str) -> tuple[Upstream, ...]:
     text = value.strip()
     if text.lower() == "none":
         return ()
-    if "/" in text:
+    if "/" in text and not text.lower().startswith("tls://"):
         return read_resolv_conf(text)
     return (parse_server(text),)
 
