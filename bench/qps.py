@@ -690,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
                 workers = args.workers if key == "dnsd" else 2
                 return Server(key, f"dnsd ({workers} worker{'s' if workers > 1 else ''})",
                               [sys.executable, "-m", "dnsd", "serve", "--manifests", str(tmp / "cluster"), "--port", str(port),
-                               "--address", "127.0.0.1", "--workers", str(workers), "--http-address", ""], workers, env)
+                               "--address", "127.0.0.1", "--workers", str(workers), "--http-address", "",
+                               "--upstream", "none"], workers, env)
             if key == "knot":
                 return Server(key, "knot (1 udp worker)", ["knotd", "-c", str(knot_config(tmp, port, zones))], 1)
             return Server(key, "naive dnslib", [sys.executable, str(BENCH / "naive_server.py"), "--records",

@@ -881,7 +881,8 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
     dnsd_log = tmp / "dnsd.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     argv = [*dnsd_pin, sys.executable, "-m", "dnsd", "serve", "--kubeconfig", str(kubeconfig), "--port", str(port),
-            "--address", "127.0.0.1", "--workers", str(args.workers), "--http-address", f"127.0.0.1:{http_port}"]
+            "--address", "127.0.0.1", "--workers", str(args.workers), "--http-address", f"127.0.0.1:{http_port}",
+            "--upstream", "none"]
     fake_thread = f"/proc/self/task/{api._thread.native_id}/stat"  # the fake API's loop thread
     fake_cpu0, own_cpu0, busy0 = cpu_seconds(fake_thread), cpu_seconds("/proc/self/stat"), system_busy()
     api.reset_stats()

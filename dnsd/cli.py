@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import Config, usable_cpus
+from .upstream import servers
 
 ENV_PREFIX = "DNSD_"
 
@@ -83,6 +84,34 @@ def _bytes(value: str) -> int:
     return size
 
 
+def _seconds(value: str) -> int:
+    number = _whole(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
+
+
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """Validate a value at parse time (exit 2 naming the flag) but keep the text: config_from_args
+    parses it again, the same way as the comma-split DNSD_* form."""
+
+    def check(value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return check
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an address or CIDR network") from None
+
+
 def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
@@ -153,12 +182,94 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kube-max-backoff", type=_number, default=30.0, help=argparse.SUPPRESS)
 
 
+def _forward_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("forwarding: names outside the served zones (dnsd/upstream/)")
+    group.add_argument("--upstream", action="append", metavar="SERVER", type=_checked(servers.parse_upstream),
+                       help="where names outside the served zones go: IP, IP:PORT, [IPv6]:PORT, "
+                            "tls://IP[:PORT][#NAME] (DNS over TLS, the certificate must name NAME), or a resolv.conf "
+                            "path whose nameserver lines are used (repeatable; default /etc/resolv.conf); "
+                            "'none': authoritative only, REFUSED outside the zones")
+    group.add_argument("--upstream-tls-ca", metavar="FILE",
+                       help="CA certificates for tls:// upstreams (default: the system's)")
+    group.add_argument("--stub-domain", action="append", metavar="ZONE=SERVER[,SERVER...]", dest="stub_domains",
+                       type=_checked(servers.parse_stub_domain),
+                       help="send names in ZONE to these servers instead (repeatable); wins over a served zone "
+                            "for its subtree")
+    group.add_argument("--forward-cache-size", type=_positive, default=100_000,
+                       help="upstream replies cached, entries (default 100000)")
+    group.add_argument("--forward-max-ttl", type=_seconds, default=3600,
+                       help="cap on the TTL of cached upstream replies, seconds (default 3600)")
+    group.add_argument("--serve-stale", type=_seconds, default=3600,
+                       help="answer expired entries this many seconds past expiry, with TTL 30, when every "
+                            "upstream fails (RFC 8767; default 3600; 0 turns it off)")
+    group.add_argument("--prefetch", type=_seconds, default=2,
+                       help="refresh an entry hit this many times before it expires, in its last 10%% of TTL "
+                            "(default 2; 0 turns it off)")
+    group.add_argument("--upstream-timeout", type=_number, default=2.0,
+                       help="seconds to wait for one upstream before trying the next (default 2)")
+    group.add_argument("--forward-timeout", type=_number, default=4.0,
+                       help="seconds after which a forwarded query gets a stale answer or SERVFAIL (default 4)")
+    group.add_argument("--max-fails", type=_seconds, default=2,
+                       help="failures in a row that mark an upstream down until a health check passes "
+                            "(default 2; 0: never)")
+    group.add_argument("--health-check", type=_number, default=0.5,
+                       help="seconds between health checks of a down upstream (default 0.5)")
+    group.add_argument("--policy", choices=["random", "round_robin", "sequential"], default="random",
+                       help="order in which upstreams are tried (default random)")
+    group.add_argument("--force-tcp", action="store_true", help="ask upstreams over TCP only")
+    group.add_argument("--max-concurrent", type=_positive, default=1000,
+                       help="distinct questions in flight upstream at once; more get REFUSED (default 1000)")
+    group.add_argument("--allow-from", action="append", metavar="CIDR", type=_network,
+                       help="only clients in these networks may ask (repeatable; default everyone); "
+                            "others get REFUSED")
+
+
+def _upstream_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Parse --upstream/--stub-domain (again: values from DNSD_* arrive unchecked); ValueError names the flag."""
+    upstreams: list[servers.Upstream] = []
+    values = args.upstream if args.upstream is not None else ["/etc/resolv.conf"]
+    for value in values:
+        try:
+            upstreams += servers.parse_upstream(value)
+        except ValueError as exc:
+            hint = " (--upstream none serves only the cluster zones)" if args.upstream is None else ""
+            raise ValueError(f"--upstream: {exc}{hint}") from None
+    stubs = []
+    for value in servers.join_stub_values(list(args.stub_domains or ())):
+        try:
+            stubs.append(servers.parse_stub_domain(value))
+        except ValueError as exc:
+            raise ValueError(f"--stub-domain: {exc}") from None
+    allow = []
+    for value in args.allow_from or ():
+        try:
+            allow.append(_network(value))
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"--allow-from: {exc}") from None
+    if args.upstream_tls_ca:
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=args.upstream_tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--upstream-tls-ca: cannot load {args.upstream_tls_ca!r}: {exc}") from None
+    return dict(
+        upstreams=tuple(dict.fromkeys(upstreams)), stub_domains=tuple(stubs), forward_cache_size=args.forward_cache_size,
+        forward_max_ttl=args.forward_max_ttl, serve_stale=args.serve_stale, prefetch=args.prefetch,
+        upstream_timeout=args.upstream_timeout, forward_timeout=args.forward_timeout, max_fails=args.max_fails,
+        health_check=args.health_check, policy=args.policy, force_tcp=args.force_tcp,
+        max_concurrent=args.max_concurrent, allow_from=tuple(allow), upstream_tls_ca=args.upstream_tls_ca,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dnsd", description="Service-discovery DNS server for Kubernetes.",
         epilog="Each subcommand has its own flags: dnsd serve --help (--manifests, --kubernetes, --kubeconfig, "
         "--endpoints-api, --namespace, --label-selector, --domain, --ttl, --address, --port, --workers, "
-        "--http-address, --log-level, ...). Every flag can also be set as DNSD_<FLAG>, e.g. DNSD_PORT=1053; "
+        "--http-address, --upstream, --stub-domain, --forward-cache-size, --forward-max-ttl, --serve-stale, "
+        "--allow-from, --log-level, ...). "
+        "Every flag can also be set as DNSD_<FLAG>, e.g. DNSD_PORT=1053; "
         "repeatable flags take comma-separated values.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--udp-max-payload", type=_payload, default=1232, metavar="BYTES",
                        help="largest UDP reply, and the EDNS size advertised: 512-4096 (default 1232, as Knot); "
                             "bigger answers get TC and are retried over TCP")
+    _forward_flags(serve)
 
     records = sub.add_parser("records", help="print every record dnsd would serve, as sorted zone-file text")
     _source_flags(records)
@@ -219,6 +331,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
             cache_bytes=args.cache_bytes, udp_max_payload=args.udp_max_payload,
+            **_upstream_fields(args),
         )
     return Config(**fields)
 
@@ -237,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except argparse.ArgumentTypeError as exc:  # a bad repeatable value from DNSD_ADDRESS
         build_parser().error(f"DNSD_ADDRESS: {exc}")
+    except ValueError as exc:  # a bad --upstream/--stub-domain/--allow-from value (flag or DNSD_*), resolv.conf
+        build_parser().error(str(exc))
     if args.command == "records":
         from .commands import records
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import secrets
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from .upstream.servers import StubDomain, Upstream
 
 
 def bundled_zones() -> Path:
@@ -75,6 +78,24 @@ class Config:
     kube_warn_interval: float = 60.0  # seconds between WARNINGs while a resource keeps failing
     kube_max_backoff: float = 30.0  # the longest wait between retries of a failing request
     reload_debounce_ms: int = 50
+    # forwarding (dnsd/upstream/): none configured = authoritative only, REFUSED outside the zones
+    upstreams: tuple[Upstream, ...] = ()
+    stub_domains: tuple[StubDomain, ...] = ()
+    forward_cache_size: int = 100_000
+    forward_max_ttl: int = 3600
+    serve_stale: int = 3600
+    prefetch: int = 2
+    upstream_timeout: float = 2.0
+    forward_timeout: float = 4.0
+    max_fails: int = 2
+    health_check: float = 0.5
+    policy: str = "random"
+    force_tcp: bool = False
+    max_concurrent: int = 1000
+    allow_from: tuple[str, ...] = ()
+    upstream_tls_ca: str | None = None  # CA bundle for tls:// upstreams (default: the system's)
+    # names the loop-detection probes; one per dnsd (workers share it through the pickled Config)
+    loop_token: str = field(default_factory=lambda: secrets.token_hex(6))
 
     @property
     def ns_address(self) -> str | None:

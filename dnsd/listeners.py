@@ -13,12 +13,15 @@ import logging
 import socket
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .dataplane import release_heap
 from .metrics import Listener
-from .wire import MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT, Responder
+from .wire import MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT, Pending, Responder, refused
+
+if TYPE_CHECKING:
+    from .upstream.forwarder import Forwarder
 
 log = logging.getLogger("dnsd.listeners")
 perf_counter = time.perf_counter
@@ -49,12 +52,16 @@ class UdpListener:
     BATCH = 64  # datagrams per wake-up, so TCP and source updates get their turn
     READ = MAX_QUERY + 1  # one byte more than a query may have: a longer datagram is seen, and gets FORMERR
 
-    def __init__(self, sock: socket.socket, responder: Responder, listener: Listener) -> None:
+    def __init__(self, sock: socket.socket, responder: Responder, listener: Listener,
+                 forwarder: Forwarder | None = None, allowed: Allowed | None = None) -> None:
         self.sock = sock
         self.responder = responder
         self.listener = listener
         self.backlogged = False
         self.late = 0  # queries dropped for waiting too long
+        self.forwarder = forwarder
+        self.allowed = allowed
+        self._tasks: set[asyncio.Task] = set()
 
     def readable(self) -> None:
         backlogged = self.backlogged
@@ -63,6 +70,7 @@ class UdpListener:
         counts, observe, size = self.listener.counts, self.listener.duration.observe, self.READ
         unpack, wall = _TIMEVAL.unpack_from, time.time
         ancillary: list = []
+        allowed = self.allowed
         last = perf_counter()
         for _ in range(self.BATCH):
             try:
@@ -76,14 +84,19 @@ class UdpListener:
             except OSError as exc:
                 log.debug("UDP receive error: %s", exc)
                 return
-            reply = fast(data, MIN_PAYLOAD, counts)
-            if reply is None:
-                if backlogged and ancillary and len(ancillary[0][2]) >= 16:
-                    seconds, micros = unpack(ancillary[0][2])
-                    if wall() - seconds - micros * 1e-6 > MAX_WAIT:
-                        self.late += 1
-                        continue  # the client has likely given up or retried; others are waiting
-                reply = miss(data, MIN_PAYLOAD, counts)
+            if allowed is not None and not allowed(addr[0]):
+                reply = refused(data)
+            else:
+                reply = fast(data, MIN_PAYLOAD, counts)
+                if reply is None:
+                    if backlogged and ancillary and len(ancillary[0][2]) >= 16:
+                        seconds, micros = unpack(ancillary[0][2])
+                        if wall() - seconds - micros * 1e-6 > MAX_WAIT:
+                            self.late += 1
+                            continue  # the client has likely given up or retried; others are waiting
+                    reply = miss(data, MIN_PAYLOAD, counts)
+                    if reply.__class__ is Pending:
+                        reply = self._forward(reply, addr)  # type: ignore[arg-type]
             if reply is not None:
                 try:
                     sendto(reply, addr)
@@ -108,8 +121,50 @@ class UdpListener:
         return alloc * 4 > size
 
 
+    def _forward(self, pending: Pending, addr: tuple) -> bytes | None:
+        """A cached reply at once, else the forwarder's reply is sent when it comes."""
+        forwarder = self.forwarder
+        assert forwarder is not None  # the Responder returns Pending only when upstreams are configured
+        reply = forwarder.now(pending, self.listener.counts)
+        if reply is None:
+            task = asyncio.get_running_loop().create_task(self._send_later(pending, addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return reply
+
+    async def _send_later(self, pending: Pending, addr: tuple) -> None:
+        assert self.forwarder is not None
+        start = perf_counter()
+        reply = await self.forwarder.answer(pending, self.listener.counts)
+        try:
+            self.sock.sendto(reply, addr)
+        except OSError as exc:
+            log.debug("UDP send to %s failed: %s", addr, exc)
+        self.listener.duration.observe(perf_counter() - start)
+
+
 _TIMEVAL = struct.Struct("@ll")
 _MEMINFO = struct.Struct("@II")
+
+
+class Allowed:
+    """``--allow-from``: which client addresses may ask (a small cache of decisions per address)."""
+
+    def __init__(self, networks: tuple[str, ...]) -> None:
+        self.networks = [ipaddress.ip_network(n) for n in networks]
+        self._seen: dict[str, bool] = {}
+
+    def __call__(self, host: str) -> bool:
+        ok = self._seen.get(host)
+        if ok is None:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+            if address.version == 6 and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            ok = any(address in n for n in self.networks)
+            if len(self._seen) > 65536:
+                self._seen.clear()
+            self._seen[host] = ok
+        return ok
 
 
 # The receive buffer is a queue: it should hold a burst (a node's pods restarting together), not
@@ -161,12 +216,15 @@ TRIM_AFTER = 64  # connections closed since the heap was last given back
 class DnsServer:
     """The UDP and TCP listeners of one process."""
 
-    def __init__(self, config: Config, responder: Responder, reuse_port: bool = False, slots: Slots | None = None) -> None:
+    def __init__(self, config: Config, responder: Responder, reuse_port: bool = False, slots: Slots | None = None,
+                 forwarder: Forwarder | None = None) -> None:
         self.config = config
         self.responder = responder
         self.reuse_port = reuse_port
         self.slots = slots or Slots(config.tcp_max_connections)
         self._closed_since_trim = 0
+        self.forwarder = forwarder
+        self.allowed = Allowed(config.allow_from) if config.allow_from else None
         self.listeners: list[Listener] = []
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
@@ -191,7 +249,7 @@ class DnsServer:
             _size_buffers(sock)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)  # arrival times, read only when backlogged
-            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp).readable)
+            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp, self.forwarder, self.allowed).readable)
             self._udp.append(sock)
             tcp = Listener("tcp", family, server)
             self._tcp.append(await asyncio.start_server(
@@ -223,7 +281,14 @@ class DnsServer:
                 query = await asyncio.wait_for(reader.readexactly(size), idle)
                 self._busy.add(task)
                 start = perf_counter()
-                reply = self.responder.answer(query, TCP_LIMIT, lst.counts)
+                peer = writer.get_extra_info("peername")
+                if self.allowed is not None and not (peer and self.allowed(peer[0])):
+                    reply = refused(query)
+                else:
+                    reply = self.responder.answer(query, TCP_LIMIT, lst.counts)
+                if reply.__class__ is Pending and self.forwarder is not None:
+                    pending: Pending = reply  # type: ignore[assignment]
+                    reply = self.forwarder.now(pending, lst.counts) or await self.forwarder.answer(pending, lst.counts)
                 if reply is None or transport.is_closing():
                     break  # a reset peer: queries still buffered are not answered (writing would raise)
                 writer.write(len(reply).to_bytes(2, "big") + reply)

@@ -61,7 +61,7 @@ def rcode_name(rcode: int) -> str:
     return RCODE.get(rcode, str(rcode)) if rcode < 16 else {16: "BADVERS"}.get(rcode, str(rcode))
 
 
-def snapshot(listeners: Iterable[Listener], dataplane: Any) -> dict[str, Any]:
+def snapshot(listeners: Iterable[Listener], dataplane: Any, forwarder: Any = None) -> dict[str, Any]:
     """What a worker reports: picklable, and summable across workers."""
     programming = dataplane.programming_seconds[:]
     dataplane.programming_seconds.clear()
@@ -74,6 +74,7 @@ def snapshot(listeners: Iterable[Listener], dataplane: Any) -> dict[str, Any]:
         "services": len(dataplane.store.services),
         "programming": programming,
         "synced": dataplane.store.synced,
+        "forward": forwarder.snapshot() if forwarder is not None else None,
     }
 
 
@@ -87,10 +88,14 @@ class Totals:
     records: int = 0
     services: int = 0
     programming: Histogram = field(default_factory=lambda: Histogram(PROGRAMMING_BUCKETS))
+    forward: dict[str, Any] | None = None  # upstream/stats.py merge(): None when forwarding is off
 
 
 def totals(snapshots: Iterable[dict[str, Any]], programming: Histogram) -> Totals:
-    out = Totals(programming=programming)
+    from .upstream.stats import merge
+
+    snapshots = list(snapshots)
+    out = Totals(programming=programming, forward=merge(s.get("forward") for s in snapshots))
     for snap in snapshots:
         out.records = max(out.records, snap["records"])
         out.services = max(out.services, snap["services"])
@@ -161,3 +166,7 @@ class DnsdCollector(Collector):
         yield healthy
         yield age
         yield errors
+        if t.forward is not None:
+            from .upstream.stats import families
+
+            yield from families(t.forward)

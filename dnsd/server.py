@@ -83,6 +83,17 @@ class Sources:
                 for o, s in self.kubernetes.status().items()}
 
 
+def _forwarder(config: Config, dataplane: Dataplane) -> Any:
+    """The process's forwarder and cache (each worker has its own), or None without upstreams."""
+    if not config.upstreams and not config.stub_domains:
+        return None
+    from .upstream.forwarder import Forwarder
+
+    forwarder = Forwarder(config)
+    dataplane.responder.forward = forwarder
+    return forwarder
+
+
 def _use_uvloop() -> None:
     try:
         import uvloop
@@ -129,17 +140,20 @@ async def _serve_single(config: Config) -> int:
 
     sources = Sources(config, emit)
     sources.start()  # manifests load before the first query; the API syncs in the background
-    dns = DnsServer(config, dataplane.responder)
+    forwarder = _forwarder(config, dataplane)
+    dns = DnsServer(config, dataplane.responder, forwarder=forwarder)
     try:
         await dns.start()
     except OSError as exc:
         log.error("cannot listen on port %d: %s", config.port, exc)
         sources.stop()
         return 1
+    if forwarder:
+        forwarder.start()
     programming = Histogram(PROGRAMMING_BUCKETS)
 
     def read_on_loop() -> dict[str, Any]:
-        snap = snapshot(dns.listeners, dataplane)
+        snap = snapshot(dns.listeners, dataplane, forwarder)
         for seconds in snap["programming"]:
             programming.observe(seconds)
         return snap
@@ -161,6 +175,8 @@ async def _serve_single(config: Config) -> int:
     await stop.wait()
     log.info("shutting down")
     await dns.close()
+    if forwarder:
+        forwarder.stop()
     sources.stop()
     if http:
         http.stop()
@@ -199,12 +215,15 @@ async def _serve_worker(config: Config, conn: Connection, slots: Slots) -> None:
     dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size,
                           config.cache_bytes, config.udp_max_payload)
     dataplane.apply(conn.recv())  # the supervisor's snapshot, before the first query can arrive
-    dns = DnsServer(config, dataplane.responder, reuse_port=True, slots=slots)
+    forwarder = _forwarder(config, dataplane)
+    dns = DnsServer(config, dataplane.responder, reuse_port=True, slots=slots, forwarder=forwarder)
     try:
         await dns.start()
     except OSError as exc:
         conn.send(("error", f"cannot listen on port {config.port}: {exc}"))
         return
+    if forwarder:
+        forwarder.start()
     stop = _stop_event(loop)
 
     def receive() -> None:
@@ -221,7 +240,7 @@ async def _serve_worker(config: Config, conn: Connection, slots: Slots) -> None:
     synced = False
     while not stop.is_set():
         with contextlib.suppress(OSError):
-            conn.send(("stats", snapshot(dns.listeners, dataplane)))
+            conn.send(("stats", snapshot(dns.listeners, dataplane, forwarder)))
         # Once a second, or at once when the first sync lands (the supervisor's /ready waits for it).
         for _ in range(20):
             if stop.is_set() or synced != dataplane.store.synced:
@@ -229,6 +248,8 @@ async def _serve_worker(config: Config, conn: Connection, slots: Slots) -> None:
             await asyncio.sleep(0.05)
         synced = dataplane.store.synced
     await dns.close()
+    if forwarder:
+        forwarder.stop()
 
 
 class Supervisor:

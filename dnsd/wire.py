@@ -17,12 +17,13 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple, Protocol
 
 from .index import Index
 from .parse import FORMERR, Query, error_reply, header_reply, parse
-from .records import Record
+from .records import REVERSE_ZONES, Record
 from .render import TCP_LIMIT, TXT_TTL, Entry, heads, label_tuple, make_entry, rdata_of, render, template, with_opt
-from .resolver import ANY, Answer, resolve
+from .resolver import ANY, AXFR, IXFR, Answer, resolve
 
 log = logging.getLogger("dnsd.wire")
 
@@ -58,6 +59,28 @@ def labels_to_text(labels: Iterable[bytes]) -> str:
 
 def name_to_wire_labels(labels: tuple[bytes, ...]) -> bytes:
     return b"".join(bytes((len(lb),)) + lb for lb in labels) + b"\x00"
+
+
+class Pending(NamedTuple):
+    """A well-formed query that is not ours to answer: the listener hands it to the forwarder."""
+
+    query: bytes
+    question: bytes  # as asked (the client's case), type and class included
+    qwire: bytes  # the name lowercased, in wire form
+    qtype: int
+    edns: bool
+    limit: int  # reply size limit (the client's EDNS size within --udp-max-payload, 512, or TCP_LIMIT)
+    name: str  # lowercased text, no final dot
+
+
+class Forwarding(Protocol):
+    """What the Responder needs from upstream/ (a Forwarder): it never learns more."""
+
+    forwards_default: bool  # names outside the served zones go upstream (else REFUSED)
+
+    def entry(self, key: bytes) -> Entry | None: ...  # a cached upstream reply, fresh
+    def is_stub(self, name: str) -> bool: ...  # under a --stub-domain
+    def forget(self, names: Iterable[str]) -> None: ...  # reverse names we now answer ourselves
 
 
 def _entry_size(key: bytes, entry: Entry) -> int:
@@ -102,10 +125,14 @@ class Responder:
         self._templates: dict[tuple[int, bool, tuple[Record, ...]], Entry] = {}
         self.counts: dict[tuple[int, int], int] = {}  # (qtype, rcode) -> replies
         self.failures = 0  # queries answered SERVFAIL by the catch-all (a bug if ever above 0)
+        self.forward: Forwarding | None = None  # set when upstreams are configured
         self._failure_logged = 0.0
 
     def invalidate(self, names: Iterable[str]) -> None:
         table, keys = self._table, self._keys
+        if self.forward is not None:
+            names = tuple(names)
+            self.forward.forget(names)
         if not keys:
             return
         for name in names:
@@ -133,7 +160,10 @@ class Responder:
         """
         counts_field = query[4:12]
         if counts_field == _PLAIN_COUNTS:  # QD=1, nothing else: the question is the rest
-            entry = self._table.get(query[12:].lower())
+            key = query[12:].lower()
+            entry = self._table.get(key)
+            if entry is None and self.forward is not None:  # a cached upstream reply (no await)
+                entry = self.forward.entry(key)
             if entry is None or query[2] & 0xF8 or entry.plain_len > limit:
                 return None
             counts[entry.stat] = counts.get(entry.stat, 0) + 1
@@ -141,7 +171,10 @@ class Responder:
         if counts_field != _EDNS_COUNTS or query[2] & 0xF8:
             return None
         qend = query.find(0, 12) + 5
-        entry = self._table.get(query[12:qend].lower())
+        key = query[12:qend].lower()
+        entry = self._table.get(key)
+        if entry is None and self.forward is not None:
+            entry = self.forward.entry(key)
         if (
             entry is None
             or query[qend : qend + 3] != b"\x00\x00\x29"  # root owner, type OPT
@@ -221,7 +254,21 @@ class Responder:
             if not keys:
                 del self._keys[old_name]
 
-    def full(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
+    def _not_mine(self, name: str, qtype: int) -> bool:
+        """Forwarded: under a stub domain; outside the served zones; a reverse name we hold nothing for."""
+        forward = self.forward
+        if forward is None or qtype in (AXFR, IXFR):
+            return False
+        if forward.is_stub(name):
+            return True
+        if not forward.forwards_default:
+            return False
+        zone = self.index.zone_of(name)
+        if zone is None:
+            return True
+        return zone in REVERSE_ZONES and name != zone and self.synced() and not self.index.exists(name)
+
+    def full(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | Pending | None:
         """Parse strictly and answer by every rule; None means drop the packet."""
         if limit != TCP_LIMIT and len(query) > MAX_QUERY:
             reply = header_reply(query, FORMERR)  # the README's promise; Knot answers the same
@@ -236,11 +283,16 @@ class Responder:
             return error_reply(query, q, self.max_payload)
         return self._answer_question(query, q, limit, counts)
 
-    def _answer_question(self, query: bytes, q: Query, limit: int, counts: dict[tuple[int, int], int]) -> bytes:
+    def _answer_question(self, query: bytes, q: Query, limit: int, counts: dict[tuple[int, int], int]) -> bytes | Pending:
         edns, qend, qtype = q.edns, q.qend, q.qtype
         if edns and limit == MIN_PAYLOAD:
             limit = max(MIN_PAYLOAD, min(self.max_payload, q.payload))
         question = query[12:qend]
+        if self.forward is not None:
+            qwire = question[:-4].lower()
+            name = labels_to_text(wire_labels(qwire))
+            if self._not_mine(name, qtype):
+                return Pending(query, question, qwire, qtype, edns, limit, name)
         entry = self.entry(question[:-4].lower(), qtype, minimal_any=limit != TCP_LIMIT)
         hd, tail = (entry.edns_heads, entry.edns_tail) if edns else (entry.plain_heads, entry.plain_tail)
         flags = (query[2] & 1) | ((query[3] >> 3) & 2)
@@ -267,8 +319,9 @@ class Responder:
 
     def answer(
         self, query: bytes, limit: int = MIN_PAYLOAD, counts: dict[tuple[int, int], int] | None = None
-    ) -> bytes | None:
-        """The reply to one query (UDP: limit 512 before EDNS; TCP: TCP_LIMIT); None: drop."""
+    ) -> bytes | Pending | None:
+        """The reply to one query (UDP: limit 512 before EDNS; TCP: TCP_LIMIT); None: drop;
+        a Pending (only with upstreams configured): the forwarder answers it."""
         if type(query) is not bytes:
             query = bytes(query)
         if counts is None:
@@ -317,6 +370,8 @@ class Responder:
         name = b".".join(labels).lower().decode("latin-1")
         if name.count(".") != len(labels) - 1:
             return None  # a label holding a dot: the strict path escapes it
+        if self.forward is not None and self._not_mine(name, qtype):
+            return None  # forwarded: the strict path makes the Pending
         answer = resolve(self.index, name, qtype, self.synced())
         if answer.answer:
             return None  # data: rendered and kept by the strict path
@@ -326,7 +381,7 @@ class Responder:
         hd, tail = (entry.edns_heads, entry.edns_tail) if edns else (entry.plain_heads, entry.plain_tail)
         return query[:2] + hd[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + tail
 
-    def miss(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
+    def miss(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | Pending | None:
         """The strict path, guarded: a bug costs one SERVFAIL and a rate-limited log line, never the server."""
         try:
             reply = self.negative(query, counts)
@@ -342,4 +397,14 @@ class Responder:
             return header_reply(query, 2)
 
 
-__all__ = ["MAX_QUERY", "TCP_LIMIT", "TXT_TTL", "Entry", "Responder", "render"]
+def refused(query: bytes) -> bytes | None:
+    """REFUSED for a client --allow-from does not allow: its ID and question, nothing else parsed."""
+    if len(query) < 12 or query[2] & 0x80:
+        return None
+    qend = query.find(0, 12) + 5
+    if query[4:6] != b"\x00\x01" or not 16 < qend <= len(query):
+        return header_reply(query, 5)
+    return query[:2] + bytes(((query[2] & 0x79) | 0x80, 5)) + b"\x00\x01\x00\x00\x00\x00\x00\x00" + query[12:qend]
+
+
+__all__ = ["MAX_QUERY", "TCP_LIMIT", "TXT_TTL", "Entry", "Pending", "Responder", "refused", "render"]

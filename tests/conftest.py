@@ -45,9 +45,9 @@ class Dnsd:
     """One dnsd process: ``query``/``tcp`` with dnspython, ``dig`` with the real dig."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, http: bool = True, workers: int | None = 1,
-                 cpus: set[int] | None = None) -> None:
+                 cpus: set[int] | None = None, port: int | None = None) -> None:
         """``workers`` None leaves dnsd's default; ``cpus`` runs it with that CPU affinity."""
-        self.port = free_port()
+        self.port = port or free_port()
         self.http_port = free_port() if http else None
         self.address = "127.0.0.1"
         cmd = [sys.executable, "-m", "dnsd", "serve", "--port", str(self.port), *args]
@@ -55,6 +55,8 @@ class Dnsd:
             cmd += ["--workers", str(workers)]
         if "--address" not in args:
             cmd += ["--address", self.address]
+        if "--upstream" not in args and "DNSD_UPSTREAM" not in (env or {}):
+            cmd += ["--upstream", "none"]  # never forward to this machine's resolver (off-machine)
         cmd += ["--http-address", f"127.0.0.1:{self.http_port}" if http else ""]
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"dnsd-test-{self.port}.log"
         self._log = open(self.log_path, "w+b")  # noqa: SIM115 - kept open for the process's life

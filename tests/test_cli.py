@@ -23,13 +23,15 @@ WEB = "web.default.svc.cluster.local"
 SERVE_FLAGS = [
     "--manifests", "--kubernetes", "--kubeconfig", "--endpoints-api", "--namespace", "--label-selector",
     "--domain", "--address", "--port", "--ttl", "--workers", "--http-address", "--log-level",
+    "--upstream", "--stub-domain", "--forward-cache-size", "--forward-max-ttl", "--serve-stale", "--allow-from",
 ]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The caller's environment without DNSD_* (a developer's shell must not change the results)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DNSD_")}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+    # DNSD_UPSTREAM=none: a test server must never forward to this machine's resolver (off-machine).
+    return {**env, "PYTHONUNBUFFERED": "1", "DNSD_UPSTREAM": "none", **extra}
 
 
 def dnsd(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0,

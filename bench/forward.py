@@ -1,0 +1,209 @@
+"""Forwarding benchmarks: dnsd in front of Knot DNS on loopback. See bench/README.md.
+
+  bench/forward [--duration 8] [--repeat 3] [--flood 1000000] [--cache-size 100000] [--probes 2000] [--skip-flood]
+
+1. Cached external names vs cluster names, in the same run: dnsperf against dnsd for a
+   file of cluster names, then a file of external names already in the forward cache,
+   then the cluster file again. Target: external >= 80% of cluster QPS.
+2. Uncached forwarding latency: a one-thread probe asks unique names (never cached; Knot
+   answers them from a wildcard) one at a time, alternating blocks straight to Knot and
+   through dnsd. Added p50 = dnsd p50 - Knot p50. Target <= 0.3 ms.
+3. Uncached forwarding throughput: dnsperf with unique names through dnsd.
+4. Flood: --flood unique external names through dnsd (dnsperf, one pass) with
+   --forward-cache-size --cache-size; dnsd's PSS before and after, cache entries, and
+   the latency of cluster names asked by a probe during the flood vs before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import common
+from common import Procs, log
+from qps import knot_config
+
+ROOT = Path(__file__).resolve().parent.parent
+ZONE = """$ORIGIN example.test.
+$TTL 3600
+@ SOA ns.example.test. hostmaster.example.test. 1 7200 900 86400 60
+@ NS ns
+ns A 127.0.0.1
+* A 192.0.2.1
+"""
+CLUSTER = ["web.default.svc.cluster.local A", "db.shop.svc.cluster.local A", "_http._tcp.web.default.svc.cluster.local SRV",
+           "cart.shop.svc.cluster.local A", "dns-version.cluster.local TXT"]
+
+
+def pss_kb(pid: int) -> int:
+    """PSS of a process and its children (dnsd's workers), from smaps_rollup."""
+    total = 0
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def dnsperf(port: int, queries: Path, seconds: float | None, once: bool = False, outstanding: int = 100,
+            rate: int = 0) -> dict[str, float]:
+    cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-q", str(outstanding), "-t", "2", "-c", "4"]
+    if rate:
+        cmd += ["-Q", str(rate)]
+    cmd += ["-n", "1"] if once else ["-l", f"{seconds:g}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=(seconds or 0) + 600).stdout
+    found = {k: float(v) for k, v in re.findall(r"(Queries (?:per second|sent|completed|lost)):\s+([\d.]+)", out)}
+    if "Queries per second" not in found:
+        raise RuntimeError(out[-1500:])
+    return found
+
+
+def probe(port: int, names: list[str], timeout: float = 2.0) -> list[float]:
+    """One query at a time, A type; seconds per answer (lost ones left out)."""
+    out = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        for i, name in enumerate(names):
+            qid = i & 0xFFFF
+            q = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+            q += b"".join(bytes((len(lb),)) + lb.encode() for lb in name.split(".")) + b"\x00\x00\x01\x00\x01"
+            start = time.perf_counter()
+            s.sendto(q, ("127.0.0.1", port))
+            try:
+                while int.from_bytes(s.recv(4096)[:2], "big") != qid:
+                    pass
+            except TimeoutError:
+                continue
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))] * 1000 if values else float("nan")
+
+
+def metric(http: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
+        body = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name + " ")
+               or line.startswith(name + "{"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per dnsperf run")
+    parser.add_argument("--flood", type=int, default=1_000_000, help="unique external names in the flood")
+    parser.add_argument("--cache-size", type=int, default=100_000, help="dnsd --forward-cache-size")
+    parser.add_argument("--probes", type=int, default=2000, help="queries per latency probe")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of the cached/cluster comparison")
+    parser.add_argument("--flood-rate", type=int, default=0, help="flood queries/s offered (0: as fast as dnsd answers)")
+    parser.add_argument("--skip-flood", action="store_true", help="only parts 1-3")
+    args = parser.parse_args()
+    common.ensure_packages({"dnsperf": "dnsperf", "knotd": "knot"})
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="dnsd-forward-"))
+    try:
+        knot_port, port, http = common.free_port(), common.free_port(), common.free_port()
+        (tmp / "example.test.zone").write_text(ZONE)
+        knot = procs.start(["knotd", "-c", str(knot_config(tmp, knot_port, {"example.test": tmp / "example.test.zone"}))],
+                           tmp / "knot.log")
+        dnsd = procs.start([sys.executable, "-m", "dnsd", "serve", "--port", str(port), "--address", "127.0.0.1",
+                            "--workers", "1", "--http-address", f"127.0.0.1:{http}", "--upstream", f"127.0.0.1:{knot_port}",
+                            "--forward-cache-size", str(args.cache_size)], tmp / "dnsd.log", cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        common.wait_until(lambda: bool(probe(knot_port, ["x.example.test"], 0.3)), 20, "knot", knot)
+        common.wait_until(lambda: bool(probe(port, ["web.default.svc.cluster.local"], 0.3)), 20, "dnsd", dnsd)
+        log(f"knot on {knot_port}, dnsd on {port} (pid {dnsd.pid}); machine load {os.getloadavg()[0]:.2f}")
+
+        # 1. cached external vs cluster
+        cluster = tmp / "cluster.txt"
+        cluster.write_text("\n".join(CLUSTER * 200) + "\n")
+        external = tmp / "external.txt"
+        external.write_text("".join(f"c{i}.example.test A\n" for i in range(1000)))
+        dnsperf(port, external, None, once=True)  # warm the forward cache
+        dnsperf(port, cluster, None, once=True)
+        cl: list[float] = []
+        ex: list[float] = []
+        for _ in range(args.repeat):  # interleaved, best of each: the machine is shared
+            cl.append(dnsperf(port, cluster, args.duration)["Queries per second"])
+            ex.append(dnsperf(port, external, args.duration)["Queries per second"])
+        print(f"cached external names: {max(ex):,.0f} qps (runs {', '.join(f'{x:,.0f}' for x in ex)}); cluster names "
+              f"{max(cl):,.0f} qps (runs {', '.join(f'{x:,.0f}' for x in cl)}); best/best {max(ex) / max(cl):.0%} "
+              f"(target >= 80%)")
+
+        # 2. uncached latency, dnsd vs knot directly
+        tag = int(time.time())
+        direct, via = [], []
+        for block in range(10):
+            n = args.probes // 10
+            direct += probe(knot_port, [f"l{tag}-{block}-{i}.k.example.test" for i in range(n)])
+            via += probe(port, [f"l{tag}-{block}-{i}.d.example.test" for i in range(n)])
+        print(f"uncached latency p50: knot {pct(direct, .5):.3f} ms, via dnsd {pct(via, .5):.3f} ms; added "
+              f"{pct(via, .5) - pct(direct, .5):.3f} ms (target <= 0.3 ms); p90 {pct(direct, .9):.3f} / {pct(via, .9):.3f} ms")
+
+        # 3. uncached throughput
+        unique = tmp / "unique.txt"
+        unique.write_text("".join(f"u{i}.t{tag}.example.test A\n" for i in range(400_000)))
+        run = dnsperf(port, unique, args.duration)
+        print(f"uncached forwarding: {run['Queries per second']:,.0f} qps ({run.get('Queries lost', 0):.0f} lost of "
+              f"{run.get('Queries sent', 0):.0f})")
+
+        if args.skip_flood:
+            return 0
+        # 4. flood of unique names, cluster names probed meanwhile
+        before = probe(port, [CLUSTER[0].split()[0]] * 500)
+        pss0 = pss_kb(dnsd.pid)
+        halves = [tmp / "flood1.txt", tmp / "flood2.txt"]
+        for half, path in enumerate(halves):
+            with open(path, "w") as f:
+                for i in range(half * args.flood // 2, (half + 1) * args.flood // 2):
+                    f.write(f"f{i}.x{tag}.example.test A\n")
+        during: list[float] = []
+        stop = threading.Event()
+
+        def probing() -> None:
+            while not stop.is_set():
+                during.extend(probe(port, [CLUSTER[0].split()[0]] * 20))
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=probing, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        pss, runs = [], []
+        for path in halves:
+            runs.append(dnsperf(port, path, None, once=True, rate=args.flood_rate))
+            pss.append(pss_kb(dnsd.pid))
+        stop.set()
+        thread.join()
+        entries = metric(http, "coredns_cache_entries")
+        sent = sum(r.get("Queries sent", 0) for r in runs)
+        lost = sum(r.get("Queries lost", 0) for r in runs)
+        qps = ", ".join(f"{r['Queries per second']:,.0f}" for r in runs)
+        offered = f"offered at most {args.flood_rate:,}/s" if args.flood_rate else "as fast as dnsd answers"
+        print(f"flood: {args.flood:,} unique names in {time.monotonic() - started:.0f} s ({qps} qps per half, {offered}; "
+              f"{lost:.0f} lost of {sent:.0f}); cache entries {entries:,.0f} (bound {args.cache_size:,}); dnsd PSS "
+              f"{pss0 / 1024:.0f} MB before, {pss[0] / 1024:.0f} MB after half, {pss[1] / 1024:.0f} MB after all")
+        print(f"cluster-name latency: before p50 {pct(before, .5):.3f} ms p99 {pct(before, .99):.3f} ms; during flood "
+              f"p50 {pct(during, .5):.3f} ms p99 {pct(during, .99):.3f} ms ({len(during)} probes)")
+        print(f"load average after: {os.getloadavg()[0]:.2f} (2 CPUs shared with other users)")
+    finally:
+        procs.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

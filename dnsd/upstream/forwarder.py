@@ -1,0 +1,303 @@
+"""The forwarder: questions dnsd does not own -> cache -> upstreams -> cache -> reply.
+
+``await forwarder.resolve(qwire, qtype)`` is the API for code inside dnsd (the reply in
+wire form); the listeners use ``now`` (a cache hit, synchronous) and ``answer`` (async).
+Identical questions in flight are sent upstream once. A query tries the route's upstreams
+in policy order, each for at most ``upstream_timeout`` seconds, all within
+``forward_timeout``: after that the client gets a stale answer (RFC 8767) or SERVFAIL,
+never silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import struct
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..render import Entry, heads, make_entry, with_opt
+from ..wire import Pending
+from . import transport
+from .cache import ForwardCache
+from .message import SERVFAIL, Reply, normalise, parse, truncate
+from .pool import HEALTH_QUESTION, Pool, State
+from .servers import StubDomain, Upstream
+from .stats import ForwardStats, snapshot
+
+log = logging.getLogger("dnsd.upstream")
+REFUSED = 5
+HINFO = 13
+LOOP_SUFFIX = "dnsd-loop-probe.invalid"  # probes: <token>.<upstream number>.dnsd-loop-probe.invalid HINFO
+AXFR, IXFR = 252, 251
+
+
+def _wire_name(name: str) -> bytes:
+    return b"".join(bytes((len(lb),)) + lb for lb in name.encode().split(b".") if lb) + b"\x00"
+
+
+class Forwarder:
+    def __init__(self, config: Any, *, token: str | None = None) -> None:
+        self.config = config
+        self.payload = config.udp_max_payload  # the EDNS size our OPT advertises to clients
+        self.cache = ForwardCache(config.forward_cache_size, config.forward_max_ttl, config.serve_stale,
+                                  config.prefetch, self.payload)
+        self.cache.on_prefetch = self._prefetch
+        self.stats = ForwardStats()
+        self.token = token or getattr(config, "loop_token", "") or secrets.token_hex(8)
+        self._states: dict[Upstream, State] = {}
+        own = {(a, config.port) for a in config.addresses}
+        wildcard = any(a in ("0.0.0.0", "::") for a in config.addresses)
+
+        def states(upstreams: Iterable[Upstream]) -> list[State]:
+            out = []
+            for upstream in upstreams:
+                state = self._states.get(upstream)
+                if state is None:
+                    state = self._states[upstream] = State(upstream)
+                    if (upstream.host, upstream.port) in own or (
+                            wildcard and upstream.port == config.port and upstream.host.startswith(("127.", "::1"))):
+                        self._loop(state, "it is one of dnsd's own listen addresses")
+                out.append(state)
+            return out
+
+        def pool(upstreams: Iterable[Upstream]) -> Pool:
+            return Pool(states(upstreams), config.policy, config.max_fails, config.health_check,
+                        self._health_probe, self.stats.check_failed)
+
+        self.default = pool(config.upstreams) if config.upstreams else None
+        stubs: tuple[StubDomain, ...] = config.stub_domains
+        # Longest zone first: the most specific stub domain wins.
+        self.stubs = [("." + s.zone, s.zone, pool(s.servers)) for s in sorted(stubs, key=lambda s: -len(s.zone))]
+        self.forwards_default = self.default is not None
+        self._inflight: dict[bytes, asyncio.Future[Entry]] = {}
+        tls_ca = getattr(config, "upstream_tls_ca", None)
+        self.tls = transport.default_tls(tls_ca) if any(u.tls_name for u in self._states) else None
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- what the Responder asks -----------------------------------------------------
+    def is_stub(self, name: str) -> bool:
+        return any(name == zone or name.endswith(suffix) for suffix, zone, _ in self.stubs)
+
+    def entry(self, key: bytes) -> Entry | None:
+        return self.cache.entry(key)
+
+    def forget(self, names: Iterable[str]) -> None:
+        self.cache.forget(names)
+
+    def _pool(self, name: str) -> Pool | None:
+        for suffix, zone, pool in self.stubs:
+            if name == zone or name.endswith(suffix):
+                return pool
+        return self.default
+
+    # -- what the listeners ask --------------------------------------------------------
+    def now(self, pending: Pending, counts: dict[tuple[int, int], int]) -> bytes | None:
+        """The reply when it needs no upstream (a cache hit, a loop probe); else None: use ``answer``."""
+        if pending.name.endswith(LOOP_SUFFIX):
+            labels = pending.name.split(".")
+            if labels[0] == self.token and labels[1].isdigit():
+                self._probe_came_back(int(labels[1]))
+                return compose(pending, self._error(pending.qwire, pending.qtype, SERVFAIL), counts, self.payload)
+        entry = self.cache.entry(pending.qwire + struct.pack("!HH", pending.qtype, 1))
+        return None if entry is None else compose(pending, entry, counts, self.payload)
+
+    async def answer(self, pending: Pending, counts: dict[tuple[int, int], int]) -> bytes:
+        entry = await self.resolve_entry(pending.qwire, pending.qtype, pending.name)
+        return compose(pending, entry, counts, self.payload)
+
+    # -- the API for code inside dnsd ----------------------------------------------------
+    async def resolve(self, qwire: bytes, qtype: int) -> bytes:
+        """The reply to (name in wire form, type): ID 0, the name lowercased, TTLs as of now, no OPT."""
+        qwire = qwire.lower()
+        entry = await self.resolve_entry(qwire, qtype)
+        return b"\x00\x00" + entry.plain_heads[0] + qwire + struct.pack("!HH", qtype, 1) + entry.plain_tail
+
+    async def resolve_entry(self, qwire: bytes, qtype: int, name: str | None = None) -> Entry:
+        key = qwire + struct.pack("!HH", qtype, 1)
+        entry = self.cache.entry(key)
+        if entry is not None:
+            return entry
+        if name is not None:
+            pool = self._pool(name)
+            if pool is not None and pool.down:  # no need to wait for a timeout to answer stale
+                stale = self.cache.stale(key)
+                if stale is not None:
+                    if key not in self._inflight:  # one refresh in the background
+                        refresh = self._inflight[key] = asyncio.ensure_future(self._fetch(key, qwire, qtype, name, False))
+                        refresh.add_done_callback(lambda _f: self._inflight.pop(key, None))
+                    return stale
+        future = self._inflight.get(key)
+        if future is not None:
+            return await asyncio.shield(future)
+        if len(self._inflight) >= self.config.max_concurrent:
+            self.stats.rejects += 1
+            return self._error(qwire, qtype, REFUSED)
+        # The first asker fetches in its own task (no extra task per query); later askers wait on
+        # a plain future that it resolves.
+        future = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            entry = await self._fetch(key, qwire, qtype, name if name is not None else _text(qwire))
+        except asyncio.CancelledError:  # shutting down
+            future.cancel()
+            raise
+        except Exception as exc:  # a bug: every asker of this question learns it
+            future.set_exception(exc)
+            future.exception()  # marked retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(entry)
+        return entry
+
+    # -- going upstream ------------------------------------------------------------------
+    async def _fetch(self, key: bytes, qwire: bytes, qtype: int, name: str, stale_ok: bool = True) -> Entry:
+        """Ask the route's upstreams; ``stale_ok`` False when a stale answer already went out (refresh only)."""
+        self.stats.misses += 1
+        pool = self._pool(name)
+        stat = (qtype, SERVFAIL)
+        if pool is None or qtype in (AXFR, IXFR):
+            return self._error(qwire, qtype, REFUSED)
+        question = key
+        deadline = time.monotonic() + self.config.forward_timeout
+        reply: Reply | None = None
+        for state in pool.order():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            reply = await self._exchange(state, question, min(left, self.config.upstream_timeout), pool)
+            if reply is not None:
+                break
+        if reply is not None and reply.rcode != SERVFAIL:
+            stat = (qtype, reply.rcode)
+            return self.cache.put(key, normalise(reply), stat)
+        stale = self.cache.stale(key) if stale_ok else None  # RFC 8767: every upstream failed (or said SERVFAIL)
+        if stale is not None:
+            return stale
+        if reply is not None:
+            return make_entry(normalise(reply).wire, reply.qend, 0, stat, self.payload)
+        return self._error(qwire, qtype, SERVFAIL)
+
+    async def _exchange(self, state: State, question: bytes, timeout: float, pool: Pool) -> Reply | None:
+        upstream = state.upstream
+        to = str(upstream)
+        self.stats.sent(to)
+        started = time.perf_counter()
+        try:
+            if self.config.force_tcp or upstream.tls_name:
+                reply = await transport.tcp(upstream, question, timeout, self.stats.drop, self.tls)
+            else:
+                reply = await transport.udp(upstream, question, timeout, self.stats.drop)
+                if reply.wire[2] & 0x02:  # TC: the answer is bigger than UDP could carry
+                    left = timeout - (time.perf_counter() - started)
+                    reply = await transport.tcp(upstream, question, max(left, 0.05), self.stats.drop)
+        except transport.UpstreamError as exc:
+            log.debug("upstream %s: %s", upstream, exc)
+            pool.failed(state)
+            return None
+        pool.succeeded(state)
+        self.stats.answered(to, reply.rcode, time.perf_counter() - started)
+        return reply
+
+    async def _health_probe(self, upstream: Upstream) -> None:
+        if self.config.force_tcp or upstream.tls_name:
+            await transport.tcp(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop, self.tls)
+        else:
+            await transport.udp(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop)
+
+    def _prefetch(self, key: bytes) -> None:
+        async def refresh() -> None:
+            try:
+                qwire, qtype = key[:-4], struct.unpack("!H", key[-4:-2])[0]
+                await self._fetch(key, qwire, qtype, _text(qwire), False)
+            finally:
+                self.cache.done_refreshing(key)
+
+        self._spawn(refresh())
+
+    def _error(self, qwire: bytes, qtype: int, rcode: int) -> Entry:
+        plain = b"\x00\x00\x80" + bytes((0x80 | rcode,)) + b"\x00\x01\x00\x00\x00\x00\x00\x00" + qwire + struct.pack(
+            "!HH", qtype, 1)
+        return make_entry(plain, len(plain), 0, (qtype, rcode), self.payload)
+
+    # -- loops ---------------------------------------------------------------------------
+    def _loop(self, state: State, why: str) -> None:
+        if state.looped:
+            return
+        state.looped = True
+        self.stats.loops += 1
+        log.error("forwarding loop: upstream %s is dnsd itself (%s); not forwarding to it, "
+                  "cluster zones are still served", state.upstream, why)
+
+    def _probe_came_back(self, number: int) -> None:
+        upstreams = list(self._states.values())
+        if number < len(upstreams):
+            self._loop(upstreams[number], "a loop-detection query sent to it came back to dnsd")
+
+    async def _send_probes(self) -> None:
+        """As CoreDNS's ``loop`` plugin: ask each upstream a name only this dnsd would ask; if the
+        question comes back to us, that upstream forwards to us (``now`` notices)."""
+        for _ in range(3):  # a few, so one of them reaches every worker that shares the port
+            for number, state in enumerate(list(self._states.values())):
+                if state.looped or state.upstream.tls_name:  # a DoT server is never dnsd (no TLS listener)
+                    continue
+                question = _wire_name(f"{self.token}.{number}.{LOOP_SUFFIX}") + struct.pack("!HH", HINFO, 1)
+                self._spawn(self._quiet_probe(state.upstream, question))
+            await asyncio.sleep(0.2)
+
+    async def _quiet_probe(self, upstream: Upstream, question: bytes) -> None:
+        with contextlib.suppress(transport.UpstreamError):
+            await transport.udp(upstream, question, self.config.upstream_timeout, lambda _r: None)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def start(self) -> None:
+        usable = [s for s in self._states.values() if not s.looped]
+        if self._states and not usable:
+            log.error("no usable upstream: names outside the served zones get SERVFAIL")
+        self._spawn(self._send_probes())
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for pool in [self.default, *(p for _, _, p in self.stubs)]:
+            if pool is not None:
+                pool.stop()
+
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot(self.stats, self.cache)
+
+
+def _text(qwire: bytes) -> str:
+    labels, i = [], 0
+    while qwire[i]:
+        labels.append(qwire[i + 1 : i + 1 + qwire[i]].decode("latin-1"))
+        i += 1 + qwire[i]
+    return ".".join(labels)
+
+
+def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], payload: int) -> bytes:
+    """The client's reply from an entry: its ID, flags and question spliced in, cut to its limit."""
+    query, question = pending.query, pending.question
+    flags = (query[2] & 1) | ((query[3] >> 3) & 2)
+    hd, tail = (entry.edns_heads, entry.edns_tail) if pending.edns else (entry.plain_heads, entry.plain_tail)
+    reply = b"".join((query[:2], hd[flags], question, tail))
+    if len(reply) > pending.limit:
+        cut = entry.cut.get((pending.limit, pending.edns))
+        if cut is None:
+            plain = b"\x00\x00" + entry.plain_heads[0] + question.lower() + entry.plain_tail
+            cut = truncate(plain, parse(plain), pending.limit - (11 if pending.edns else 0))
+            cut = entry.cut[(pending.limit, pending.edns)] = with_opt(cut, payload) if pending.edns else cut
+        reply = b"".join((query[:2], heads(cut)[flags], question, cut[12 + len(question):]))
+    counts[entry.stat] = counts.get(entry.stat, 0) + 1
+    return reply
+
+
+__all__ = ["Forwarder", "compose"]

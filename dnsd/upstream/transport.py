@@ -1,0 +1,133 @@
+"""One exchange with one upstream, over UDP or TCP, accepting only a reply that matches.
+
+Every query gets a fresh random ID and a fresh socket (the kernel picks a random
+ephemeral source port); a UDP reply counts only if it comes from the address the
+query went to, with the same ID and the same question byte for byte (case included).
+Anything else is dropped, counted, and the wait goes on: a spoofed packet cannot end
+the exchange early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+
+from .message import Reply, parse
+from .servers import Upstream
+
+EDNS_PAYLOAD = 1232  # what we advertise upstream: big answers come by UDP up to this, then by TCP
+_OPT = b"\x00" + struct.pack("!HHIH", 41, EDNS_PAYLOAD, 0, 0)
+
+
+def default_tls(ca_file: str | None = None) -> ssl.SSLContext:
+    """Certificates checked against the system's CAs (or ``ca_file``), TLS 1.2 at least."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class UpstreamError(Exception):
+    """The upstream did not give a usable reply (timeout, refused connection, malformed reply)."""
+
+
+def build_query(question: bytes) -> tuple[bytes, bytes]:
+    """(query, its ID): RD set, one question, our OPT."""
+    qid = os.urandom(2)
+    return qid + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01" + question + _OPT, qid
+
+
+def check(data: bytes, qid: bytes, question: bytes) -> str | None:
+    """Why ``data`` is not the reply to our query, or None when it is (its body is parsed later)."""
+    if len(data) < 12 + len(question) or not data[2] & 0x80:
+        return "garbage"
+    if data[:2] != qid:
+        return "id"
+    if data[4:6] != b"\x00\x01" or data[12 : 12 + len(question)] != question:
+        return "question"
+    return None
+
+
+async def udp(upstream: Upstream, question: bytes, timeout: float, dropped: Callable[[str], None]) -> Reply:
+    query, qid = build_query(question)
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if upstream.family == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    target = (upstream.host, upstream.port)
+    done: asyncio.Future[Reply] = loop.create_future()
+
+    def readable() -> None:
+        while not done.done():
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                done.set_exception(UpstreamError(str(exc)))
+                return
+            if addr[:2] != target:
+                dropped("address")
+                continue
+            reason = check(data, qid, question)
+            if reason is None:
+                try:
+                    done.set_result(parse(data))
+                    return
+                except ValueError:
+                    reason = "garbage"
+            dropped(reason)
+
+    def expire() -> None:
+        if not done.done():
+            done.set_exception(UpstreamError("timeout"))
+
+    # A timer on the future itself, not asyncio.wait_for: no wrapper task or future per query.
+    timer = loop.call_later(timeout, expire)
+    try:
+        sock.sendto(query, target)  # binds a random ephemeral port (kernel port randomisation)
+        loop.add_reader(sock.fileno(), readable)
+        try:
+            return await done
+        finally:
+            loop.remove_reader(sock.fileno())
+    except OSError as exc:
+        raise UpstreamError(str(exc)) from None
+    finally:
+        timer.cancel()
+        sock.close()
+
+
+async def tcp(upstream: Upstream, question: bytes, timeout: float, dropped: Callable[[str], None],
+              tls: ssl.SSLContext | None = None) -> Reply:
+    """Over TCP; with ``tls`` (an upstream with a ``tls_name``) over TLS, the certificate checked
+    against that name (DNS over TLS, RFC 7858). One connection per query: simple, and a failed
+    upstream cannot leave a half-read stream behind."""
+    query, qid = build_query(question)
+    tls_args: dict = {}
+    if upstream.tls_name:
+        tls_args = {"ssl": tls or default_tls(), "server_hostname": upstream.tls_name}
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(upstream.host, upstream.port, **tls_args)
+            try:
+                writer.write(len(query).to_bytes(2, "big") + query)
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                data = await reader.readexactly(size)
+            finally:
+                writer.close()
+    except TimeoutError:
+        raise UpstreamError("timeout") from None
+    except (OSError, asyncio.IncompleteReadError) as exc:  # ssl.SSLError (a bad certificate) is an OSError
+        raise UpstreamError(f"{'TLS' if upstream.tls_name else 'TCP'}: {exc}") from None
+    reason = check(data, qid, question)
+    if reason is None:
+        try:
+            return parse(data)
+        except ValueError:
+            reason = "garbage"
+    dropped(reason)
+    raise UpstreamError(f"TCP reply rejected ({reason})")
