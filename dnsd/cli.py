@@ -81,6 +81,19 @@ def _bytes(value: str) -> int:
     if size < 1 << 20:
         raise argparse.ArgumentTypeError("must be at least 1M")
     return size
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an address or CIDR block") from None
+
+
+def _domain(value: str) -> str:
+    name = value.strip().strip(".").lower()
+    labels = name.split(".")
+    if not name or len(name) > 253 or any(not 0 < len(lb) <= 63 for lb in labels):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a domain name")
+    return name
 
 
 def _env_name(flag: str) -> str:
@@ -147,6 +160,10 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--domain", action="append", metavar="ZONE", dest="domains",
                        help="cluster zone to serve (repeatable; default cluster.local)")
     group.add_argument("--ttl", type=_ttl, default=5, help="TTL of answers, 0-3600 seconds (default 5)")
+    group.add_argument("--pods", choices=["disabled", "insecure"], default="insecure",
+                       help="pod records 1-2-3-4.NS.pod.ZONE for known namespaces, no Pod watch (default insecure)")
+    group.add_argument("--endpoint-pod-names", action="store_true",
+                       help="name an endpoint without hostname after its pod (targetRef.name), not its dashed IP")
     group.add_argument("--kube-watch-timeout", type=_positive, default=300, help=argparse.SUPPRESS)
     group.add_argument("--kube-read-timeout", type=_number, default=75.0, help=argparse.SUPPRESS)
 
@@ -181,17 +198,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--udp-max-payload", type=_payload, default=1232, metavar="BYTES",
                        help="largest UDP reply, and the EDNS size advertised: 512-4096 (default 1232, as Knot); "
                             "bigger answers get TC and are retried over TCP")
+    serve.add_argument("--transfer-to", action="append", type=_network, metavar="CIDR",
+                       help="clients allowed to AXFR the served zones over TCP (repeatable; default none)")
+    serve.add_argument("--autopath", action="store_true",
+                       help="server-side search path: X.NS.svc.ZONE that does not exist continues the pod's search "
+                            "list (X.svc.ZONE, X.ZONE, the search domains, X) and answers with a CNAME")
+    serve.add_argument("--autopath-search", action="extend", nargs="+", type=_domain, metavar="DOMAIN",
+                       help="search domains after the cluster's for --autopath (default: those of /etc/resolv.conf)")
 
     records = sub.add_parser("records", help="print every record dnsd would serve, as sorted zone-file text")
     _source_flags(records)
 
     check = sub.add_parser("check", help="validate manifest files; non-zero exit on any problem")
     check.add_argument("paths", nargs="+", metavar="PATH")
+    check.add_argument("--endpoint-pod-names", action="store_true",
+                       help="check endpoints as named after their pods (as serve and records would)")
+    check.add_argument("--pods", choices=["disabled", "insecure"], default="insecure",
+                       help="accepted for symmetry with serve/records (pod records need no manifest)")
     for command in (serve, records, check):
         command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                              help="log verbosity (default info)")
     _apply_env(parser)
     return parser
+
+
+def _each(values: Sequence[str], convert: Callable[[str], str], env: str) -> tuple[str, ...]:
+    """Convert a repeatable flag's values: those from the environment are still text."""
+    try:
+        return tuple(convert(v) for v in values)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{env}: {exc}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -207,14 +243,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "log_level": args.log_level,
         "kube_watch_timeout": args.kube_watch_timeout,
         "kube_read_timeout": args.kube_read_timeout,
+        "pods": args.pods,
+        "endpoint_pod_names": args.endpoint_pod_names,
     }
     if args.command == "serve":
         fields.update(
-            addresses=tuple(_address(a) for a in args.addresses or ("127.0.0.1",)), port=args.port,
+            addresses=_each(args.addresses or ("127.0.0.1",), _address, "DNSD_ADDRESS"), port=args.port,
             workers=args.workers or usable_cpus(),
             http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
             cache_bytes=args.cache_bytes, udp_max_payload=args.udp_max_payload,
+            transfer_to=_each(args.transfer_to or (), _network, "DNSD_TRANSFER_TO"), autopath=args.autopath,
+            autopath_search=_each(args.autopath_search, _domain, "DNSD_AUTOPATH_SEARCH")
+            if args.autopath_search is not None else None,
         )
     return Config(**fields)
 
@@ -228,11 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         from .commands import check
 
-        return check(args.paths)
+        return check(args.paths, pod_names=args.endpoint_pod_names)
     try:
         config = config_from_args(args)
-    except argparse.ArgumentTypeError as exc:  # a bad repeatable value from DNSD_ADDRESS
-        build_parser().error(f"DNSD_ADDRESS: {exc}")
+    except argparse.ArgumentTypeError as exc:  # a bad repeatable value from DNSD_<FLAG> (kept as text)
+        build_parser().error(str(exc))
     if args.command == "records":
         from .commands import records
 

@@ -73,6 +73,11 @@ class Config:
     kube_watch_timeout: int = 300
     kube_read_timeout: float = 75.0
     reload_debounce_ms: int = 50
+    pods: str = "insecure"  # --pods: "insecure" answers 1-2-3-4.ns.pod.<zone>, "disabled" does not
+    endpoint_pod_names: bool = False
+    transfer_to: tuple[str, ...] = ()  # CIDRs allowed to AXFR the served zones
+    autopath: bool = False
+    autopath_search: tuple[str, ...] | None = None  # None: the search domains of /etc/resolv.conf
 
     @property
     def ns_address(self) -> str | None:

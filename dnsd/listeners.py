@@ -16,6 +16,7 @@ from typing import Any
 from .config import Config
 from .dataplane import release_heap
 from .metrics import Listener
+from .transfer import ZoneTransfer
 from .wire import MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT, Responder
 
 log = logging.getLogger("dnsd.listeners")
@@ -121,6 +122,7 @@ class DnsServer:
         self.reuse_port = reuse_port
         self.slots = slots or Slots(config.tcp_max_connections)
         self._closed_since_trim = 0
+        self.transfer = ZoneTransfer(config.transfer_to, responder) if config.transfer_to else None
         self.listeners: list[Listener] = []
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
@@ -169,12 +171,21 @@ class DnsServer:
         self._connections.add(task)
         transport.set_write_buffer_limits(high=0)
         idle = self.config.tcp_idle_timeout
+        peer = (writer.get_extra_info("peername") or ("",))[0]
         try:
             while True:
                 size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), idle), "big")
                 query = await asyncio.wait_for(reader.readexactly(size), idle)
                 self._busy.add(task)
                 start = perf_counter()
+                transfer = self.transfer(query, peer) if self.transfer else None
+                if transfer is not None:
+                    for message in transfer:  # packed one at a time: queries get their turn between
+                        writer.write(len(message).to_bytes(2, "big") + message)
+                        await asyncio.wait_for(writer.drain(), idle)
+                        await asyncio.sleep(0)
+                    self._busy.discard(task)
+                    continue
                 reply = self.responder.answer(query, TCP_LIMIT, lst.counts)
                 if reply is None:
                     break

@@ -165,9 +165,10 @@ class _Reflector:
     def __init__(
         self, origin: str, kind: str, call: Callable[..., Any], emit: Callable[[list[Op]], None],
         stop: threading.Event, *, page_size: int, watch_timeout: int, read_timeout: float,
-        backoff: tuple[float, float],
+        backoff: tuple[float, float], pod_names: bool = False,
     ) -> None:
         self.origin = origin
+        self._pod_names = pod_names
         self.kind = kind
         self._call = call
         self._emit_ops = emit
@@ -361,7 +362,7 @@ class _Reflector:
 
     def _list_item(self, item: Any, objects: dict[Key, Object], bad: set[Key]) -> None:
         try:
-            obj = from_object(item, self.kind)
+            obj = from_object(item, self.kind, pod_names=self._pod_names)
         except ValueError as exc:
             key = self._skip(item, exc)
             if key is not None:
@@ -455,7 +456,7 @@ class _Reflector:
             raise ValueError(f"watch ERROR event {code}: {message}")
         if kind in ("ADDED", "MODIFIED"):
             try:
-                obj = from_object(raw, self.kind)
+                obj = from_object(raw, self.kind, pod_names=self._pod_names)
             except ValueError as exc:
                 self._skip(raw, exc)  # the previous version stays
             else:
@@ -498,6 +499,7 @@ class KubernetesSource:
         watch_timeout: int = 300,
         read_timeout: float = 75.0,
         backoff: tuple[float, float] = (0.8, 30.0),
+        pod_names: bool = False,
     ) -> None:
         self.emit = emit
         self.namespaces = tuple(dict.fromkeys(namespaces))
@@ -505,7 +507,8 @@ class KubernetesSource:
             from_object({"metadata": {"name": ns}}, kind=NAMESPACE)  # ValueError for a bad name
         self._stop = threading.Event()
         self._client = api_client(kubeconfig)  # config problems surface here, not in a thread
-        options = dict(page_size=page_size, watch_timeout=watch_timeout, read_timeout=read_timeout, backoff=backoff)
+        options = dict(page_size=page_size, watch_timeout=watch_timeout, read_timeout=read_timeout, backoff=backoff,
+                       pod_names=pod_names)
         endpoint_resource = _ENDPOINTS if endpoints_api else _SLICES
         self._reflectors: list[_Reflector] = []
         for resource in (_SERVICES, endpoint_resource):
