@@ -76,8 +76,11 @@ def _pod(index: Index, qname: str, qtype: int, zone: str, synced: bool) -> Answe
     if parent.count(".") != zone.count(".") + 2 or not parent.endswith(".pod." + zone):
         return None
     address = pod_address(label)
-    if address is None or not index.exists(parent):
+    if address is None:
         return None
+    if not index.exists(parent):  # not a namespace (yet): the cached NXDOMAIN goes when it appears
+        soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
+        return Answer(NXDOMAIN, (), soa, negative=True, depends=(parent,)) if synced else None
     rtype = address_type(address)
     if qtype in (rtype, ANY):
         return Answer(NOERROR, ((qname, rtype, address),), depends=(parent,))
