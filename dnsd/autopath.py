@@ -8,8 +8,9 @@ autopath). Unlike CoreDNS it needs no Pod watch: the namespace is in the name, s
 a function of the question alone, cacheable, and never shared across namespaces.
 
 ``candidates`` is the pure part; ``Autopath`` chains the steps: names in the served zones
-through the resolver, others through ``forward`` (the upstream forwarder; without one the chain
-stops there and the plain NXDOMAIN stands, so the pod's own resolver goes on as without autopath).
+through the resolver, others through ``forward`` (the upstream forwarder). Without one, names
+outside the served zones are skipped (dnsd would refuse them); when a forwarded step fails, the
+chain stops and the plain NXDOMAIN stands, so the pod's own resolver goes on as without autopath.
 """
 
 from __future__ import annotations
@@ -80,12 +81,12 @@ class Autopath:
             if index.zone_of(name) is not None:
                 tried.append(name)
                 step = resolve(index, name, qtype, synced, minimal_any)
-            elif self.forward is not None:
+            elif self.forward is None:
+                continue  # no upstream: dnsd refuses names outside its zones, they cannot answer
+            else:
                 step = self.forward(name, qtype)
                 if step is None:
                     break
-            else:
-                break
             if step.rcode == NXDOMAIN:
                 continue
             if step.rcode != NOERROR:
