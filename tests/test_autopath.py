@@ -152,7 +152,7 @@ def test_cross_namespace_name_in_one_query(start_dnsd, cluster: Path, tcp: bool)
     # A name with its own dots, and a full cluster name searched once more (ndots:5).
     assert answers(s.query(f"db-0.db.shop.default.svc.{Z}"))[0] == \
         f"db-0.db.shop.default.svc.{Z}. CNAME db-0.db.shop.svc.{Z}."
-    assert answers(s.query(f"web.default.svc.{Z}.shop.svc.{Z}"))[-1] == f"web.default.svc.{Z}. A 10.96.0.10"
+    assert f"web.default.svc.{Z}. A 10.96.0.10" in answers(s.query(f"web.default.svc.{Z}.shop.svc.{Z}"))
 
 
 def test_existing_names_and_unknown_namespaces_are_untouched(start_dnsd, cluster: Path) -> None:
