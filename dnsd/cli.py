@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dnsd", description="Service-discovery DNS server for Kubernetes.",
         epilog="Each subcommand has its own flags: dnsd serve --help (--manifests, --kubernetes, --kubeconfig, "
         "--endpoints-api, --namespace, --label-selector, --domain, --ttl, --address, --port, --workers, "
-        "--http-address, --log-level, ...). Every flag can also be set as DNSD_<FLAG>, e.g. DNSD_PORT=1053; "
+        "--http-address, --log-level, --pods, --endpoint-pod-names, --transfer-to, --autopath, ...). "
+        "Every flag can also be set as DNSD_<FLAG>, e.g. DNSD_PORT=1053; "
         "repeatable flags take comma-separated values.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
