@@ -79,8 +79,8 @@ class Autopath:
         tried = [ns_name]
         for name in steps:
             if index.zone_of(name) is not None:
-                tried.append(name)
                 step = resolve(index, name, qtype, synced, minimal_any)
+                tried += (name, *step.depends)  # e.g. a pod name's namespace
             elif self.forward is None:
                 continue  # no upstream: dnsd refuses names outside its zones, they cannot answer
             else:

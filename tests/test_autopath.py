@@ -46,7 +46,7 @@ def test_search_domains_of_a_resolv_conf(tmp_path: Path) -> None:
 # -- the chaining, with a stand-in for the forwarder ----------------------------------------------
 @pytest.fixture
 def index():
-    dp = Dataplane([Z], 5)
+    dp = Dataplane([Z], 5, pods=True)
     dp.apply([Replace("t", (Namespace("shop"), Service("default", "web", "ClusterIP", ("10.96.0.10",), ()))),
               Synced("t")])
     return dp.index
@@ -58,6 +58,12 @@ def test_local_step_answers_with_a_cname(index) -> None:
     assert got.answer == ((f"web.default.shop.svc.{Z}", CNAME, f"web.default.svc.{Z}"),
                           (f"web.default.svc.{Z}", A, "10.96.0.10"))
     assert f"web.default.svc.{Z}" in got.depends and f"shop.svc.{Z}" in got.depends
+
+
+def test_a_pod_name_step_keeps_what_it_depends_on(index) -> None:
+    got = Autopath([Z], ())(index, f"10-1-2-3.shop.pod.default.svc.{Z}", A, True)
+    assert got.answer[-1] == (f"10-1-2-3.shop.pod.{Z}", A, "10.1.2.3")
+    assert f"shop.pod.{Z}" in got.depends
 
 
 def test_forwarded_steps_in_order(index) -> None:
