@@ -214,8 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("paths", nargs="+", metavar="PATH")
     check.add_argument("--endpoint-pod-names", action="store_true",
                        help="check endpoints as named after their pods (as serve and records would)")
-    check.add_argument("--pods", choices=["disabled", "insecure"], default="insecure",
-                       help="accepted for symmetry with serve/records (pod records need no manifest)")
     for command in (serve, records, check):
         command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                              help="log verbosity (default info)")
