@@ -15,8 +15,8 @@ from dnslib import RR, DNSHeader, DNSRecord
 
 from .index import Index
 from .records import EXISTS, SOA, TXT, Record
-from .resolver import AXFR, IXFR, SERVFAIL
 from .render import TXT_TTL, label_tuple, rdata_of
+from .resolver import AXFR, IXFR, SERVFAIL
 from .wire import Responder
 
 RRS_PER_MESSAGE = 200  # at most ~100 bytes each with compression: well under 64 KiB
