@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import dnslib
 import pytest
-from conftest import Dnsd, answers, rcode, wait_for
+from conftest import Dnsd, answers, rcode, tcp_ready, wait_for
 
 from dnsd.autopath import Autopath, candidates, search_domains
 from dnsd.dataplane import Dataplane
@@ -139,14 +138,6 @@ def cluster(manifest_dir: Path) -> Path:
     return manifest_dir
 
 
-def tcp_listening(server: Dnsd) -> bool:
-    try:
-        with socket.create_connection((server.address, server.port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def autopath_hits(server: Dnsd) -> float:
     _, text = server.http("/metrics")
     match = re.search(r"^coredns_autopath_success_total\{[^}]*\} (\S+)$", text, re.M)
@@ -156,8 +147,7 @@ def autopath_hits(server: Dnsd) -> float:
 @pytest.mark.parametrize("tcp", [False, True])
 def test_cross_namespace_name_in_one_query(start_dnsd, cluster: Path, tcp: bool) -> None:
     s = start_dnsd("--manifests", str(cluster), "--autopath", "--autopath-search", "example.org")
-    if tcp:  # the TCP listener opens just after the UDP socket that wait_listening asks
-        wait_for(lambda: tcp_listening(s), timeout=5)
+    tcp_ready(s)
     msg = s.query(f"web.Default.shop.svc.{Z}", tcp=tcp)
     assert rcode(msg) == "NOERROR" and msg.flags & 0x400  # AA
     assert answers(msg) == [f"web.Default.shop.svc.{Z}. CNAME web.default.svc.{Z}.", f"web.default.svc.{Z}. A 10.96.0.10"]
