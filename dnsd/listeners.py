@@ -145,13 +145,14 @@ class DnsServer:
                 raise
             sock.setblocking(False)
             _size_buffers(sock)
-            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp).readable)
             self._udp.append(sock)
             tcp = Listener("tcp", family, server)
             self._tcp.append(await asyncio.start_server(
                 lambda r, w, tcp=tcp: self._tcp_connection(r, w, tcp), host=address, port=self.config.port,
                 reuse_port=self.reuse_port or None, backlog=1024, limit=READ_LIMIT,
             ))
+            # UDP is read only once TCP listens too: a client that got a UDP answer (or TC) can use TCP.
+            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp).readable)
             self.listeners += [udp, tcp]
             log.info("DNS on %s:%d (UDP and TCP)", address, self.config.port)
 

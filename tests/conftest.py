@@ -186,19 +186,5 @@ def start_dnsd() -> Iterator:
         server.stop()
 
 
-def tcp_ready(server: Dnsd, timeout: float = 5.0) -> Dnsd:
-    """Wait for the TCP listener too: it opens just after the UDP socket that wait_listening asks."""
-
-    def accepts() -> bool:
-        try:
-            with socket.create_connection((server.address, server.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_for(accepts, timeout=timeout)
-    return server
-
-
 def have_dig() -> bool:
     return shutil.which("dig") is not None

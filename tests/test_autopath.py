@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dnslib
 import pytest
-from conftest import Dnsd, answers, rcode, tcp_ready, wait_for
+from conftest import Dnsd, answers, rcode, wait_for
 
 from dnsd.autopath import Autopath, candidates, search_domains
 from dnsd.dataplane import Dataplane
@@ -147,7 +147,6 @@ def autopath_hits(server: Dnsd) -> float:
 @pytest.mark.parametrize("tcp", [False, True])
 def test_cross_namespace_name_in_one_query(start_dnsd, cluster: Path, tcp: bool) -> None:
     s = start_dnsd("--manifests", str(cluster), "--autopath", "--autopath-search", "example.org")
-    tcp_ready(s)
     msg = s.query(f"web.Default.shop.svc.{Z}", tcp=tcp)
     assert rcode(msg) == "NOERROR" and msg.flags & 0x400  # AA
     assert answers(msg) == [f"web.Default.shop.svc.{Z}. CNAME web.default.svc.{Z}.", f"web.default.svc.{Z}. A 10.96.0.10"]

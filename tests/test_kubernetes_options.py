@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Dnsd, answers, rcode, tcp_ready, wait_for
+from conftest import ROOT, Dnsd, answers, rcode, wait_for
 from k8s_api import FakeKubeAPI, endpoint_slice, endpoints, namespace, service
 
 Z = "cluster.local"
@@ -77,7 +77,7 @@ def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(cluster_dir: Path):
-    s = tcp_ready(Dnsd("--manifests", str(cluster_dir)).wait_listening())
+    s = Dnsd("--manifests", str(cluster_dir)).wait_listening()
     yield s
     assert s.stop() == 0, s.log()
 
