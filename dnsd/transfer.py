@@ -40,8 +40,15 @@ def zone_snapshot(index: Index, zone: str) -> tuple[Record, list[Record]] | None
     soa = index.rrset(zone, SOA)
     if not soa:
         return None
-    zone_of = index.zone_of
-    records = [r for r in index.records() if r[1] != SOA and zone_of(r[0]) == zone]
+    suffix = "." + zone
+    inner = tuple("." + z for z in index.zones if z.endswith(suffix))  # served zones below this one
+    records = [
+        (name, rtype, rdata)
+        for (name, rtype), rrset in index.rrsets.items()
+        if rtype not in (SOA, EXISTS) and (name == zone or name.endswith(suffix))
+        and not (inner and any(name.endswith(z) or name == z[1:] for z in inner))
+        for rdata in rrset
+    ]
     return (zone, SOA, soa[0]), records
 
 
