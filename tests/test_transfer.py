@@ -96,6 +96,17 @@ def test_dnspython_axfr_several_messages(primary: Dnsd) -> None:
     assert not any(m.question for m in messages[1:])
 
 
+@needs_kdig
+def test_ixfr_gets_the_full_zone(primary: Dnsd) -> None:
+    """dnsd keeps no history: IXFR from an old serial is answered with the whole zone (RFC 1995 4)."""
+    out = subprocess.run(["kdig", f"@{primary.address}", "-p", str(primary.port), "IXFR=1", Z, "+nocomments"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = [line.split() for line in out.stdout.splitlines() if line and not line.startswith(";")]
+    assert [f[3] for f in lines].count("SOA") == 2 and len(lines) > 600
+    assert [f"s1.ns1.svc.{Z}.", "5", "IN", "A", "10.96.0.2"] in lines
+
+
 def test_transfer_refused_outside_the_acl_and_over_udp(start_dnsd, primary: Dnsd, cluster: Path) -> None:
     nobody = start_dnsd("--manifests", str(cluster))  # default: nobody may transfer
     others = start_dnsd("--manifests", str(cluster), "--transfer-to", "10.0.0.0/8")
