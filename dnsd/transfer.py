@@ -9,17 +9,19 @@ allows it: dnsd keeps no history). Everyone else, and UDP, gets the resolver's R
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 from collections.abc import Iterator, Sequence
 
-from dnslib import RR, DNSHeader, DNSRecord
+from dnslib import DNSHeader, DNSRecord
 
 from .index import Index
-from .records import EXISTS, SOA, TXT, Record
-from .render import TXT_TTL, label_tuple, rdata_of
+from .records import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A, Record, SoaData, SrvData
+from .render import TXT_TTL, name_wire
 from .resolver import AXFR, IXFR, SERVFAIL
 from .wire import Responder
 
-RRS_PER_MESSAGE = 200  # at most ~100 bytes each with compression: well under 64 KiB
+MESSAGE_BYTES = 16_384  # per message: well under TCP's 64 KiB, few enough messages to interleave queries
 
 
 def transfer_qtype(query: bytes) -> int | None:
@@ -52,16 +54,56 @@ def zone_snapshot(index: Index, zone: str) -> tuple[Record, list[Record]] | None
     return (zone, SOA, soa[0]), records
 
 
-def messages(query: DNSRecord, soa: Record, records: Sequence[Record], ttl: int) -> Iterator[bytes]:
-    """The transfer's reply messages: SOA, the records, SOA, RRS_PER_MESSAGE to a message."""
-    stream = [soa, *(r for r in records if r[1] != EXISTS), soa]
-    for start in range(0, len(stream), RRS_PER_MESSAGE):
-        header = DNSHeader(id=query.header.id, qr=1, aa=1, rd=query.header.rd)
-        # The question goes in the first message only (RFC 5936 2.2.1).
-        msg = DNSRecord(header, questions=[query.questions[0]] if start == 0 else [])
-        for name, rtype, rdata in stream[start : start + RRS_PER_MESSAGE]:
-            msg.add_answer(RR(label_tuple(name), rtype, 1, TXT_TTL if rtype == TXT else ttl, rdata_of(rtype, rdata)))
-        yield msg.pack()
+def _rdata(rtype: int, value: object) -> bytes:
+    """Uncompressed rdata of the types the index holds."""
+    if rtype == A:
+        return socket.inet_pton(socket.AF_INET, str(value))
+    if rtype == AAAA:
+        return socket.inet_pton(socket.AF_INET6, str(value))
+    if rtype in (CNAME, PTR, NS):
+        return name_wire(str(value))
+    if rtype == SRV and isinstance(value, SrvData):
+        return struct.pack("!HHH", value.priority, value.weight, value.port) + name_wire(value.target)
+    if rtype == TXT:
+        text = str(value).encode()
+        return bytes((len(text),)) + text
+    if rtype == SOA and isinstance(value, SoaData):
+        return name_wire(value.mname) + name_wire(value.rname) + struct.pack("!IIIII", *value[2:])
+    raise ValueError(f"cannot transfer type {rtype}")
+
+
+def messages(query: bytes, qend: int, soa: Record, records: Sequence[Record], ttl: int) -> Iterator[bytes]:
+    """The transfer's reply messages: SOA, the records, SOA, up to MESSAGE_BYTES each.
+
+    Packed by hand, without name compression: dnslib takes ~37 us a record, this ~3 us, and a
+    transfer of 250k records is then ~1 s of CPU instead of ~10 s (each message still yields to queries).
+    """
+    qid, flags = query[:2], bytes((0x84 | (query[2] & 0x01), 0))  # QR, AA, the query's RD
+    question = query[12:qend]
+    names: dict[str, bytes] = {}
+    body: list[bytes] = []
+    size = count = 0
+    first = True
+    for name, rtype, rdata in (soa, *(r for r in records if r[1] != EXISTS), soa):
+        owner = names.get(name)
+        if owner is None:
+            owner = names[name] = name_wire(name)
+        data = _rdata(rtype, rdata)
+        rr = owner + struct.pack("!HHIH", rtype, 1, TXT_TTL if rtype == TXT else ttl, len(data)) + data
+        if size + len(rr) > MESSAGE_BYTES and count:
+            yield _message(qid, flags, question if first else b"", count, body)
+            first, body, size, count = False, [], 0, 0
+            names.clear()  # owner names repeat within a message; keep the memo small
+        body.append(rr)
+        size += len(rr)
+        count += 1
+    yield _message(qid, flags, question if first else b"", count, body)
+
+
+def _message(qid: bytes, flags: bytes, question: bytes, count: int, body: list[bytes]) -> bytes:
+    # The question goes in the first message only (RFC 5936 2.2.1).
+    header = qid + flags + struct.pack("!HHHH", 1 if question else 0, count, 0, 0)
+    return header + question + b"".join(body)
 
 
 class ZoneTransfer:
@@ -98,7 +140,8 @@ class ZoneTransfer:
         snapshot = zone_snapshot(index, zone)
         if snapshot is None:
             return None
-        return messages(msg, snapshot[0], snapshot[1], self.responder.ttl)
+        qend = 12 + len(name_wire(zone)) + 4  # transfer_qtype saw an uncompressed question
+        return messages(query, qend, snapshot[0], snapshot[1], self.responder.ttl)
 
 
 __all__ = ["ZoneTransfer", "messages", "transfer_qtype", "zone_snapshot"]
