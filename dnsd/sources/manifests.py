@@ -217,12 +217,16 @@ class ManifestSource:
         try:
             # Every second without events too: a file read mid-write (not replaced atomically)
             # is broken until rechecked, and its last event may already have been consumed.
+            # The first quiet second rescans too: a change between load() and the watch being set
+            # up has no event (it cost a test a missed namespace under load).
+            settled = False
             for changes in watch(
                 *roots, debounce=self.debounce_ms, step=20, stop_event=self._stop, raise_interrupt=False,
                 recursive=True, rust_timeout=1000, yield_on_timeout=True,
             ):
-                if not changes and not (orphans or self.errors):
+                if not changes and not (orphans or self.errors) and settled:
                     continue
+                settled = True
                 try:
                     self.rescan()
                 except Exception:  # the watcher must outlive any surprise
