@@ -114,6 +114,16 @@ def _from_env(convert: Callable[[str], Any], env: str, raw: str) -> Callable[[st
     return wrapped
 
 
+def _one_of(convert: Callable[[str], Any], choices: tuple[str, ...]) -> Callable[[str], Any]:
+    def checked(value: str) -> Any:
+        value = convert(value)
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from {', '.join(choices)})")
+        return value
+
+    return checked
+
+
 def _apply_env(parser: argparse.ArgumentParser) -> None:
     """Take each flag's default from DNSD_<FLAG>, in every subcommand.
 
@@ -141,7 +151,10 @@ def _apply_env(parser: argparse.ArgumentParser) -> None:
             # argparse never converts list defaults: config_from_args does (with the same types).
             action.default = [v.strip() for v in raw.split(",") if v.strip()]
         else:
-            action.type = _from_env(action.type or str, env, raw)
+            convert = action.type or str
+            if action.choices:  # argparse checks choices for given values only, never for defaults
+                convert = _one_of(convert, tuple(action.choices))
+            action.type = _from_env(convert, env, raw)
             action.default = raw
 
 

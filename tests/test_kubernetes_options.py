@@ -3,6 +3,7 @@ publishNotReadyAddresses; from manifests and from the API, through the real serv
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,10 @@ def test_bad_pods_value_is_a_usage_error() -> None:
     out = subprocess.run([sys.executable, "-m", "dnsd", "serve", "--pods", "verified"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--pods" in out.stderr and "verified" in out.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DNSD_")} | {"DNSD_PODS": "verified"}
+    out = subprocess.run([sys.executable, "-m", "dnsd", "records"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--pods" in out.stderr and "DNSD_PODS='verified'" in out.stderr
 
 
 # -- endpoint names ------------------------------------------------------------------------
