@@ -84,6 +84,14 @@ def _bytes(value: str) -> int:
     return size
 
 
+def _domain(value: str) -> str:
+    name = value.strip().strip(".").lower()
+    labels = name.split(".")
+    if not name or len(name) > 253 or any(not 0 < len(lb) <= 63 for lb in labels):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a domain name")
+    return name
+
+
 def _seconds(value: str) -> int:
     number = _whole(value)
     if number < 0:
@@ -130,6 +138,16 @@ def _from_env(convert: Callable[[str], Any], env: str, raw: str) -> Callable[[st
     return wrapped
 
 
+def _one_of(convert: Callable[[str], Any], choices: tuple[str, ...]) -> Callable[[str], Any]:
+    def checked(value: str) -> Any:
+        value = convert(value)
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from {', '.join(choices)})")
+        return value
+
+    return checked
+
+
 def _apply_env(parser: argparse.ArgumentParser) -> None:
     """Take each flag's default from DNSD_<FLAG>, in every subcommand.
 
@@ -157,7 +175,10 @@ def _apply_env(parser: argparse.ArgumentParser) -> None:
             # argparse never converts list defaults: config_from_args does (with the same types).
             action.default = [v.strip() for v in raw.split(",") if v.strip()]
         else:
-            action.type = _from_env(action.type or str, env, raw)
+            convert = action.type or str
+            if action.choices:  # argparse checks choices for given values only, never for defaults
+                convert = _one_of(convert, tuple(action.choices))
+            action.type = _from_env(convert, env, raw)
             action.default = raw
 
 
@@ -176,6 +197,10 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--domain", action="append", metavar="ZONE", dest="domains",
                        help="cluster zone to serve (repeatable; default cluster.local)")
     group.add_argument("--ttl", type=_ttl, default=5, help="TTL of answers, 0-3600 seconds (default 5)")
+    group.add_argument("--pods", choices=["disabled", "insecure"], default="insecure",
+                       help="pod records 1-2-3-4.NS.pod.ZONE for known namespaces, no Pod watch (default insecure)")
+    group.add_argument("--endpoint-pod-names", action="store_true",
+                       help="name an endpoint without hostname after its pod (targetRef.name), not its dashed IP")
     group.add_argument("--kube-watch-timeout", type=_positive, default=300, help=argparse.SUPPRESS)
     group.add_argument("--kube-read-timeout", type=_number, default=75.0, help=argparse.SUPPRESS)
     group.add_argument("--kube-warn-interval", type=_number, default=60.0, help=argparse.SUPPRESS)
@@ -268,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Each subcommand has its own flags: dnsd serve --help (--manifests, --kubernetes, --kubeconfig, "
         "--endpoints-api, --namespace, --label-selector, --domain, --ttl, --address, --port, --workers, "
         "--http-address, --upstream, --stub-domain, --forward-cache-size, --forward-max-ttl, --serve-stale, "
-        "--allow-from, --log-level, ...). "
+        "--allow-from, --pods, --endpoint-pod-names, --transfer-to, --autopath, --log-level, ...). "
         "Every flag can also be set as DNSD_<FLAG>, e.g. DNSD_PORT=1053; "
         "repeatable flags take comma-separated values.",
     )
@@ -295,17 +320,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest UDP reply, and the EDNS size advertised: 512-4096 (default 1232, as Knot); "
                             "bigger answers get TC and are retried over TCP")
     _forward_flags(serve)
+    serve.add_argument("--transfer-to", action="append", type=_network, metavar="CIDR",
+                       help="clients allowed to AXFR the served zones over TCP (repeatable; default none)")
+    serve.add_argument("--autopath", action="store_true",
+                       help="server-side search path: X.NS.svc.ZONE that does not exist continues the pod's search "
+                            "list (X.svc.ZONE, X.ZONE, the search domains, X) and answers with a CNAME")
+    serve.add_argument("--autopath-search", action="extend", nargs="+", type=_domain, metavar="DOMAIN",
+                       help="search domains after the cluster's for --autopath (default: those of /etc/resolv.conf)")
 
     records = sub.add_parser("records", help="print every record dnsd would serve, as sorted zone-file text")
     _source_flags(records)
 
     check = sub.add_parser("check", help="validate manifest files; non-zero exit on any problem")
     check.add_argument("paths", nargs="+", metavar="PATH")
+    check.add_argument("--endpoint-pod-names", action="store_true",
+                       help="check endpoints as named after their pods (as serve and records would)")
     for command in (serve, records, check):
         command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                              help="log verbosity (default info)")
     _apply_env(parser)
     return parser
+
+
+def _each(values: Sequence[str], convert: Callable[[str], str], env: str) -> tuple[str, ...]:
+    """Convert a repeatable flag's values: those from the environment are still text."""
+    try:
+        return tuple(convert(v) for v in values)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{env}: {exc}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -323,15 +365,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "kube_read_timeout": args.kube_read_timeout,
         "kube_warn_interval": args.kube_warn_interval,
         "kube_max_backoff": args.kube_max_backoff,
+        "pods": args.pods,
+        "endpoint_pod_names": args.endpoint_pod_names,
     }
     if args.command == "serve":
         fields.update(
-            addresses=tuple(_address(a) for a in args.addresses or ("127.0.0.1",)), port=args.port,
+            addresses=_each(args.addresses or ("127.0.0.1",), _address, "DNSD_ADDRESS"), port=args.port,
             workers=args.workers or usable_cpus(),
             http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
             cache_bytes=args.cache_bytes, udp_max_payload=args.udp_max_payload,
             **_upstream_fields(args),
+            transfer_to=_each(args.transfer_to or (), _network, "DNSD_TRANSFER_TO"), autopath=args.autopath,
+            autopath_search=_each(args.autopath_search, _domain, "DNSD_AUTOPATH_SEARCH")
+            if args.autopath_search is not None else None,
         )
     return Config(**fields)
 
@@ -345,12 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         from .commands import check
 
-        return check(args.paths)
+        return check(args.paths, pod_names=args.endpoint_pod_names)
     try:
         config = config_from_args(args)
-    except argparse.ArgumentTypeError as exc:  # a bad repeatable value from DNSD_ADDRESS
-        build_parser().error(f"DNSD_ADDRESS: {exc}")
-    except ValueError as exc:  # a bad --upstream/--stub-domain/--allow-from value (flag or DNSD_*), resolv.conf
+    # A bad repeatable value from DNSD_<FLAG> (kept as text), or a bad --upstream/--stub-domain/--allow-from
+    # value (flag or DNSD_*) or resolv.conf: both name what was wrong.
+    except (argparse.ArgumentTypeError, ValueError) as exc:
         build_parser().error(str(exc))
     if args.command == "records":
         from .commands import records

@@ -17,14 +17,14 @@ from .sources.manifests import expand, load_file
 from .store import Op
 
 
-def check(paths: Sequence[str]) -> int:
+def check(paths: Sequence[str], pod_names: bool = False) -> int:
     """Print ``file:document: reason`` for every problem; exit 1 if there is any."""
     files = expand(paths)
     missing = [p for p in paths if not expand([p])]
     problems = [f"{p}:0: no such file, or no *.yaml/*.yml/*.json below it" for p in missing]
     count = 0
     for path in files:
-        result = load_file(path)
+        result = load_file(path, pod_names=pod_names)
         assert result is not None  # no digest to skip
         problems += result.errors
         count += len(result.objects)
@@ -45,7 +45,7 @@ def zone_lines(dataplane: Dataplane) -> list[str]:
 
 
 def records(config: Config, sync_timeout: float = 60.0) -> int:
-    dataplane = Dataplane(config.domains, config.ttl, None)
+    dataplane = Dataplane(config.domains, config.ttl, None, pods=config.pods == "insecure")
     lock = threading.Lock()
 
     def emit(ops: list[Op]) -> None:
@@ -55,13 +55,14 @@ def records(config: Config, sync_timeout: float = 60.0) -> int:
     manifests, use_api = config.sources()
     from .sources.manifests import ManifestSource
 
-    ManifestSource(manifests, emit).load()
+    ManifestSource(manifests, emit, pod_names=config.endpoint_pod_names).load()
     if use_api:
         from .sources.kubernetes import KubernetesSource
 
         source = KubernetesSource(
             emit, kubeconfig=config.kubeconfig, namespaces=config.namespaces,
             label_selector=config.label_selector, endpoints_api=config.endpoints_api,
+            pod_names=config.endpoint_pod_names,
         )
         source.start()
         deadline = time.monotonic() + sync_timeout

@@ -96,6 +96,11 @@ class Config:
     upstream_tls_ca: str | None = None  # CA bundle for tls:// upstreams (default: the system's)
     # names the loop-detection probes; one per dnsd (workers share it through the pickled Config)
     loop_token: str = field(default_factory=lambda: secrets.token_hex(6))
+    pods: str = "insecure"  # --pods: "insecure" answers 1-2-3-4.ns.pod.<zone>, "disabled" does not
+    endpoint_pod_names: bool = False
+    transfer_to: tuple[str, ...] = ()  # CIDRs allowed to AXFR the served zones
+    autopath: bool = False
+    autopath_search: tuple[str, ...] | None = None  # None: the search domains of /etc/resolv.conf
 
     @property
     def ns_address(self) -> str | None:

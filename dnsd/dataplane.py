@@ -12,9 +12,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from .config import Config
 from .index import Index
 from .model import EndpointSet, Service, ServiceKey
 from .records import REVERSE_ZONES, namespace_records, service_records, zone_records
+from .resolver import Answer, resolve
 from .store import Op, Replace, Store
 from .wire import Responder
 
@@ -61,13 +63,19 @@ class Dataplane:
     def __init__(
         self, zones: Sequence[str], ttl: int, ns_address: str | None = None, cache_size: int = 200_000,
         cache_bytes: int = 32 << 20, max_payload: int = 1232,
+        *, pods: bool = False, resolver: Callable[..., Answer] = resolve,
     ) -> None:
+        """``pods``: the index holds ``ns.pod.Z`` for known namespaces (--pods insecure);
+        ``resolver``: what answers a question from the index (the resolver, or the autopath)."""
         self.zones = tuple(dict.fromkeys(z.lower().strip(".") for z in zones))
         self.ttl = ttl
         self.ns_address = ns_address
+        self.pods = pods
         self.store = Store(self._changed)
         self.index = Index(self.zones + REVERSE_ZONES)
-        self.responder = Responder(self.index, ttl, lambda: self.store.synced, cache_size, cache_bytes, max_payload)
+        self.responder = Responder(
+            self.index, ttl, lambda: self.store.synced, cache_size, cache_bytes, max_payload, resolver
+        )
         self._inputs: dict[ServiceKey, tuple[Service | None, tuple[EndpointSet, ...]]] = {}
         self.programming_seconds: list[float] = []  # drained by metrics
         self._set_serial(int(time.time()))
@@ -87,7 +95,7 @@ class Dataplane:
                 inputs[key] = new  # the store's own immutable objects: remembering them is free
             touched |= index.apply(service_records(*old, zones), service_records(*new, zones))
         for ns in namespaces:
-            records = namespace_records(ns, zones)
+            records = namespace_records(ns, zones, self.pods)
             exists = store.namespace_exists(ns)
             touched |= index.apply(() if exists else records, records if exists else ())
         if touched:
@@ -109,3 +117,15 @@ class Dataplane:
             before = zone_records(zone, primary, old, self.ttl, self.ns_address) if old else ()
             after = zone_records(zone, primary, serial, self.ttl, self.ns_address)
             self.responder.invalidate(self.index.apply(before, after))
+
+
+def from_config(config: Config) -> Dataplane:
+    """The serving dataplane ``config`` asks for (the autopath needs the search domains)."""
+    resolver: Callable[..., Answer] = resolve
+    if config.autopath:
+        from .autopath import Autopath, search_domains
+
+        search = config.autopath_search if config.autopath_search is not None else search_domains()
+        resolver = Autopath(config.domains, search)
+    return Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size, config.cache_bytes,
+                     config.udp_max_payload, pods=config.pods == "insecure", resolver=resolver)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .config import Config
 from .dataplane import release_heap
 from .metrics import Listener
+from .transfer import ZoneTransfer
 from .wire import MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT, Pending, Responder, refused
 
 if TYPE_CHECKING:
@@ -225,6 +226,7 @@ class DnsServer:
         self._closed_since_trim = 0
         self.forwarder = forwarder
         self.allowed = Allowed(config.allow_from) if config.allow_from else None
+        self.transfer = ZoneTransfer(config.transfer_to, responder) if config.transfer_to else None
         self.listeners: list[Listener] = []
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
@@ -249,13 +251,14 @@ class DnsServer:
             _size_buffers(sock)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)  # arrival times, read only when backlogged
-            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp, self.forwarder, self.allowed).readable)
             self._udp.append(sock)
             tcp = Listener("tcp", family, server)
             self._tcp.append(await asyncio.start_server(
                 lambda r, w, tcp=tcp: self._tcp_connection(r, w, tcp), host=address, port=self.config.port,
                 reuse_port=self.reuse_port or None, backlog=1024, limit=READ_LIMIT,
             ))
+            # UDP is read only once TCP listens too: a client that got a UDP answer (or TC) can use TCP.
+            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp, self.forwarder, self.allowed).readable)
             self.listeners += [udp, tcp]
             log.info("DNS on %s:%d (UDP and TCP)", address, self.config.port)
 
@@ -275,16 +278,24 @@ class DnsServer:
         self._connections.add(task)
         transport.set_write_buffer_limits(high=0)
         idle = self.config.tcp_idle_timeout
+        peer = (writer.get_extra_info("peername") or ("",))[0]
         try:
             while True:
                 size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), idle), "big")
                 query = await asyncio.wait_for(reader.readexactly(size), idle)
                 self._busy.add(task)
                 start = perf_counter()
-                peer = writer.get_extra_info("peername")
-                if self.allowed is not None and not (peer and self.allowed(peer[0])):
+                if self.allowed is not None and not (peer and self.allowed(peer)):
                     reply = refused(query)
                 else:
+                    transfer = self.transfer(query, peer) if self.transfer else None
+                    if transfer is not None:
+                        for message in transfer:  # packed one at a time: queries get their turn between
+                            writer.write(len(message).to_bytes(2, "big") + message)
+                            await asyncio.wait_for(writer.drain(), idle)
+                            await asyncio.sleep(0)
+                        self._busy.discard(task)
+                        continue
                     reply = self.responder.answer(query, TCP_LIMIT, lst.counts)
                 if reply.__class__ is Pending and self.forwarder is not None:
                     pending: Pending = reply  # type: ignore[assignment]

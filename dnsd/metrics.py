@@ -20,6 +20,9 @@ from prometheus_client.registry import Collector
 # As CoreDNS: exponential from 0.25 ms, doubling, 16 buckets.
 DURATION_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
 PROGRAMMING_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+# Set in a reply's (qtype, rcode) counter key when the server-side search path found the
+# answer: the fast path counts autopath hits with no extra work.
+AUTOPATH_HIT = 0x10000
 _QTYPES = {"A", "AAAA", "NS", "PTR", "SOA", "SRV", "TXT", "CNAME", "MX", "HTTPS", "ANY"}
 
 
@@ -87,6 +90,7 @@ class Totals:
     durations: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # server, proto
     records: int = 0
     services: int = 0
+    autopath: dict[str, int] = field(default_factory=dict)  # server -> replies the search path answered
     programming: Histogram = field(default_factory=lambda: Histogram(PROGRAMMING_BUCKETS))
     forward: dict[str, Any] | None = None  # upstream/stats.py merge(): None when forwarding is off
 
@@ -101,6 +105,9 @@ def totals(snapshots: Iterable[dict[str, Any]], programming: Histogram) -> Total
         out.services = max(out.services, snap["services"])
         for proto, family, server, counts, dcounts, dtotal in snap["listeners"]:
             for (qtype, rcode), n in counts.items():
+                if rcode & AUTOPATH_HIT:
+                    out.autopath[server] = out.autopath.get(server, 0) + n
+                    rcode &= ~AUTOPATH_HIT
                 key = (server, proto, family, type_name(qtype))
                 out.requests[key] = out.requests.get(key, 0) + n
                 rkey = (server, rcode_name(rcode))
@@ -141,6 +148,11 @@ class DnsdCollector(Collector):
         yield _histogram("coredns_dns_request_duration_seconds", "Histogram of the time (in seconds) each request took.",
                          ["server", "zone", "view", "proto"],
                          (([s, ".", "", p], h) for (s, p), h in sorted(t.durations.items())))
+        autopath = CounterMetricFamily("coredns_autopath_success", "Counter of requests that did autopath.",
+                                       labels=["server"])
+        for server, n in sorted(t.autopath.items()):
+            autopath.add_metric([server], n)
+        yield autopath
         yield GaugeMetricFamily("dnsd_records", "Resource records served.", value=t.records)
         yield GaugeMetricFamily("dnsd_services", "Services known.", value=t.services)
         yield _histogram("dnsd_programming_duration_seconds",

@@ -38,7 +38,7 @@ class Port(NamedTuple):
 
 
 class Endpoint(NamedTuple):
-    """One ready address. Not-ready addresses are dropped at the boundary: DNS never shows them."""
+    """One address. ``hostname`` is the endpoint's own, or with ``pod_names`` its pod's name."""
 
     address: str  # canonical text form
     hostname: str  # "" when the endpoint has none
@@ -46,7 +46,10 @@ class Endpoint(NamedTuple):
 
 class Subset(NamedTuple):
     ports: tuple[Port, ...]
-    endpoints: tuple[Endpoint, ...]
+    endpoints: tuple[Endpoint, ...]  # ready (or readiness unknown)
+    # Kept apart: DNS shows them only for a Service with publishNotReadyAddresses. The empty
+    # tuple is shared, so a subset with every endpoint ready costs no more than before.
+    not_ready: tuple[Endpoint, ...] = ()
 
 
 class Service(NamedTuple):
@@ -56,6 +59,7 @@ class Service(NamedTuple):
     ips: tuple[str, ...]
     ports: tuple[Port, ...]
     external_name: str = ""
+    publish_not_ready: bool = False  # spec.publishNotReadyAddresses
 
     @property
     def key(self) -> Key:
@@ -139,6 +143,9 @@ def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ..
 
 def _service(meta: dict, spec: dict, namespace: str, name: str) -> Service:
     ports = _ports(spec.get("ports"), "spec.ports")
+    publish = spec.get("publishNotReadyAddresses") or False
+    if not isinstance(publish, bool):
+        raise ValueError(f"spec.publishNotReadyAddresses {publish!r} is not true or false")
     if spec.get("type") == EXTERNAL_NAME:
         target = spec.get("externalName")
         if not isinstance(target, str) or not target.strip("."):
@@ -148,12 +155,28 @@ def _service(meta: dict, spec: dict, namespace: str, name: str) -> Service:
     if not isinstance(ips_raw, list):
         raise ValueError("spec.clusterIPs must be a list")
     if any(str(ip) == "None" for ip in ips_raw):
-        return Service(namespace, name, HEADLESS, (), ports)
+        return Service(namespace, name, HEADLESS, (), ports, publish_not_ready=publish)
     ips = tuple(dict.fromkeys(canonical_ip(ip) for ip in ips_raw))
-    return Service(namespace, name, CLUSTER_IP, ips, ports)
+    return Service(namespace, name, CLUSTER_IP, ips, ports, publish_not_ready=publish)
 
 
-def _endpoint_slice(obj: dict, namespace: str, name: str) -> EndpointSet | None:
+def _hostname(raw: dict, where: str, pod_names: bool) -> str:
+    """The endpoint's label source: its hostname; else, with ``pod_names``, its pod's name
+    (CoreDNS's endpoint_pod_names). A pod name that is not one DNS label (names may hold
+    dots) is not usable as one: the dashed address stays."""
+    hostname = raw.get("hostname") or ""
+    if hostname:
+        return _label(hostname, f"{where}.hostname")
+    if pod_names:
+        ref = raw.get("targetRef")
+        if isinstance(ref, dict) and ref.get("kind", "Pod") == "Pod":
+            pod = ref.get("name")
+            if isinstance(pod, str) and _LABEL.match(pod):
+                return pod
+    return ""
+
+
+def _endpoint_slice(obj: dict, namespace: str, name: str, pod_names: bool) -> EndpointSet | None:
     labels = obj["metadata"].get("labels") or {}
     service = labels.get(SERVICE_NAME_LABEL)
     if not service:
@@ -165,46 +188,48 @@ def _endpoint_slice(obj: dict, namespace: str, name: str) -> EndpointSet | None:
     if not isinstance(raws, list):
         raise ValueError("endpoints must be a list")
     endpoints: list[Endpoint] = []
+    not_ready: list[Endpoint] = []
     for i, ep in enumerate(raws):
         if not isinstance(ep, dict):
             raise ValueError(f"endpoints[{i}] must be a mapping")
-        hostname = ep.get("hostname") or ""
-        if hostname:
-            _label(hostname, f"endpoints[{i}].hostname")
+        hostname = _hostname(ep, f"endpoints[{i}]", pod_names)
         addresses = [canonical_ip(a) for a in ep.get("addresses") or []]
         if not addresses:
             raise ValueError(f"endpoints[{i}] has no addresses")
         # ready unset means unknown: treated as ready; serving/terminating do not matter.
-        if (ep.get("conditions") or {}).get("ready") is False:
-            continue
-        endpoints.extend(Endpoint(a, hostname) for a in addresses)
+        ready = (ep.get("conditions") or {}).get("ready") is not False
+        (endpoints if ready else not_ready).extend(Endpoint(a, hostname) for a in addresses)
     ports = _ports(obj.get("ports"), "ports", allow_null=True)
-    return EndpointSet(ENDPOINT_SLICE, namespace, name, service, (Subset(ports, tuple(endpoints)),))
+    subset = Subset(ports, tuple(endpoints), tuple(not_ready))
+    return EndpointSet(ENDPOINT_SLICE, namespace, name, service, (subset,))
 
 
-def _endpoints(obj: dict, namespace: str, name: str) -> EndpointSet:
+def _addresses(raws: Any, where: str, pod_names: bool) -> tuple[Endpoint, ...]:
+    return tuple(
+        Endpoint(canonical_ip(addr.get("ip")), _hostname(addr, f"{where}[{j}]", pod_names))
+        for j, addr in enumerate(raws or [])
+    )
+
+
+def _endpoints(obj: dict, namespace: str, name: str, pod_names: bool) -> EndpointSet:
     subsets_raw = obj.get("subsets") or []
     if not isinstance(subsets_raw, list):
         raise ValueError("subsets must be a list")
     subsets = []
     for i, sub in enumerate(subsets_raw):
-        ready = []
-        for j, addr in enumerate(sub.get("addresses") or []):
-            hostname = addr.get("hostname") or ""
-            if hostname:
-                _label(hostname, f"subsets[{i}].addresses[{j}].hostname")
-            ready.append(Endpoint(canonical_ip(addr.get("ip")), hostname))
-        for addr in sub.get("notReadyAddresses") or []:
-            canonical_ip(addr.get("ip"))  # validated, never published
-        subsets.append(Subset(_ports(sub.get("ports"), f"subsets[{i}].ports"), tuple(ready)))
+        ready = _addresses(sub.get("addresses"), f"subsets[{i}].addresses", pod_names)
+        not_ready = _addresses(sub.get("notReadyAddresses"), f"subsets[{i}].notReadyAddresses", pod_names)
+        subsets.append(Subset(_ports(sub.get("ports"), f"subsets[{i}].ports"), ready, not_ready))
     return EndpointSet(ENDPOINTS, namespace, name, name, tuple(subsets))
 
 
-def from_object(obj: Any, kind: str | None = None) -> Object | None:
+def from_object(obj: Any, kind: str | None = None, *, pod_names: bool = False) -> Object | None:
     """Convert one Kubernetes object (a dict) to a model record.
 
     Returns None for kinds DNS does not use; raises ValueError for a bad object.
-    ``kind`` overrides ``obj["kind"]`` (items of a typed list lack it).
+    ``kind`` overrides ``obj["kind"]`` (items of a typed list lack it). ``pod_names``
+    (--endpoint-pod-names) names an endpoint without hostname after its pod: decided
+    here, so the pod name is kept only when it is used (100k of them are ~6 MB).
     """
     if not isinstance(obj, dict):
         raise ValueError("object is not a mapping")
@@ -226,5 +251,5 @@ def from_object(obj: Any, kind: str | None = None) -> Object | None:
             raise ValueError("spec must be a mapping")
         return _service(meta, spec, namespace, name)
     if kind == ENDPOINT_SLICE:
-        return _endpoint_slice(obj, namespace, name)
-    return _endpoints(obj, namespace, name)
+        return _endpoint_slice(obj, namespace, name, pod_names)
+    return _endpoints(obj, namespace, name, pod_names)

@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from .model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, EndpointSet, Port, Service
+from .model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, EndpointSet, Port, Service, canonical_ip
 
 A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV = 1, 2, 5, 6, 12, 16, 28, 33
 EXISTS = 0  # marker type: the name exists (an empty non-terminal) but holds no data
@@ -67,7 +67,12 @@ def _srv_name(port: Port, base: str) -> str:
 def service_records(
     svc: Service | None, endpoint_sets: Sequence[EndpointSet], zones: Sequence[str]
 ) -> list[Record]:
-    """Every record a Service owns in every cluster zone; PTRs in the first zone only."""
+    """Every record a Service owns in every cluster zone; PTRs in the first zone only.
+
+    The bare name's SRV (``svc.ns.svc.Z`` SRV, as CoreDNS and kube-dns) has one record per
+    port, unnamed ones included, reusing the per-port SrvData objects where there are some:
+    at 100k endpoints a copy of each would cost ~10 MB, a shared reference 8 bytes.
+    """
     if svc is None:
         return []  # endpoints without their Service are not served
     out: list[Record] = []
@@ -79,7 +84,7 @@ def service_records(
         elif svc.type == CLUSTER_IP:
             out += _cluster_ip(svc, base, reverse=i == 0)
         elif svc.type == HEADLESS:
-            out += _headless(endpoint_sets, base, reverse=i == 0)
+            out += _headless(endpoint_sets, base, reverse=i == 0, not_ready=svc.publish_not_ready)
     return out
 
 
@@ -87,20 +92,26 @@ def _cluster_ip(svc: Service, base: str, reverse: bool) -> list[Record]:
     out: list[Record] = [(base, address_type(ip), ip) for ip in svc.ips]
     if not svc.ips:
         out.append((base, EXISTS, ""))  # no address allocated yet: the name still exists
-    out += [(_srv_name(p, base), SRV, SrvData(0, 100, p.port, base)) for p in svc.ports if p.name]
+    for p in svc.ports:
+        data = SrvData(0, 100, p.port, base)
+        out.append((base, SRV, data))
+        if p.name:
+            out.append((_srv_name(p, base), SRV, data))
     if reverse:
         out += [(reverse_name(ip), PTR, base) for ip in svc.ips]
     return out
 
 
-def _headless(endpoint_sets: Iterable[EndpointSet], base: str, reverse: bool) -> list[Record]:
+def _headless(endpoint_sets: Iterable[EndpointSet], base: str, reverse: bool, not_ready: bool) -> list[Record]:
     out: list[Record] = []
     seen: set[str] = set()
     srv: dict[str, list[tuple[int, str]]] = {}  # srv name -> (port, target)
+    bare: list[tuple[str, int, str]] = []  # (srv name or "", port, target) for the bare name's SRV
     for eps in endpoint_sets:
         for subset in eps.subsets:
-            named = [p for p in subset.ports if p.name]
-            for ep in subset.endpoints:
+            # publishNotReadyAddresses: not-ready endpoints are published like ready ones.
+            endpoints = subset.endpoints + subset.not_ready if not_ready and subset.not_ready else subset.endpoints
+            for ep in endpoints:
                 if ep.address in seen:
                     continue  # one address in several slices is answered once
                 seen.add(ep.address)
@@ -110,17 +121,46 @@ def _headless(endpoint_sets: Iterable[EndpointSet], base: str, reverse: bool) ->
                 out.append((target, rtype, ep.address))
                 if reverse:
                     out.append((reverse_name(ep.address), PTR, target))
-                for p in named:
-                    srv.setdefault(_srv_name(p, base), []).append((p.port, target))
+                for p in subset.ports:
+                    name = _srv_name(p, base) if p.name else ""
+                    bare.append((name, p.port, target))
+                    if name:
+                        srv.setdefault(name, []).append((p.port, target))
+    shared: dict[tuple[str, int, str], SrvData] = {}
     for name, entries in srv.items():
         weight = max(1, 100 // len(entries))
-        out += [(name, SRV, SrvData(0, weight, port, target)) for port, target in entries]
+        for port, target in entries:
+            data = shared[(name, port, target)] = SrvData(0, weight, port, target)
+            out.append((name, SRV, data))
+    if bare:
+        # Every record of the bare name has the same weight (one choice among equals, as
+        # in each per-port set), so the per-port objects can be reused as they are.
+        weight = max(1, 100 // len(bare))
+        for key in bare:
+            data = shared.get(key) or SrvData(0, weight, key[1], key[2])
+            out.append((base, SRV, data))
     return out
 
 
-def namespace_records(namespace: str, zones: Sequence[str]) -> list[Record]:
-    """An existing namespace is an empty non-terminal even before it holds a Service."""
-    return [(f"{namespace}.svc.{zone}", EXISTS, "") for zone in zones]
+def namespace_records(namespace: str, zones: Sequence[str], pods: bool = False) -> list[Record]:
+    """An existing namespace is an empty non-terminal even before it holds a Service; with
+    pod records (--pods insecure) ``ns.pod.Z`` too, below which the resolver answers them."""
+    out: list[Record] = [(f"{namespace}.svc.{zone}", EXISTS, "") for zone in zones]
+    if pods:
+        out += [(f"{namespace}.pod.{zone}", EXISTS, "") for zone in zones]
+    return out
+
+
+def pod_address(label: str) -> str | None:
+    """The address a pod record's first label spells (``10-1-2-3``, ``fd00--1``), or None."""
+    if "-" not in label or label.strip("0123456789abcdef-"):
+        return None
+    try:
+        if label.count("-") == 3 and "--" not in label:
+            return canonical_ip(label.replace("-", "."))
+        return canonical_ip(label.replace("-", ":"))
+    except ValueError:
+        return None
 
 
 def zone_records(zone: str, primary: str, serial: int, ttl: int, ns_address: str | None) -> list[Record]:

@@ -125,10 +125,12 @@ def render(answer: Answer, qlabels: tuple[bytes, ...], qtype: int, ttl: int, lim
     data is silent (RFC 2181 9), losing answer or authority data sets TC.
     """
     rrsets: list[tuple[int, list[RR]]] = []
+    asked = answer.answer[0][0] if answer.answer else None  # later answer records may follow a CNAME
     for section, records in enumerate((answer.answer, answer.authority, answer.additional)):
         groups: dict[tuple[str, int], list[RR]] = {}
         for name, rtype, rdata in records:
-            rname = qlabels if section == 0 else label_tuple(name)  # owner = the question: a pointer to it
+            # Owner = the question: a pointer to it, in the asker's spelling.
+            rname = qlabels if section == 0 and name == asked else label_tuple(name)
             rr_ttl = TXT_TTL if rtype == TXT else ttl
             groups.setdefault((name, rtype), []).append(RR(rname, rtype, 1, rr_ttl, rdata_of(rtype, rdata)))
         rrsets += [(section, rrs) for rrs in groups.values()]

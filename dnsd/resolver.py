@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .index import TYPES, Index
-from .records import AAAA, CNAME, NS, SOA, SRV, A, Record, SrvData
+from .records import AAAA, CNAME, NS, SOA, SRV, A, Record, SrvData, address_type, pod_address
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 ANY, AXFR, IXFR = 255, 252, 251
@@ -25,6 +25,9 @@ class Answer(NamedTuple):
     authoritative: bool = True
     # Negative answers carry the SOA, whose serial moves: a cache must recheck them.
     negative: bool = False
+    # Other names the answer was derived from: a cache must drop it when one of them changes.
+    depends: tuple[str, ...] = ()
+    autopath: bool = False  # an answer found by the server-side search path (counted)
 
 
 def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
@@ -53,12 +56,38 @@ def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: boo
         if found:
             answer = tuple((qname, t, rdata) for t, rrs in found for rdata in rrs)
             return Answer(NOERROR, answer, (), _additional(index, answer))
+    elif ".pod." in qname:
+        pod = _pod(index, qname, qtype, zone, synced)
+        if pod is not None:
+            return pod
     if not synced:
         return Answer(SERVFAIL, authoritative=False)  # never a cacheable negative before the first sync
     soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
     if index.exists(qname) or qname == zone:
         return Answer(NOERROR, (), soa, negative=True)
     return Answer(NXDOMAIN, (), soa, negative=True)
+
+
+def _pod(index: Index, qname: str, qtype: int, zone: str, synced: bool) -> Answer | None:
+    """``1-2-3-4.ns.pod.Z`` (--pods insecure): the address the label spells, for any pod,
+    once ``ns.pod.Z`` exists (the index holds it for every known namespace when pod
+    records are on). No Pod is looked up, as CoreDNS's ``pods insecure``."""
+    label, _, parent = qname.partition(".")
+    if parent.count(".") != zone.count(".") + 2 or not parent.endswith(".pod." + zone):
+        return None
+    address = pod_address(label)
+    if address is None:
+        return None
+    if not index.exists(parent):  # not a namespace (yet): the cached NXDOMAIN goes when it appears
+        soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
+        return Answer(NXDOMAIN, (), soa, negative=True, depends=(parent,)) if synced else None
+    rtype = address_type(address)
+    if qtype in (rtype, ANY):
+        return Answer(NOERROR, ((qname, rtype, address),), depends=(parent,))
+    if not synced:
+        return Answer(SERVFAIL, authoritative=False)
+    soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
+    return Answer(NOERROR, (), soa, negative=True, depends=(parent,))
 
 
 def _additional(index: Index, answer: tuple[Record, ...]) -> tuple[Record, ...]:

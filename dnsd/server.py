@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client.registry import CollectorRegistry
 
 from .config import Config
-from .dataplane import Dataplane, big_batch
+from .dataplane import Dataplane, big_batch, from_config
 from .http import HttpServer
 from .listeners import DnsServer, Slots
 from .metrics import PROGRAMMING_BUCKETS, DnsdCollector, Histogram, Totals, snapshot, totals
@@ -42,7 +42,7 @@ class Sources:
         from .sources.manifests import ManifestSource
 
         paths, use_api = config.sources()
-        self.manifests = ManifestSource(paths, emit, config.reload_debounce_ms) if paths else None
+        self.manifests = ManifestSource(paths, emit, config.reload_debounce_ms, config.endpoint_pod_names) if paths else None
         self.kubernetes = None
         if use_api:
             from .sources.kubernetes import KubernetesSource
@@ -52,6 +52,7 @@ class Sources:
                 label_selector=config.label_selector, endpoints_api=config.endpoints_api,
                 watch_timeout=config.kube_watch_timeout, read_timeout=config.kube_read_timeout,
                 warn_every=config.kube_warn_interval, backoff=(0.8, config.kube_max_backoff),
+                pod_names=config.endpoint_pod_names,
             )
 
     def start(self) -> None:
@@ -129,8 +130,7 @@ def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
 async def _serve_single(config: Config) -> int:
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
-    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size,
-                          config.cache_bytes, config.udp_max_payload)
+    dataplane = from_config(config)
 
     def emit(ops: list[Op]) -> None:
         if threading.get_ident() == loop_thread:
@@ -212,8 +212,7 @@ def worker_main(config: Config, conn: Connection, number: int, tcp_counts: Any) 
 
 async def _serve_worker(config: Config, conn: Connection, slots: Slots) -> None:
     loop = asyncio.get_running_loop()
-    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size,
-                          config.cache_bytes, config.udp_max_payload)
+    dataplane = from_config(config)
     dataplane.apply(conn.recv())  # the supervisor's snapshot, before the first query can arrive
     forwarder = _forwarder(config, dataplane)
     dns = DnsServer(config, dataplane.responder, reuse_port=True, slots=slots, forwarder=forwarder)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
 from .index import Index
+from .metrics import AUTOPATH_HIT
 from .parse import FORMERR, Query, error_reply, header_reply, parse
 from .records import REVERSE_ZONES, Record
 from .render import TCP_LIMIT, TXT_TTL, Entry, heads, label_tuple, make_entry, rdata_of, render, template, with_opt
@@ -107,8 +108,10 @@ class Responder:
     def __init__(
         self, index: Index, ttl: int, synced: Callable[[], bool], cache_size: int = 200_000,
         cache_bytes: int = 32 << 20, max_payload: int = DEFAULT_PAYLOAD,
+        resolve: Callable[..., Answer] = resolve,
     ) -> None:
         self.index = index
+        self.resolve = resolve  # the resolver, or the autopath around it (same signature)
         self.ttl = ttl
         self.synced = synced
         self.serial = 0
@@ -121,6 +124,7 @@ class Responder:
         self._table: dict[bytes, Entry] = {}
         self.table_bytes = 0
         self._keys: dict[str, set[bytes]] = {}  # index name (text) -> its keys in the table
+        self._depends: dict[bytes, tuple[str, ...]] = {}  # key -> other names it is filed under (Answer.depends)
         # (rcode, AA, authority) -> the name-independent reply; a handful (one per zone and rcode).
         self._templates: dict[tuple[int, bool, tuple[Record, ...]], Entry] = {}
         self.counts: dict[tuple[int, int], int] = {}  # (qtype, rcode) -> replies
@@ -140,10 +144,13 @@ class Responder:
                 entry = table.pop(key, None)
                 if entry is not None:
                     self.table_bytes -= _entry_size(key, entry)
+                if self._depends:
+                    self._depends.pop(key, None)
 
     def clear(self) -> None:
         self._table.clear()
         self._keys.clear()
+        self._depends.clear()
         self._templates.clear()
         self.table_bytes = 0
 
@@ -208,13 +215,14 @@ class Responder:
                 return entry
         labels = wire_labels(qwire)
         name = labels_to_text(labels)
-        answer = resolve(self.index, name, qtype, self.synced(), minimal_any=not full_any)
+        answer = self.resolve(self.index, name, qtype, self.synced(), minimal_any=not full_any)
         if not answer.answer:  # negative, refused, not yet synced: the same bytes for every name
             return self._template(answer)
         plain = render(answer, labels, qtype, self.ttl)
-        entry = make_entry(plain, 12 + len(qwire) + 4, 0, (qtype, answer.rcode), self.max_payload)
+        rcode = answer.rcode | AUTOPATH_HIT if answer.autopath else answer.rcode  # counted on every reply
+        entry = make_entry(plain, 12 + len(qwire) + 4, 0, (qtype, rcode), self.max_payload)
         if not full_any:
-            self._store(key, name, entry)
+            self._store(key, name, entry, answer.depends)
         return entry
 
     def _template(self, answer: Answer) -> Entry:
@@ -230,7 +238,7 @@ class Responder:
             entry = self._templates[key] = template(answer.rcode, answer.authoritative, soa, self.max_payload)  # type: ignore[arg-type]
         return entry
 
-    def _store(self, key: bytes, name: str, entry: Entry) -> None:
+    def _store(self, key: bytes, name: str, entry: Entry, depends: tuple[str, ...] = ()) -> None:
         table = self._table
         old = table.pop(key, None)
         if old is not None:
@@ -240,19 +248,23 @@ class Responder:
             self._evict()
         table[key] = entry
         self.table_bytes += size
-        self._keys.setdefault(name, set()).add(key)
+        # Filed under its own name and every name it was derived from (pod and autopath answers).
+        for dep in (name, *depends):
+            self._keys.setdefault(dep, set()).add(key)
+        if depends:
+            self._depends[key] = depends
 
     def _evict(self) -> None:
         """First in, first out: O(1), and hot names come straight back."""
         table = self._table
         old = next(iter(table))
         self.table_bytes -= _entry_size(old, table.pop(old))
-        old_name = labels_to_text(wire_labels(old[:-4]))
-        keys = self._keys.get(old_name)
-        if keys is not None:
-            keys.discard(old)
-            if not keys:
-                del self._keys[old_name]
+        for old_name in (labels_to_text(wire_labels(old[:-4])), *self._depends.pop(old, ())):
+            keys = self._keys.get(old_name)
+            if keys is not None:
+                keys.discard(old)
+                if not keys:
+                    del self._keys[old_name]
 
     def _not_mine(self, name: str, qtype: int) -> bool:
         """Forwarded: under a stub domain; outside the served zones; a reverse name we hold nothing for."""
@@ -305,7 +317,8 @@ class Responder:
             if cut is None:  # rendering with truncation packs several times: keep the result
                 qwire = question[:-4].lower()
                 labels = wire_labels(qwire)
-                answer = resolve(self.index, labels_to_text(labels), qtype, self.synced(), minimal_any=limit != TCP_LIMIT)
+                answer = self.resolve(self.index, labels_to_text(labels), qtype, self.synced(),
+                                      minimal_any=limit != TCP_LIMIT)
                 cut = render(answer, labels, qtype, self.ttl, size - (11 if edns else 0))
                 cut = with_opt(cut, self.max_payload) if edns else cut
                 key = (qwire + question[-4:]).lower()  # as entry() builds it (type bytes too)
@@ -372,7 +385,7 @@ class Responder:
             return None  # a label holding a dot: the strict path escapes it
         if self.forward is not None and self._not_mine(name, qtype):
             return None  # forwarded: the strict path makes the Pending
-        answer = resolve(self.index, name, qtype, self.synced())
+        answer = self.resolve(self.index, name, qtype, self.synced())
         if answer.answer:
             return None  # data: rendered and kept by the strict path
         entry = self._template(answer)

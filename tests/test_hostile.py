@@ -152,14 +152,14 @@ def test_oversize_datagram_is_formerr(zones_server: Dnsd) -> None:
 
 # == ANY and amplification ====================================================================
 def test_any_over_udp_is_minimal_and_full_over_tcp(zones_server: Dnsd) -> None:
-    name = "cart.shop.svc.cluster.local"  # A and AAAA
+    name = "cart.shop.svc.cluster.local"  # A, AAAA and the bare name's SRV
     udp = zones_server.query(name, "ANY")
     assert len(udp.answer) == 1, "RFC 8482: one RRset over UDP"
     tcp = zones_server.query(name, "ANY", tcp=True)
-    assert {dns.rdatatype.to_text(r.rdtype) for r in tcp.answer} == {"A", "AAAA"}
+    assert {dns.rdatatype.to_text(r.rdtype) for r in tcp.answer} == {"A", "AAAA", "SRV"}
     again = zones_server.query(name, "ANY")  # now from the table: still one, and TCP still all
     assert answers(again) == answers(udp)
-    assert len(zones_server.query(name, "ANY", tcp=True).answer) == 2
+    assert len(zones_server.query(name, "ANY", tcp=True).answer) == 3
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,8 @@ class Listing:
 
 
 class Held:
-    def __init__(self, origin: str, kind: str) -> None:
+    def __init__(self, origin: str, kind: str, pod_names: bool = False) -> None:
+        self.pod_names = pod_names  # --endpoint-pod-names, decided at the model boundary
         self.origin = origin
         self.kind = kind
         self.objects: dict[Key, Object] = {}  # what the store holds for this origin
@@ -71,7 +72,7 @@ class Held:
         """One listed item into ``listing``; an unchanged one is only noted (the new copy is freed
         right here, and the store, which holds the same one, is sent nothing for it)."""
         try:
-            obj = from_object(item, self.kind)
+            obj = from_object(item, self.kind, pod_names=self.pod_names)
         except ValueError as exc:
             key = self.skip(item, exc)
             if key is not None:
@@ -107,7 +108,7 @@ class Held:
     # -- watch events ------------------------------------------------------------------
     def upsert(self, raw: Any) -> Op | None:
         try:
-            obj = from_object(raw, self.kind)
+            obj = from_object(raw, self.kind, pod_names=self.pod_names)
         except ValueError as exc:
             self.skip(raw, exc)  # the previous version stays
             return None

@@ -64,6 +64,7 @@ class Options:
     backoff: tuple[float, float] = (0.8, 30.0)
     watch_list: bool = True  # try streamed lists; turned off for good when the server refuses
     warn_every: float = WARN_EVERY
+    pod_names: bool = False  # --endpoint-pod-names
 
 
 class _Gone(Exception):
@@ -95,7 +96,7 @@ class Reflector:
         # (connect, read): the read timeout bounds every socket read, so a dead or stalled
         # connection surfaces even though the watch itself may stay open for many minutes.
         self._timeouts = (min(_CONNECT_TIMEOUT, options.read_timeout), options.read_timeout)
-        self._held = Held(origin, kind)
+        self._held = Held(origin, kind, options.pod_names)
         self._rv: str | None = None  # None: the next step is a (re)list
         self._listing: Listing | None = None  # a streamed list before its initial-events-end
         self._gone_streak = 0  # 410s with no watch event in between

@@ -87,6 +87,7 @@ class KubernetesSource:
         backoff: tuple[float, float] = (0.8, 30.0),
         watch_list: bool = True,
         warn_every: float = WARN_EVERY,
+        pod_names: bool = False,
     ) -> None:
         self.emit = emit
         self.namespaces = tuple(dict.fromkeys(namespaces))
@@ -97,7 +98,7 @@ class KubernetesSource:
         self._creds = Credentials(lambda: api_client(kubeconfig))
         self._probe = ApiProbe(lambda: self._creds.host, lambda: self._creds.client().rest_client.pool_manager, self._stop)
         options = Options(page_size=page_size, watch_timeout=watch_timeout, read_timeout=read_timeout,
-                          backoff=backoff, watch_list=watch_list, warn_every=warn_every)
+                          backoff=backoff, watch_list=watch_list, warn_every=warn_every, pod_names=pod_names)
         self._reflectors: list[Reflector] = []
         endpoint_resource = _ENDPOINTS if endpoints_api else _SLICES
         for resource in (_SERVICES, endpoint_resource):

@@ -70,7 +70,7 @@ def _json_documents(text: str) -> Iterator[Any]:
         raise yaml.YAMLError(f"invalid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
 
 
-def parse(text: str, name: str) -> tuple[list[Object], list[str]]:
+def parse(text: str, name: str, pod_names: bool = False) -> tuple[list[Object], list[str]]:
     """Objects and ``name:document: reason`` errors of one file's text (documents count from 1)."""
     objects: list[Object] = []
     errors: list[str] = []
@@ -83,7 +83,7 @@ def parse(text: str, name: str) -> tuple[list[Object], list[str]]:
             try:
                 for where, item in _documents(doc, f"{name}:{index}"):
                     try:
-                        obj = from_object(item)
+                        obj = from_object(item, pod_names=pod_names)
                     except ValueError as exc:
                         errors.append(f"{where}: {_describe(item)}{exc}")
                         continue
@@ -111,7 +111,7 @@ def _describe(item: Any) -> str:
     return ""
 
 
-def load_file(path: Path, skip_digest: str | None = None) -> LoadResult | None:
+def load_file(path: Path, skip_digest: str | None = None, pod_names: bool = False) -> LoadResult | None:
     """Read and parse one file; None when its content still has ``skip_digest`` (nothing to do)."""
     try:
         data = path.read_bytes()
@@ -124,13 +124,17 @@ def load_file(path: Path, skip_digest: str | None = None) -> LoadResult | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return LoadResult(path, (), [f"{path}:0: not UTF-8 text: {exc.reason}"], digest)
-    objects, errors = parse(text, str(path))
+    objects, errors = parse(text, str(path), pod_names)
     return LoadResult(path, tuple(objects), errors, digest)
 
 
 class ManifestSource:
-    def __init__(self, paths: Iterable[str | Path], emit: Callable[[list[Op]], None], debounce_ms: int = 50) -> None:
+    def __init__(
+        self, paths: Iterable[str | Path], emit: Callable[[list[Op]], None], debounce_ms: int = 50,
+        pod_names: bool = False,
+    ) -> None:
         self.paths = [Path(p) for p in paths]
+        self.pod_names = pod_names
         self.emit = emit
         self.debounce_ms = debounce_ms
         self._digests: dict[Path, str] = {}  # last good version of each file
@@ -169,7 +173,7 @@ class ManifestSource:
                 log.info("%s: removed; its records are withdrawn", gone)
                 ops.append(Replace(f"file:{gone}", ()))
         for path in files:
-            result = load_file(path, self._examined.get(path))
+            result = load_file(path, self._examined.get(path), self.pod_names)
             if result is None:
                 continue  # the same bytes as last time: same objects, or same problems
             self._examined[path] = result.digest
@@ -213,12 +217,16 @@ class ManifestSource:
         try:
             # Every second without events too: a file read mid-write (not replaced atomically)
             # is broken until rechecked, and its last event may already have been consumed.
+            # The first quiet second rescans too: a change between load() and the watch being set
+            # up has no event (it cost a test a missed namespace under load).
+            settled = False
             for changes in watch(
                 *roots, debounce=self.debounce_ms, step=20, stop_event=self._stop, raise_interrupt=False,
                 recursive=True, rust_timeout=1000, yield_on_timeout=True,
             ):
-                if not changes and not (orphans or self.errors):
+                if not changes and not (orphans or self.errors) and settled:
                     continue
+                settled = True
                 try:
                     self.rescan()
                 except Exception:  # the watcher must outlive any surprise
