@@ -83,6 +83,19 @@ def _bytes(value: str) -> int:
     return size
 
 
+def directory_problem(path: str) -> str | None:
+    """Why ``path`` cannot hold the shared index file, or None.
+
+    Checked when serving, not when parsing: the directory may exist only where dnsd
+    runs (a pod's volume), and only several workers need it.
+    """
+    if not os.path.isdir(path):
+        return f"{path!r} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path!r} is not writable"
+    return None
+
+
 def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
@@ -181,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--udp-max-payload", type=_payload, default=1232, metavar="BYTES",
                        help="largest UDP reply, and the EDNS size advertised: 512-4096 (default 1232, as Knot); "
                             "bigger answers get TC and are retried over TCP")
+    serve.add_argument("--shared-dir", metavar="DIR",
+                       help="with --workers above 1: the directory for the index file every worker reads (a few "
+                            "dozen MB at 100k endpoints; default $TMPDIR or /tmp); must be writable")
 
     records = sub.add_parser("records", help="print every record dnsd would serve, as sorted zone-file text")
     _source_flags(records)
@@ -215,6 +231,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
             cache_bytes=args.cache_bytes, udp_max_payload=args.udp_max_payload,
+            shared_dir=args.shared_dir,
         )
     return Config(**fields)
 
@@ -237,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands import records
 
         return records(config)
+    if config.workers > 1 and config.shared_dir and (problem := directory_problem(config.shared_dir)):
+        build_parser().error(f"--shared-dir: {problem}")
     from .server import run
 
     return run(config)

@@ -70,6 +70,7 @@ class Config:
     cache_size: int = 200_000
     cache_bytes: int = 32 << 20  # the reply table's bound in bytes, per worker (deploy/ allows 256 MiB in all)
     udp_max_payload: int = 1232
+    shared_dir: str | None = None  # where the index file workers share lives; None: $TMPDIR or /tmp
     kube_watch_timeout: int = 300
     kube_read_timeout: float = 75.0
     reload_debounce_ms: int = 50

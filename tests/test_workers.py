@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,24 +18,30 @@ Z = "cluster.local"
 
 
 def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    """Children started by any of ``pid``'s threads."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue  # the thread ended meanwhile
+    return kids
 
 
 def workers_of(pid: int) -> list[int]:
-    """Worker processes: multiprocessing's spawned children (its resource tracker runs another module)."""
-    return [c for c in children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    """Worker processes: the children of dnsd's zygote (its only child, forked at start)."""
+    return [w for zygote in children(pid) for w in children(zygote)]
 
 
 def test_killed_worker_is_replaced_with_current_data(start_dnsd, manifest_dir: Path) -> None:
     path = manifest_dir / "s.yaml"
     path.write_text("kind: Service\nmetadata: {name: a, namespace: w}\nspec: {clusterIP: 10.96.0.1}\n")
-    server = start_dnsd("--manifests", str(manifest_dir), workers=2)
+    server = start_dnsd("--manifests", str(manifest_dir), workers=3)  # the main process and two lean workers
     before = wait_for(lambda: len(workers_of(server.proc.pid)) >= 2 and workers_of(server.proc.pid), timeout=10)
     os.kill(before[0], signal.SIGKILL)
     path.write_text("kind: Service\nmetadata: {name: a, namespace: w}\nspec: {clusterIP: 10.96.0.2}\n")
     wait_for(lambda: before[0] not in workers_of(server.proc.pid) and len(workers_of(server.proc.pid)) >= 2, timeout=15)
-    assert "worker 0 exited" in server.log()
+    assert "worker 1 exited" in server.log()
     # Every worker (whichever the kernel picks per query) must serve the data changed meanwhile.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -79,5 +87,25 @@ def test_default_workers_follow_cpu_affinity(start_dnsd) -> None:
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 def test_default_workers_use_every_allowed_cpu(start_dnsd) -> None:
     server = start_dnsd(workers=None, cpus=set(sorted(os.sched_getaffinity(0))[:2]))
-    wait_for(lambda: len(workers_of(server.proc.pid)) == 2 and "with 2 workers" in server.log(), timeout=10)
+    # Two workers: the main process and one forked worker.
+    wait_for(lambda: len(workers_of(server.proc.pid)) == 1 and "with 2 workers" in server.log(), timeout=10)
     assert server.stop() == 0
+
+
+def test_workers_share_one_index_file_in_the_shared_dir(start_dnsd, tmp_path: Path) -> None:
+    server = start_dnsd("--shared-dir", str(tmp_path), workers=2)
+    assert answers(server.query(f"web.default.svc.{Z}")) == [f"web.default.svc.{Z}. A 10.96.0.10"]
+    files = wait_for(lambda: list(tmp_path.glob("dnsd-*/data.mdb")), timeout=10)
+    assert len(files) == 1  # one copy of the records, whatever the number of workers
+    assert server.stop() == 0
+    assert not list(tmp_path.iterdir()), "the shared file is removed on exit"
+
+
+def test_lean_workers_do_not_import_the_kubernetes_client() -> None:
+    # What a worker runs is dnsd.worker. The zygote is forked before the sources import the API
+    # client (~17 MB), so a worker has it only if dnsd.worker pulls it in: it must not.
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import dnsd.worker"],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent).stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line}
+    assert "dnsd.worker" in imported
+    assert not {m for m in imported if m.startswith(("kubernetes", "urllib3", "dnsd.sources"))}
