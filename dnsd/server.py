@@ -287,7 +287,10 @@ class WorkerPool:
 
     def start(self) -> str | None:
         for number in range(1, self.config.workers):
-            error = self._await_ready(number, self._spawn(number))
+            try:
+                error = self._await_ready(number, self._spawn(number))
+            except OSError as exc:
+                error = f"cannot be forked: {exc}"
             if error:
                 return f"worker {number}: {error}"
         self.monitor.start()
@@ -340,7 +343,10 @@ class WorkerPool:
         old.conn.close()
         log.error("worker %d exited; starting a new one", number)
         time.sleep(0.5)  # a worker that dies at once must not spin the main process
-        error = self._await_ready(number, self._spawn(number))
+        try:
+            error = self._await_ready(number, self._spawn(number))
+        except OSError as exc:  # the zygote is gone: the others and the main process go on answering
+            error = f"cannot be forked again ({exc}); serving with one worker less"
         if error:
             log.error("worker %d: %s", number, error)
 
