@@ -188,9 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tcp-max-connections", type=_positive, default=1024,
                        help="concurrent TCP connections, for the whole server (all workers together)")
     serve.add_argument("--cache-size", type=_positive, default=200_000,
-                       help="rendered positive replies kept per worker, one per (name, type) asked (default 200000)")
+                       help="rendered positive replies kept, one per (name, type) asked, split between the "
+                            "workers (default 200000)")
     serve.add_argument("--cache-bytes", type=_bytes, default=32 << 20, metavar="SIZE",
-                       help="memory the rendered replies may take per worker, e.g. 64M (default 32M)")
+                       help="memory the rendered replies may take, e.g. 64M, split between the workers: each keeps "
+                            "the names steered to it (default 32M)")
     serve.add_argument("--udp-max-payload", type=_payload, default=1232, metavar="BYTES",
                        help="largest UDP reply, and the EDNS size advertised: 512-4096 (default 1232, as Knot); "
                             "bigger answers get TC and are retried over TCP")

@@ -105,6 +105,7 @@ def _tune_gc() -> None:
 
 def run(config: Config) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the handler is in place: a HUP must never kill us
+    _use_uvloop()  # imported before the zygote: the workers share its pages
     _tune_gc()
     zygote = None
     if config.workers > 1:
@@ -113,7 +114,6 @@ def run(config: Config) -> int:
         tcp_counts = multiprocessing.get_context("fork").Array("i", config.workers)
         # Now, while dnsd is one thread and holds no data: workers forked from it share these pages.
         zygote = Zygote(config, tempfile.mkdtemp(prefix="dnsd-", dir=config.shared_dir), tcp_counts)
-    _use_uvloop()
     try:
         return asyncio.run(_serve(config, zygote))
     finally:
@@ -134,8 +134,8 @@ async def _serve(config: Config, zygote: Zygote | None = None) -> int:
     loop_thread = threading.get_ident()
     stop = _stop_event(loop)  # from the start: a SIGTERM while workers start still stops cleanly
     pool = WorkerPool(config, zygote) if zygote else None
-    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size,
-                          config.cache_bytes, config.udp_max_payload, index=pool.index if pool else None)
+    dataplane = Dataplane(config.domains, config.ttl, config.ns_address, *config.table_share,
+                          config.udp_max_payload, index=pool.index if pool else None)
     if pool:
         dataplane.on_publish = pool.publish
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import encodings.idna  # noqa: F401 - binding a listener by address needs it: imported before the fork, shared
 import gc
 import logging
 import os
@@ -68,8 +69,7 @@ async def _serve(config: Config, path: str, conn: Connection, slots: Slots) -> N
     loop = asyncio.get_running_loop()
     index = SharedIndex(path, tuple(config.domains) + REVERSE_ZONES)
     serial, synced = index.read_meta()
-    responder = Responder(index, config.ttl, lambda: changes.synced, config.cache_size, config.cache_bytes,
-                          config.udp_max_payload)
+    responder = Responder(index, config.ttl, lambda: changes.synced, *config.table_share, config.udp_max_payload)
     responder.serial = serial
     changes = Changes(responder, synced)
     dns = DnsServer(config, responder, reuse_port=True, slots=slots)
