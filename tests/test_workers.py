@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import answers, wait_for
 
-from dnsd.config import cgroup_cpu_limit, usable_cpus
+from dnsd.config import Config, cgroup_cpu_limit, usable_cpus
 
 Z = "cluster.local"
 
@@ -109,3 +109,10 @@ def test_lean_workers_do_not_import_the_kubernetes_client() -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line}
     assert "dnsd.worker" in imported
     assert not {m for m in imported if m.startswith(("kubernetes", "urllib3", "dnsd.sources"))}
+
+
+def test_the_reply_table_budget_is_split_between_the_workers() -> None:
+    # Each worker keeps only the names steered to it: one budget covers them at any worker count.
+    assert Config(workers=1, cache_size=200_000, cache_bytes=32 << 20).table_share == (200_000, 32 << 20)
+    assert Config(workers=4, cache_size=200_000, cache_bytes=32 << 20).table_share == (50_000, 8 << 20)
+    assert Config(workers=64, cache_size=10, cache_bytes=2 << 20).table_share == (1, 1 << 20)  # never below 1 MB
