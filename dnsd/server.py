@@ -178,7 +178,7 @@ async def _serve(config: Config, zygote: Zygote | None = None) -> int:
 
     def read() -> tuple[Totals, dict[str, Any]]:
         future = asyncio.run_coroutine_threadsafe(_call(read_on_loop), loop)
-        snaps = [future.result(timeout=5), *(pool.stats.values() if pool else ())]
+        snaps = [future.result(timeout=5), *(list(pool.stats.values()) if pool else ())]  # the monitor thread writes it
         return totals(snaps, programming), sources.status()
 
     def ready() -> bool:
