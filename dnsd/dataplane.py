@@ -83,9 +83,12 @@ class Dataplane:
 
     def apply(self, ops: Sequence[Op]) -> None:
         synced = self.store.synced
-        with big_batch(ops):
+        with big_batch(ops), self._batch():  # with a shared index: one transaction, data and serial
             self.store.apply(ops)
-        if self.on_publish is not None and (self._touched or synced != self.store.synced):
+            publish = self.on_publish is not None and (self._touched or synced != self.store.synced)
+            if publish and hasattr(self.index, "publish"):
+                self.index.publish(self.responder.serial, self.store.synced)
+        if publish and self.on_publish is not None:  # committed: readers see it now
             touched, self._touched = self._touched, set()
             self.on_publish(touched, self.responder.serial, self.store.synced)
 

@@ -10,12 +10,13 @@ each worker's own hot replies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing
-import queue
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -35,7 +36,7 @@ from .records import REVERSE_ZONES
 from .shared_index import SharedIndexWriter
 from .steering import steer
 from .store import Op
-from .worker import CLEAR
+from .worker import CLEAR, frame
 from .zygote import Forked, Zygote
 
 log = logging.getLogger("dnsd.server")
@@ -133,7 +134,7 @@ async def _serve(config: Config, zygote: Zygote | None = None) -> int:
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
     stop = _stop_event(loop)  # from the start: a SIGTERM while workers start still stops cleanly
-    pool = WorkerPool(config, zygote) if zygote else None
+    pool = WorkerPool(config, zygote, loop) if zygote else None
     dataplane = Dataplane(config.domains, config.ttl, config.ns_address, *config.table_share,
                           config.udp_max_payload, index=pool.index if pool else None)
     if pool:
@@ -160,7 +161,7 @@ async def _serve(config: Config, zygote: Zygote | None = None) -> int:
     if pool:
         for sock in dns.udp_sockets:  # before any worker joins the port's group: the group keeps it
             steer(sock, config.workers)
-        pool.publish(set(), dataplane.responder.serial, dataplane.store.synced)
+        pool.index.publish(dataplane.responder.serial, dataplane.store.synced)  # what a starting worker reads
         error = await loop.run_in_executor(None, pool.start)
         if error:
             log.error("%s", error)
@@ -228,24 +229,51 @@ def _start_http(
 
 # -- several worker processes ---------------------------------------------------------
 class _Worker:
-    """One lean worker: its process, its pipe, and a thread that sends it changes in order."""
+    """One lean worker: its process, its reports (read by the monitor thread) and its changes.
 
-    def __init__(self, process: Forked, conn: Connection) -> None:
+    Changes are written from the event loop to a non-blocking socket: no thread hop (a thread
+    would wait up to the GIL's 5 ms switch interval behind a busy loop), and a worker that reads
+    slowly only makes its own buffer grow, never blocks the loop.
+    """
+
+    def __init__(self, process: Forked, conn: Connection, changes: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         self.process = process
         self.conn = conn
-        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.sender = threading.Thread(target=self._send, name=f"dnsd-send-{process.name}", daemon=True)
+        self.changes = changes
+        self.loop = loop
+        self.pending = bytearray()
+        changes.setblocking(False)
 
-    def _send(self) -> None:
-        # Its own thread: a worker that reads slowly must never block the main process's loop.
-        while (message := self.outbox.get()) is not _STOP:
-            try:
-                self.conn.send(message)
-            except OSError:
-                return  # the worker is gone: the monitor replaces it
+    def send(self, message: Any) -> None:
+        """On the loop thread."""
+        if self.changes.fileno() < 0:
+            return  # closed: the worker is gone
+        waiting = bool(self.pending)
+        self.pending += frame(message)
+        if not waiting:
+            self._flush()
 
+    def _flush(self) -> None:
+        try:
+            sent = self.changes.send(self.pending)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.pending.clear()  # the worker is gone: the monitor replaces it
+            sent = 0
+        del self.pending[:sent]
+        with contextlib.suppress(ValueError, OSError):  # closed meanwhile
+            if self.pending:
+                self.loop.add_writer(self.changes.fileno(), self._flush)
+            else:
+                self.loop.remove_writer(self.changes.fileno())
 
-_STOP = object()
+    def close(self) -> None:
+        """On the loop thread."""
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_writer(self.changes.fileno())
+        self.changes.close()
+        self.conn.close()
 
 
 class WorkerPool:
@@ -260,8 +288,9 @@ class WorkerPool:
 
     CLEAR_OVER = 2000  # more touched names than this: workers drop every reply instead of a long list
 
-    def __init__(self, config: Config, zygote: Zygote) -> None:
+    def __init__(self, config: Config, zygote: Zygote, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
+        self.loop = loop
         self.zygote = zygote
         self.directory = zygote.directory
         self.index = SharedIndexWriter(self.directory, tuple(config.domains) + REVERSE_ZONES)
@@ -273,13 +302,14 @@ class WorkerPool:
         self.monitor = threading.Thread(target=self._monitor, name="dnsd-workers", daemon=True)
 
     def publish(self, touched: set[str], serial: int, synced: bool) -> None:
-        """After a change is committed to the file: tell every worker what to drop."""
-        self.index.publish(serial, synced)
+        """On the loop thread, after a change (and the serial) is committed to the file: tell every
+        worker what to drop."""
         names = CLEAR if len(touched) > self.CLEAR_OVER else touched
         with self.lock:
             self.last = (CLEAR, serial, synced)
-            for w in self.workers.values():
-                w.outbox.put((names, serial, synced))
+            workers = list(self.workers.values())
+        for w in workers:
+            w.send((names, serial, synced))
 
     def synced(self) -> bool:
         """Every worker reports (once a second) that it answers from synced data."""
@@ -302,8 +332,7 @@ class WorkerPool:
             counts[number] = 0  # a restarted worker's connections died with it
         with self.lock:
             # Anything committed from now on reaches it as a message; what came before, it reads from the file.
-            w = self.workers[number] = _Worker(*self.zygote.fork(number))
-        w.sender.start()
+            w = self.workers[number] = _Worker(*self.zygote.fork(number), self.loop)
         return w
 
     def _await_ready(self, number: int, w: _Worker, timeout: float = 60.0) -> str | None:
@@ -315,9 +344,9 @@ class WorkerPool:
             return f"exited at start (code {w.process.exitcode})"
         if kind == "error":
             return detail
-        # A change committed between its start and its first query may be in its table already.
-        with self.lock:
-            w.outbox.put(self.last)
+        # A change committed between its start and its first query may be in its table already:
+        # "drop everything", queued on the loop after any change published meanwhile.
+        self.loop.call_soon_threadsafe(lambda: w.send(self.last))
         return None
 
     def _monitor(self) -> None:
@@ -338,9 +367,8 @@ class WorkerPool:
         with self.lock:
             old = self.workers.pop(number)
         self.stats.pop(number, None)
-        old.outbox.put(_STOP)
         old.process.join(timeout=1)
-        old.conn.close()
+        self.loop.call_soon_threadsafe(old.close)
         log.error("worker %d exited; starting a new one", number)
         time.sleep(0.5)  # a worker that dies at once must not spin the main process
         try:
@@ -357,11 +385,10 @@ class WorkerPool:
             if w.process.is_alive():
                 w.process.terminate()  # SIGTERM: each worker drains its TCP connections and exits
         for w in workers:
-            w.outbox.put(_STOP)
             w.process.join(timeout=5)
             if w.process.is_alive():
                 w.process.kill()
-            w.conn.close()
+            w.close()
         self.zygote.close()
         self.index.close()
         shutil.rmtree(self.directory, ignore_errors=True)

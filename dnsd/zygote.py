@@ -69,20 +69,27 @@ class Zygote:
         self.directory = directory
         self.tcp_counts = tcp_counts
 
-    def fork(self, number: int) -> tuple[Forked, Connection]:
-        """A new worker ``number``, and the main process's end of its pipe."""
-        mine, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    def fork(self, number: int) -> tuple[Forked, Connection, socket.socket]:
+        """A new worker ``number``, and the main process's ends: its reports (a Connection, read by
+        a thread) and its changes (a socket written from the event loop, see worker.frame)."""
+        reports, reports_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        changes, changes_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            socket.send_fds(self.sock, [str(number).encode()], [its.fileno()])
+            socket.send_fds(self.sock, [str(number).encode()], [reports_theirs.fileno(), changes_theirs.fileno()])
             reply = b""
             while not reply.endswith(b"\n"):
                 chunk = self.sock.recv(64)
                 if not chunk:
                     raise OSError("the worker zygote is gone")
                 reply += chunk
+        except OSError:
+            reports.close()
+            changes.close()
+            raise
         finally:
-            its.close()
-        return Forked(int(reply), f"dnsd-worker-{number}"), Connection(mine.detach())
+            reports_theirs.close()
+            changes_theirs.close()
+        return Forked(int(reply), f"dnsd-worker-{number}"), Connection(reports.detach()), changes
 
     def close(self) -> None:
         self.sock.close()  # the zygote exits when it reads the end of its socket
@@ -97,27 +104,28 @@ def _serve(sock: socket.socket, config: Config, directory: str, tcp_counts: Any)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the main process re-reads the files (a HUP to the group too)
         while True:
-            message, fds, _, _ = socket.recv_fds(sock, 64, 1)
+            message, fds, _, _ = socket.recv_fds(sock, 64, 2)
             if not message:
                 break  # the main process is gone
             pid = os.fork()
             if pid == 0:
                 sock.close()
-                _run_worker(config, directory, fds[0], int(message), tcp_counts)
-            os.close(fds[0])
+                _run_worker(config, directory, fds, int(message), tcp_counts)
+            for fd in fds:
+                os.close(fd)
             sock.sendall(f"{pid}\n".encode())
     except BaseException:  # never unwind into the main process's code: this is another process
         code = 1
     os._exit(code)
 
 
-def _run_worker(config: Config, directory: str, fd: int, number: int, tcp_counts: Any) -> Any:
+def _run_worker(config: Config, directory: str, fds: list[int], number: int, tcp_counts: Any) -> Any:
     code = 0
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         from .worker import main
 
-        main(config, directory, Connection(fd), number, tcp_counts)
+        main(config, directory, Connection(fds[0]), socket.socket(fileno=fds[1]), number, tcp_counts)
     except BaseException:
         import traceback
 
