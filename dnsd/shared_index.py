@@ -20,7 +20,7 @@ from typing import Any
 
 import lmdb
 
-from .index import TYPES
+from .index import TYPES, Index
 from .records import EXISTS, SOA, SRV, Record, SoaData, SrvData
 
 MAP_SIZE = 4 << 30  # address space reserved, not memory: the file grows as data arrives (~30 MB at 100k endpoints)
@@ -96,11 +96,7 @@ class SharedIndex:
             value = txn.get(key)
         return _EMPTY if value is None else _decode(value)
 
-    def zone_of(self, name: str) -> str | None:
-        for zone in self.zones:
-            if name == zone or name.endswith("." + zone):
-                return zone
-        return None
+    zone_of = Index.zone_of  # the same rule on the same ``zones``: the longest served zone that holds the name
 
     def has_data(self, name: str) -> bool:
         return bool(self.load(name)[1])
