@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import glob
 import logging
 import multiprocessing
+import os
 import shutil
 import signal
 import socket
@@ -114,13 +116,41 @@ def run(config: Config) -> int:
         # created before the zygote, so every forked worker inherits it.
         tcp_counts = multiprocessing.get_context("fork").Array("i", config.workers)
         # Now, while dnsd is one thread and holds no data: workers forked from it share these pages.
-        zygote = Zygote(config, tempfile.mkdtemp(prefix="dnsd-", dir=config.shared_dir), tcp_counts)
+        zygote = Zygote(config, _shared_directory(config.shared_dir), tcp_counts)
     try:
         return asyncio.run(_serve(config, zygote))
     finally:
         if zygote:
             zygote.close()
             shutil.rmtree(zygote.directory, ignore_errors=True)
+
+
+def _shared_directory(parent: str | None) -> str:
+    """A new directory for the index file, named after this process; first, those of dead ones.
+
+    A killed dnsd cannot remove its own, and in a pod the volume outlives a restarted container
+    (where dnsd is often PID 1 again): left alone, every crash would keep a file of tens of MB.
+    """
+    parent = parent or tempfile.gettempdir()
+    for path in glob.glob(os.path.join(parent, "dnsd-*-*")):
+        try:
+            pid = int(os.path.basename(path).split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or not _alive(pid):
+            log.info("removing %s, left by a dnsd that is gone", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"dnsd-{os.getpid()}-", dir=parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:

@@ -93,10 +93,15 @@ def test_default_workers_use_every_allowed_cpu(start_dnsd) -> None:
 
 
 def test_workers_share_one_index_file_in_the_shared_dir(start_dnsd, tmp_path: Path) -> None:
+    # Left by a dnsd killed earlier (in a pod the volume outlives a restarted container): removed.
+    stale = tmp_path / "dnsd-4194999-abc"
+    stale.mkdir()
+    (stale / "data.mdb").write_bytes(b"x" * 1000)
     server = start_dnsd("--shared-dir", str(tmp_path), workers=2)
     assert answers(server.query(f"web.default.svc.{Z}")) == [f"web.default.svc.{Z}. A 10.96.0.10"]
     files = wait_for(lambda: list(tmp_path.glob("dnsd-*/data.mdb")), timeout=10)
     assert len(files) == 1  # one copy of the records, whatever the number of workers
+    assert not stale.exists()
     assert server.stop() == 0
     assert not list(tmp_path.iterdir()), "the shared file is removed on exit"
 
