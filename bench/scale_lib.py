@@ -587,11 +587,14 @@ def memory(pgid: int) -> list[dict[str, Any]]:
         except OSError:
             continue
         values = {k: int(v.split()[0]) / 1024 for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(.*)$", status, re.M)}
+        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
         if pid == pgid:
             role = "dnsd" if "spawn" not in cmdline else "?"
         elif "resource_tracker" in cmdline:
             role = "resource_tracker"
-        elif "spawn_main" in cmdline or "multiprocessing" in cmdline:
+        elif ppid == pgid and "spawn_main" not in cmdline:
+            role = "zygote"  # forked from dnsd at start; forks the workers, which share its pages
+        elif "spawn_main" in cmdline or "multiprocessing" in cmdline or ppid != pgid:
             role = "worker"
         else:
             role = "other"
@@ -927,7 +930,7 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
         "start_to_ready_s": round(ready_at - started, 3),
         "start_to_answers_s": round(answers_at - started, 3),
         "origins": origins,
-        # Every worker builds its own index: with --workers N this is the sum over the workers.
+        # The main process builds the one index (with --workers N, in the shared file).
         "index_build": {"batches": int(after_sync.prog_count), "sum_s": round(after_sync.prog_sum, 3)},
         "dnsd_cpu_s": round(dnsd_cpu_sync, 2),
         "fake_api_cpu_s": round(fake_cpu_sync, 2),
@@ -967,7 +970,7 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
 
         def counted(delta: dict[str, Any] = delta, before: Metrics = before) -> bool:
             delta.update(Metrics.scrape(http_port).since(before))
-            return delta["batches"] >= args.workers  # every worker applies (and times) the change
+            return delta["batches"] >= 1  # the main process applies (and times) it; workers only drop replies
 
         with contextlib.suppress(RuntimeError):
             wait_for(counted, 3, "the change in dnsd_programming_duration_seconds", interval=0.1)
@@ -1051,6 +1054,136 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
         result["dnsd_log_problems"] = problems[:50]
 
 
+# ---------------------------------------------------------------- memory at several worker counts
+
+def pss(pgid: int) -> list[dict[str, Any]]:
+    """PSS and RSS (MB) of every process in dnsd's group, from /proc/PID/smaps_rollup."""
+    out = []
+    for p in memory(pgid):
+        try:
+            rollup = Path(f"/proc/{p['pid']}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        values = {k: int(v) / 1024 for k, v in re.findall(r"^(Pss|Rss):\s+(\d+) kB", rollup, re.M)}
+        out.append({"pid": p["pid"], "role": p["role"], "pss_mb": round(values.get("Pss", 0.0), 1),
+                    "rss_mb": round(values.get("Rss", 0.0), 1)})
+    return out
+
+
+def every_name(cluster: Cluster) -> list[str]:
+    """dnsperf lines for every name a Service gives: its own, its SRV names, its ready pods' names."""
+    lines = []
+    for svc in cluster.services:
+        lines.append(f"{svc.fqdn} A")
+        lines += [f"_{name}._tcp.{svc.fqdn} SRV" for name, _, _ in svc.ports]
+        if svc.headless:
+            lines += [f"{p.dns_name(svc)} A" for p in svc.pods() if p.ready]
+    return lines
+
+
+def memory_runs(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[str, Any]) -> None:
+    """For each worker count: sync, query every name ``--passes`` times, PSS; three forced relists, again."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from k8s_api import FakeKubeAPI
+
+    cluster = Cluster(args.services, args.endpoints, args.namespaces, args.seed)
+    objs = list(cluster.objects())
+    names = tmp / "every-name.txt"
+    lines = every_name(cluster)
+    names.write_text("\n".join(lines) + "\n")
+    services = tmp / "service-names.txt"
+    services.write_text("".join(f"{svc.fqdn} A\n" for svc in cluster.services))
+    probe_svc = next(s for s in reversed(cluster.services) if s.headless and any(p.ready for p in s.pods()))
+    probe_pod = next(p for p in probe_svc.pods() if p.ready)
+    result["cluster"] = {**cluster.stats(), "objects": len(objs), "names_queried": len(lines)}
+    log(f"cluster: {len(cluster.services)} Services, {result['cluster']['endpoints']} endpoints; "
+        f"{len(lines)} names, each queried {args.passes} times per phase")
+    api = FakeKubeAPI(backlog=50_000, bookmark_interval=5.0, log_limit=1_000_000)
+    api.start()
+    runs = result["memory_runs"] = []
+    try:
+        api.load(objs)
+        del objs
+        gc.collect()
+        gc.freeze()
+        kubeconfig = api.write_kubeconfig(tmp / "kubeconfig")
+        for workers in args.worker_counts:
+            port, http_port = free_port(), free_port()
+            dnsd_log = tmp / f"dnsd-{workers}.log"
+            env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            argv = [sys.executable, "-m", "dnsd", "serve", "--kubeconfig", str(kubeconfig), "--port", str(port),
+                    "--address", "127.0.0.1", "--workers", str(workers), "--http-address", f"127.0.0.1:{http_port}"]
+            dnsd = procs.start(argv, dnsd_log, env=env)
+            started = time.monotonic()
+            wait_for(lambda port=http_port: (http_get(port, "/ready", timeout=1) or (0,))[0] == 200,
+                     args.sync_timeout, "dnsd /ready", dnsd, dnsd_log)
+            ready_s = time.monotonic() - started
+
+            def query_all(path: Path = names, passes: int = args.passes, workers: int = workers, port: int = port) -> None:
+                # Many sockets: SO_REUSEPORT spreads them over the workers, so each one's table fills too.
+                run = procs.start(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(path), "-n",
+                                   str(passes), "-l", "90", "-q", "200", "-c", str(max(16, 8 * workers))],
+                                  tmp / f"every-name-{workers}.txt")
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    run.wait(100)
+                procs.stop(run, grace=1)
+
+            query_all(services, 1)  # the issue's first figure: every Service name asked once
+            time.sleep(1.5)
+            services_once = pss(dnsd.pid)
+            query_all()
+            time.sleep(1.5)  # heap trimming and worker reports settle
+            queried = pss(dnsd.pid)
+            for _ in range(3):
+                count = sum(1 for line in dnsd_log.read_text(errors="replace").splitlines() if SYNCED_LINE.match(line))
+                api.restart()  # every watch gets 410: dnsd lists everything again
+                wait_for(lambda n=count, path=dnsd_log: sum(
+                    1 for line in path.read_text(errors="replace").splitlines() if SYNCED_LINE.match(line)) >= n + 2,
+                    60, "a relist of both resources", dnsd, dnsd_log, interval=0.2)
+            got = ask(port, probe_pod.dns_name(probe_svc))
+            query_all()
+            time.sleep(1.5)
+            relisted = pss(dnsd.pid)
+            run = {"workers": workers, "ready_s": round(ready_s, 2), "answers_after_relists": got is not None,
+                   "services_once": services_once, "after_queries": queried, "after_relists": relisted,
+                   "total_pss_services_once_mb": round(sum(p["pss_mb"] for p in services_once), 1),
+                   "total_pss_after_queries_mb": round(sum(p["pss_mb"] for p in queried), 1),
+                   "total_pss_after_relists_mb": round(sum(p["pss_mb"] for p in relisted), 1)}
+            runs.append(run)
+            log(f"--workers {workers}: PSS {run['total_pss_services_once_mb']:.0f} MB after every Service name once, "
+                f"{run['total_pss_after_queries_mb']:.0f} MB after every name {args.passes} times, "
+                f"{run['total_pss_after_relists_mb']:.0f} MB after 3 relists; per process (PSS/RSS): "
+                + ", ".join(f"{p['role']} {p['pss_mb']:.0f}/{p['rss_mb']:.0f}" for p in relisted))
+            procs.stop(dnsd)
+    finally:
+        api.stop()
+
+
+def memory_rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    runs = r.get("memory_runs", [])
+    if not runs:
+        return []
+    rows: list[tuple[str, str, str, bool | None]] = []
+    one = next((run for run in runs if run["workers"] == 1), None)
+    for phase, key in (("every Service name once", "total_pss_services_once_mb"),
+                       ("every name, --passes times", "total_pss_after_queries_mb"),
+                       ("after 3 relists and every name again", "total_pss_after_relists_mb")):
+        base = one[key] if one else None
+        for run in runs:
+            total = run[key]
+            if run["workers"] == 1:
+                target, ok = "<= 100 MB", total <= 100
+            elif base:
+                target, ok = f"<= {1.3 * base:.0f} MB (1.3x)", total <= 1.3 * base
+            else:
+                target, ok = "", None
+            rows.append((f"total PSS, {phase}: --workers {run['workers']}", f"{total:.0f} MB", target, ok))
+    for run in runs:
+        per = ", ".join(f"{p['role']} {p['pss_mb']:.0f}/{p['rss_mb']:.0f}" for p in run["after_relists"])
+        rows.append((f"  --workers {run['workers']} per process PSS/RSS MB at the end: {per}", "", "", None))
+    return rows
+
+
 # ---------------------------------------------------------------- report
 
 def _fmt_ms(value: float | None) -> str:
@@ -1073,7 +1206,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         rows.append(("  start -> HTTP up (imports, start-up)", f"{s['start_to_health_s']:.2f} s", "", None))
         for origin, v in s["origins"].items():
             rows.append((f"  {origin}: list+convert (log)", f"{v['objects']} objects in {v['seconds']:.2f} s", "", None))
-        rows.append(("  index build (programming during sync" + (", all workers)" if r["meta"]["args"]["workers"] > 1 else ")"),
+        rows.append(("  index build (programming during sync)",
                      f"{s['index_build']['sum_s']:.2f} s in {s['index_build']['batches']} batches", "", None))
         rows.append(("  start -> first answer needing both lists", f"{s['start_to_answers_s']:.2f} s", "", None))
         rows.append(("  CPU: dnsd / fake API during sync", f"{s['dnsd_cpu_s']:.1f} s / {s['fake_api_cpu_s']:.1f} s", "", None))
@@ -1173,7 +1306,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--endpoints", type=int, default=100_000, help="endpoints over all Services (default 100000)")
     parser.add_argument("--updates-per-second", type=float, default=100, help="update rate under load (default 100)")
     parser.add_argument("--duration", type=float, default=10, help="seconds of updates under load (default 10)")
-    parser.add_argument("--workers", type=int, default=1, help="dnsd --workers (default 1)")
+    parser.add_argument("--workers", default="1",
+                        help="dnsd --workers (default 1); a list such as 1,2,4 measures only memory, for each count: "
+                             "total PSS after every name is queried --passes times, and after three forced relists")
+    parser.add_argument("--passes", type=int, default=3, help="memory runs: queries of every name per phase (default 3)")
     parser.add_argument("--qps", type=int, default=5000, help="dnsperf query rate during the updates (default 5000)")
     parser.add_argument("--namespaces", type=int, default=50, help="namespaces (default 50)")
     parser.add_argument("--seed", type=int, default=1)
@@ -1190,7 +1326,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "else collapsed stacks (needs py-spy; perturbs the sync figures a little)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (dnsd log, dnsperf output, kubeconfig)")
     args = parser.parse_args(argv)
-    if args.services < 4 or args.endpoints < 4 or args.updates_per_second <= 0 or args.duration <= 0 or args.workers < 1:
+    try:
+        args.worker_counts = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        parser.error(f"--workers: {args.workers!r} is not a number or a comma-separated list of numbers")
+    args.workers = args.worker_counts[0]
+    if args.services < 4 or args.endpoints < 4 or args.updates_per_second <= 0 or args.duration <= 0 \
+            or min(args.worker_counts) < 1 or args.passes < 1:
         parser.error("need --services >= 4, --endpoints >= 4, positive --updates-per-second/--duration, --workers >= 1")
     return args
 
@@ -1226,7 +1368,10 @@ def main(argv: list[str] | None = None) -> int:
             result["meta"]["other_load_cores_at_start"] = round(load, 2)
             if load > 0.3:
                 log(f"WARNING: other processes use {load:.1f} cores: the figures below are pessimistic")
-        measure(args, procs, tmp, result)
+        if len(args.worker_counts) > 1:
+            memory_runs(args, procs, tmp, result)
+        else:
+            measure(args, procs, tmp, result)
     except KeyboardInterrupt:
         log("interrupted; cleaning up")
         result["error"] = "interrupted"
@@ -1243,7 +1388,7 @@ def main(argv: list[str] | None = None) -> int:
         if "cluster" in result:
             rows = []
             try:
-                rows = summary_rows(result)
+                rows = memory_rows(result) if "memory_runs" in result else summary_rows(result)
                 result["summary"] = [{"figure": f.strip(), "value": v, "target": t, "ok": ok} for f, v, t, ok in rows]
             finally:  # the raw figures are kept even if the summary has a bug
                 args.json.parent.mkdir(parents=True, exist_ok=True)

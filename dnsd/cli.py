@@ -119,6 +119,18 @@ def _network(value: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an address or CIDR network") from None
 
+def directory_problem(path: str) -> str | None:
+    """Why ``path`` cannot hold the shared index file, or None.
+
+    Checked when serving, not when parsing: the directory may exist only where dnsd
+    runs (a pod's volume), and only several workers need it.
+    """
+    if not os.path.isdir(path):
+        return f"{path!r} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path!r} is not writable"
+    return None
+
 
 def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
@@ -313,9 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tcp-max-connections", type=_positive, default=1024,
                        help="concurrent TCP connections, for the whole server (all workers together)")
     serve.add_argument("--cache-size", type=_positive, default=200_000,
-                       help="rendered positive replies kept per worker, one per (name, type) asked (default 200000)")
+                       help="rendered positive replies kept, one per (name, type) asked, split between the "
+                            "workers (default 200000)")
     serve.add_argument("--cache-bytes", type=_bytes, default=32 << 20, metavar="SIZE",
-                       help="memory the rendered replies may take per worker, e.g. 64M (default 32M)")
+                       help="memory the rendered replies may take, e.g. 64M, split between the workers: each keeps "
+                            "the names steered to it (default 32M)")
     serve.add_argument("--udp-max-payload", type=_payload, default=1232, metavar="BYTES",
                        help="largest UDP reply, and the EDNS size advertised: 512-4096 (default 1232, as Knot); "
                             "bigger answers get TC and are retried over TCP")
@@ -327,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "list (X.svc.ZONE, X.ZONE, the search domains, X) and answers with a CNAME")
     serve.add_argument("--autopath-search", action="extend", nargs="+", type=_domain, metavar="DOMAIN",
                        help="search domains after the cluster's for --autopath (default: those of /etc/resolv.conf)")
+
+    serve.add_argument("--shared-dir", metavar="DIR",
+                       help="with --workers above 1: the directory for the index file every worker reads (a few "
+                            "dozen MB at 100k endpoints; default $TMPDIR or /tmp); must be writable")
 
     records = sub.add_parser("records", help="print every record dnsd would serve, as sorted zone-file text")
     _source_flags(records)
@@ -379,6 +397,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             transfer_to=_each(args.transfer_to or (), _network, "DNSD_TRANSFER_TO"), autopath=args.autopath,
             autopath_search=_each(args.autopath_search, _domain, "DNSD_AUTOPATH_SEARCH")
             if args.autopath_search is not None else None,
+
+            shared_dir=args.shared_dir,
         )
     return Config(**fields)
 
@@ -403,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands import records
 
         return records(config)
+    if config.workers > 1 and config.shared_dir and (problem := directory_problem(config.shared_dir)):
+        build_parser().error(f"--shared-dir: {problem}")
     from .server import run
 
     return run(config)

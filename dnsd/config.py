@@ -71,8 +71,9 @@ class Config:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1024
     cache_size: int = 200_000
-    cache_bytes: int = 32 << 20  # the reply table's bound in bytes, per worker (deploy/ allows 256 MiB in all)
+    cache_bytes: int = 32 << 20  # the reply tables' bound in bytes, split between the workers (table_share)
     udp_max_payload: int = 1232
+    shared_dir: str | None = None  # where the index file workers share lives; None: $TMPDIR or /tmp
     kube_watch_timeout: int = 300
     kube_read_timeout: float = 75.0
     kube_warn_interval: float = 60.0  # seconds between WARNINGs while a resource keeps failing
@@ -101,6 +102,12 @@ class Config:
     transfer_to: tuple[str, ...] = ()  # CIDRs allowed to AXFR the served zones
     autopath: bool = False
     autopath_search: tuple[str, ...] | None = None  # None: the search domains of /etc/resolv.conf
+
+    @property
+    def table_share(self) -> tuple[int, int]:
+        """(replies, bytes) one serving process may keep: --cache-size and --cache-bytes split between
+        the workers, since each keeps only the names steered to it (steering.py)."""
+        return max(1, self.cache_size // self.workers), max(1 << 20, self.cache_bytes // self.workers)
 
     @property
     def ns_address(self) -> str | None:

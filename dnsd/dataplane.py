@@ -1,6 +1,8 @@
 """Wires the one-way flow inside a serving process: ops -> store -> records -> index -> responder.
 
-A worker process owns one Dataplane; ``apply`` is its only input.
+The main process owns the one Dataplane; ``apply`` is its only input. With ``--workers N``
+its index is the shared file (shared_index.py) and ``on_publish`` tells the workers which
+names changed once they can read the change.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from .config import Config
 from .index import Index
@@ -63,29 +66,48 @@ class Dataplane:
     def __init__(
         self, zones: Sequence[str], ttl: int, ns_address: str | None = None, cache_size: int = 200_000,
         cache_bytes: int = 32 << 20, max_payload: int = 1232,
-        *, pods: bool = False, resolver: Callable[..., Answer] = resolve,
+        index: Any = None, *, pods: bool = False, resolver: Callable[..., Answer] = resolve,
     ) -> None:
-        """``pods``: the index holds ``ns.pod.Z`` for known namespaces (--pods insecure);
+        """``index``: an index.Index by default; a shared_index.SharedIndexWriter with workers.
+        ``pods``: the index holds ``ns.pod.Z`` for known namespaces (--pods insecure);
         ``resolver``: what answers a question from the index (the resolver, or the autopath)."""
         self.zones = tuple(dict.fromkeys(z.lower().strip(".") for z in zones))
         self.ttl = ttl
         self.ns_address = ns_address
         self.pods = pods
         self.store = Store(self._changed)
-        self.index = Index(self.zones + REVERSE_ZONES)
+        self.index = index if index is not None else Index(self.zones + REVERSE_ZONES)
+        self._batch = getattr(self.index, "batch", contextlib.nullcontext)  # one write transaction per change
         self.responder = Responder(
             self.index, ttl, lambda: self.store.synced, cache_size, cache_bytes, max_payload, resolver
         )
+        # Called with (names whose answers changed, serial, synced) after each batch, once readable.
+        self.on_publish: Callable[[set[str], int, bool], None] | None = None
+        self._touched: set[str] = set()
         self._inputs: dict[ServiceKey, tuple[Service | None, tuple[EndpointSet, ...]]] = {}
         self.programming_seconds: list[float] = []  # drained by metrics
         self._set_serial(int(time.time()))
 
     def apply(self, ops: Sequence[Op]) -> None:
-        with big_batch(ops):
+        synced = self.store.synced
+        with big_batch(ops), self._batch():  # with a shared index: one transaction, data and serial
             self.store.apply(ops)
+            publish = self.on_publish is not None and (self._touched or synced != self.store.synced)
+            if publish and hasattr(self.index, "publish"):
+                self.index.publish(self.responder.serial, self.store.synced)
+        if publish and self.on_publish is not None:  # committed: readers see it now
+            touched, self._touched = self._touched, set()
+            self.on_publish(touched, self.responder.serial, self.store.synced)
 
     def _changed(self, services: set[ServiceKey], namespaces: set[str]) -> None:
         started = time.perf_counter()
+        with self._batch():
+            self._change(services, namespaces)
+        self.programming_seconds.append(time.perf_counter() - started)
+        if len(self.programming_seconds) > 10_000:
+            del self.programming_seconds[:5_000]
+
+    def _change(self, services: set[ServiceKey], namespaces: set[str]) -> None:
         store, index, zones, inputs = self.store, self.index, self.zones, self._inputs
         touched: set[str] = set()
         for key in services:
@@ -102,9 +124,8 @@ class Dataplane:
             # As CoreDNS: the serial is the time of the last change, in seconds, never going back.
             self._set_serial(max(self.responder.serial, int(time.time())))
             self.responder.invalidate(touched)
-        self.programming_seconds.append(time.perf_counter() - started)
-        if len(self.programming_seconds) > 10_000:
-            del self.programming_seconds[:5_000]
+            if self.on_publish is not None:
+                self._touched |= touched
 
     def _set_serial(self, serial: int) -> None:
         """The responder holds the one serial (it rechecks cached negative answers against it)."""
@@ -113,19 +134,28 @@ class Dataplane:
             return
         self.responder.serial = serial
         primary = self.zones[0]
-        for zone in self.zones + REVERSE_ZONES:
-            before = zone_records(zone, primary, old, self.ttl, self.ns_address) if old else ()
-            after = zone_records(zone, primary, serial, self.ttl, self.ns_address)
-            self.responder.invalidate(self.index.apply(before, after))
+        with self._batch():
+            for zone in self.zones + REVERSE_ZONES:
+                before = zone_records(zone, primary, old, self.ttl, self.ns_address) if old else ()
+                after = zone_records(zone, primary, serial, self.ttl, self.ns_address)
+                touched = self.index.apply(before, after)
+                self.responder.invalidate(touched)
+                if self.on_publish is not None:
+                    self._touched |= touched
 
 
-def from_config(config: Config) -> Dataplane:
-    """The serving dataplane ``config`` asks for (the autopath needs the search domains)."""
-    resolver: Callable[..., Answer] = resolve
-    if config.autopath:
-        from .autopath import Autopath, search_domains
+def resolver_for(config: Config) -> Callable[..., Answer]:
+    """What answers a question from the index: the resolver, or the autopath (it needs the search domains)."""
+    if not config.autopath:
+        return resolve
+    from .autopath import Autopath, search_domains
 
-        search = config.autopath_search if config.autopath_search is not None else search_domains()
-        resolver = Autopath(config.domains, search)
-    return Dataplane(config.domains, config.ttl, config.ns_address, config.cache_size, config.cache_bytes,
-                     config.udp_max_payload, pods=config.pods == "insecure", resolver=resolver)
+    search = config.autopath_search if config.autopath_search is not None else search_domains()
+    return Autopath(config.domains, search)
+
+
+def from_config(config: Config, index: Any = None) -> Dataplane:
+    """The serving dataplane ``config`` asks for; ``index``: the shared index writer when workers share."""
+    cache_size, cache_bytes = config.table_share
+    return Dataplane(config.domains, config.ttl, config.ns_address, cache_size, cache_bytes,
+                     config.udp_max_payload, index, pods=config.pods == "insecure", resolver=resolver_for(config))

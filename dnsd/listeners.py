@@ -233,6 +233,10 @@ class DnsServer:
         self._connections: set[asyncio.Task] = set()
         self._busy: set[asyncio.Task] = set()  # connections in the middle of a query
 
+    @property
+    def udp_sockets(self) -> list[socket.socket]:
+        return list(self._udp)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for address in self.config.addresses:

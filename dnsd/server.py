@@ -1,9 +1,10 @@
 """Serving: the process model, lifecycle and signals (the listeners are in listeners.py).
 
-One worker (the default on one CPU) runs everything in one process. With
-``--workers N`` a supervisor runs the sources, the HTTP endpoint and one watch per
-resource, and streams the source ops to N worker processes, each with its own
-index and its own UDP/TCP sockets on the shared port (SO_REUSEPORT).
+The main process runs the sources, the store, the index and the HTTP endpoint, and
+answers queries itself. With ``--workers N`` its index is a memory-mapped file
+(shared_index.py) and N-1 lean worker processes (worker.py) answer from that same
+file on the shared port (SO_REUSEPORT): N workers cost one copy of the cluster, plus
+each worker's own hot replies.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import glob
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
+import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,14 +30,18 @@ from typing import Any
 from prometheus_client.registry import CollectorRegistry
 
 from .config import Config
-from .dataplane import Dataplane, big_batch, from_config
+from .dataplane import Dataplane, from_config
 from .http import HttpServer
 from .listeners import DnsServer, Slots
 from .metrics import PROGRAMMING_BUCKETS, DnsdCollector, Histogram, Totals, snapshot, totals
-from .store import Op, Store
+from .records import REVERSE_ZONES
+from .shared_index import SharedIndexWriter
+from .steering import steer
+from .store import Op
+from .worker import CLEAR, frame
+from .zygote import Forked, Zygote
 
 log = logging.getLogger("dnsd.server")
-perf_counter = time.perf_counter
 
 
 class Sources:
@@ -113,11 +122,49 @@ def _tune_gc() -> None:
 
 def run(config: Config) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the handler is in place: a HUP must never kill us
+    _use_uvloop()  # imported before the zygote: the workers share its pages
     _tune_gc()
+    zygote = None
     if config.workers > 1:
-        return Supervisor(config).run()
-    _use_uvloop()
-    return asyncio.run(_serve_single(config))
+        # One TCP connection count per worker in shared memory (the limit holds for the whole server);
+        # created before the zygote, so every forked worker inherits it.
+        tcp_counts = multiprocessing.get_context("fork").Array("i", config.workers)
+        # Now, while dnsd is one thread and holds no data: workers forked from it share these pages.
+        zygote = Zygote(config, _shared_directory(config.shared_dir), tcp_counts)
+    try:
+        return asyncio.run(_serve(config, zygote))
+    finally:
+        if zygote:
+            zygote.close()
+            shutil.rmtree(zygote.directory, ignore_errors=True)
+
+
+def _shared_directory(parent: str | None) -> str:
+    """A new directory for the index file, named after this process; first, those of dead ones.
+
+    A killed dnsd cannot remove its own, and in a pod the volume outlives a restarted container
+    (where dnsd is often PID 1 again): left alone, every crash would keep a file of tens of MB.
+    """
+    parent = parent or tempfile.gettempdir()
+    for path in glob.glob(os.path.join(parent, "dnsd-*-*")):
+        try:
+            pid = int(os.path.basename(path).split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or not _alive(pid):
+            log.info("removing %s, left by a dnsd that is gone", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"dnsd-{os.getpid()}-", dir=parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
@@ -127,10 +174,14 @@ def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     return stop
 
 
-async def _serve_single(config: Config) -> int:
+async def _serve(config: Config, zygote: Zygote | None = None) -> int:
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
-    dataplane = from_config(config)
+    stop = _stop_event(loop)  # from the start: a SIGTERM while workers start still stops cleanly
+    pool = WorkerPool(config, zygote, loop) if zygote else None
+    dataplane = from_config(config, pool.index if pool else None)
+    if pool:
+        dataplane.on_publish = pool.publish
 
     def emit(ops: list[Op]) -> None:
         if threading.get_ident() == loop_thread:
@@ -140,14 +191,28 @@ async def _serve_single(config: Config) -> int:
 
     sources = Sources(config, emit)
     sources.start()  # manifests load before the first query; the API syncs in the background
+    slots = Slots(config.tcp_max_connections, zygote.tcp_counts, 0) if zygote else None
     forwarder = _forwarder(config, dataplane)
-    dns = DnsServer(config, dataplane.responder, forwarder=forwarder)
+    dns = DnsServer(config, dataplane.responder, reuse_port=pool is not None, slots=slots, forwarder=forwarder)
     try:
         await dns.start()
     except OSError as exc:
         log.error("cannot listen on port %d: %s", config.port, exc)
         sources.stop()
+        if pool:
+            pool.close()
         return 1
+    if pool:
+        for sock in dns.udp_sockets:  # before any worker joins the port's group: the group keeps it
+            steer(sock, config.workers)
+        pool.index.publish(dataplane.responder.serial, dataplane.store.synced)  # what a starting worker reads
+        error = await loop.run_in_executor(None, pool.start)
+        if error:
+            log.error("%s", error)
+            await dns.close()
+            sources.stop()
+            pool.close()
+            return 1
     if forwarder:
         forwarder.start()
     programming = Histogram(PROGRAMMING_BUCKETS)
@@ -160,20 +225,30 @@ async def _serve_single(config: Config) -> int:
 
     def read() -> tuple[Totals, dict[str, Any]]:
         future = asyncio.run_coroutine_threadsafe(_call(read_on_loop), loop)
-        return totals([future.result(timeout=5)], programming), sources.status()
+        snaps = [future.result(timeout=5), *(list(pool.stats.values()) if pool else ())]  # the monitor thread writes it
+        return totals(snaps, programming), sources.status()
+
+    def ready() -> bool:
+        return dataplane.store.synced and (pool is None or pool.synced())
 
     try:
-        http = _start_http(config, lambda: dataplane.store.synced, read)
+        http = _start_http(config, ready, read)
     except OSError as exc:
         log.error("cannot serve HTTP on %s: %s", config.http_address, exc)
         await dns.close()
         sources.stop()
+        if pool:
+            pool.close()
         return 1
-    stop = _stop_event(loop)
     loop.add_signal_handler(signal.SIGHUP, lambda: threading.Thread(target=sources.reload, daemon=True).start())
-    log.info("dnsd serving %s", ", ".join(config.domains))
+    if pool:
+        log.info("dnsd serving %s with %d workers", ", ".join(config.domains), config.workers)
+    else:
+        log.info("dnsd serving %s", ", ".join(config.domains))
     await stop.wait()
     log.info("shutting down")
+    if pool:
+        pool.close()
     await dns.close()
     if forwarder:
         forwarder.stop()
@@ -201,174 +276,167 @@ def _start_http(
 
 
 # -- several worker processes ---------------------------------------------------------
-def worker_main(config: Config, conn: Connection, number: int, tcp_counts: Any) -> None:
-    logging.basicConfig(level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s[w{number}]: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor re-reads the files (a HUP to the group too)
-    _tune_gc()
-    _use_uvloop()
-    asyncio.run(_serve_worker(config, conn, Slots(config.tcp_max_connections, tcp_counts, number)))
+class _Worker:
+    """One lean worker: its process, its reports (read by the monitor thread) and its changes.
 
+    Changes are written from the event loop to a non-blocking socket: no thread hop (a thread
+    would wait up to the GIL's 5 ms switch interval behind a busy loop), and a worker that reads
+    slowly only makes its own buffer grow, never blocks the loop.
+    """
 
-async def _serve_worker(config: Config, conn: Connection, slots: Slots) -> None:
-    loop = asyncio.get_running_loop()
-    dataplane = from_config(config)
-    dataplane.apply(conn.recv())  # the supervisor's snapshot, before the first query can arrive
-    forwarder = _forwarder(config, dataplane)
-    dns = DnsServer(config, dataplane.responder, reuse_port=True, slots=slots, forwarder=forwarder)
-    try:
-        await dns.start()
-    except OSError as exc:
-        conn.send(("error", f"cannot listen on port {config.port}: {exc}"))
-        return
-    if forwarder:
-        forwarder.start()
-    stop = _stop_event(loop)
+    def __init__(self, process: Forked, conn: Connection, changes: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.process = process
+        self.conn = conn
+        self.changes = changes
+        self.loop = loop
+        self.pending = bytearray()
+        changes.setblocking(False)
 
-    def receive() -> None:
-        # A thread with a blocking recv, not loop.add_reader: uvloop makes a watched fd
-        # non-blocking, and Connection.recv cannot resume a message cut by EAGAIN.
+    def send(self, message: Any) -> None:
+        """On the loop thread."""
+        if self.changes.fileno() < 0:
+            return  # closed: the worker is gone
+        waiting = bool(self.pending)
+        self.pending += frame(message)
+        if not waiting:
+            self._flush()
+
+    def _flush(self) -> None:
         try:
-            while True:
-                loop.call_soon_threadsafe(dataplane.apply, conn.recv())
-        except (EOFError, OSError):
-            loop.call_soon_threadsafe(stop.set)  # the supervisor is gone: so are we
+            sent = self.changes.send(self.pending)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.pending.clear()  # the worker is gone: the monitor replaces it
+            sent = 0
+        del self.pending[:sent]
+        with contextlib.suppress(ValueError, OSError):  # closed meanwhile
+            if self.pending:
+                self.loop.add_writer(self.changes.fileno(), self._flush)
+            else:
+                self.loop.remove_writer(self.changes.fileno())
 
-    threading.Thread(target=receive, name="dnsd-ops", daemon=True).start()
-    conn.send(("ready", os.getpid()))
-    synced = False
-    while not stop.is_set():
-        with contextlib.suppress(OSError):
-            conn.send(("stats", snapshot(dns.listeners, dataplane, forwarder)))
-        # Once a second, or at once when the first sync lands (the supervisor's /ready waits for it).
-        for _ in range(20):
-            if stop.is_set() or synced != dataplane.store.synced:
-                break
-            await asyncio.sleep(0.05)
-        synced = dataplane.store.synced
-    await dns.close()
-    if forwarder:
-        forwarder.stop()
+    def close(self) -> None:
+        """On the loop thread."""
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_writer(self.changes.fileno())
+        self.changes.close()
+        self.conn.close()
 
 
-class Supervisor:
-    def __init__(self, config: Config) -> None:
+class WorkerPool:
+    """The extra workers (``--workers`` minus the main process), and the shared index they read.
+
+    The main process writes the index file (shared_index.py) and answers queries itself;
+    each worker reads the file and keeps its own hot replies (steering.py sends each name
+    to one worker). After each change the workers get the names it touched and the
+    serial: never the data itself. Workers are forked by the zygote (zygote.py). A worker
+    that dies is forked again and reads the current data from the file.
+    """
+
+    CLEAR_OVER = 2000  # more touched names than this: workers drop every reply instead of a long list
+
+    def __init__(self, config: Config, zygote: Zygote, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
-        self.ctx = multiprocessing.get_context("spawn")
-        self.store = Store()
-        self.lock = threading.Lock()  # one op stream: snapshot + subscribe must not interleave with sends
-        self.workers: dict[int, tuple[Any, Connection]] = {}
+        self.loop = loop
+        self.zygote = zygote
+        self.directory = zygote.directory
+        self.index = SharedIndexWriter(self.directory, tuple(config.domains) + REVERSE_ZONES)
+        self.workers: dict[int, _Worker] = {}
         self.stats: dict[int, dict[str, Any]] = {}
-        self.programming = Histogram(PROGRAMMING_BUCKETS)
-        self.stopping = threading.Event()
-        self.reloading = threading.Event()
-        # One TCP connection count per worker, shared: the limit holds for the whole server.
-        self.tcp_counts = self.ctx.Array("i", config.workers)
+        self.lock = threading.Lock()  # publish (loop thread) against respawn (monitor thread)
+        self.last: tuple[Any, int, bool] = (CLEAR, 0, False)
+        self.closing = threading.Event()
+        self.monitor = threading.Thread(target=self._monitor, name="dnsd-workers", daemon=True)
 
-    def emit(self, ops: list[Op]) -> None:
-        with self.lock, big_batch(ops):
-            self.store.apply(ops)
-            for number, (_, conn) in list(self.workers.items()):
-                try:
-                    conn.send(ops)
-                except OSError:
-                    log.warning("worker %d is gone; it will be restarted", number)
-
-    def _spawn(self, number: int) -> tuple[Any, Connection]:
-        ours, theirs = self.ctx.Pipe(duplex=True)
-        with self.tcp_counts.get_lock():
-            self.tcp_counts[number] = 0  # a restarted worker's connections died with it
-        process = self.ctx.Process(target=worker_main, args=(self.config, theirs, number, self.tcp_counts),
-                                   name=f"dnsd-worker-{number}")
-        process.start()
-        theirs.close()
+    def publish(self, touched: set[str], serial: int, synced: bool) -> None:
+        """On the loop thread, after a change (and the serial) is committed to the file: tell every
+        worker what to drop."""
+        names = CLEAR if len(touched) > self.CLEAR_OVER else touched
         with self.lock:
-            ours.send(self.store.snapshot())
-            self.workers[number] = (process, ours)
-        return process, ours
+            self.last = (CLEAR, serial, synced)
+            workers = list(self.workers.values())
+        for w in workers:
+            w.send((names, serial, synced))
 
-    def _await_ready(self, conn: Connection, timeout: float = 60.0) -> str | None:
-        if not conn.poll(timeout):
-            return "did not start in time"
-        kind, detail = conn.recv()
-        return detail if kind == "error" else None
+    def synced(self) -> bool:
+        """Every worker reports (once a second) that it answers from synced data."""
+        return all(self.stats.get(n, {}).get("synced") for n in self.workers)
 
-    def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reloading.set())
-        # Sources first: workers start from a snapshot that already holds the manifests,
-        # so the port never answers SERVFAIL for data we have on disk.
-        sources = Sources(self.config, self.emit)
-        sources.start()
-        for number in range(self.config.workers):
-            _, conn = self._spawn(number)
-            error = self._await_ready(conn)
-            if error:
-                log.error("worker %d: %s", number, error)
-                sources.stop()
-                self._stop_workers()
-                return 1
-
-        def read() -> tuple[Totals, dict[str, Any]]:
-            return totals(list(self.stats.values()), self.programming), sources.status()
-
-        try:
-            http = _start_http(self.config, self._ready, read)
-        except OSError as exc:
-            log.error("cannot serve HTTP on %s: %s", self.config.http_address, exc)
-            sources.stop()
-            self._stop_workers()
-            return 1
-        log.info("dnsd serving %s with %d workers", ", ".join(self.config.domains), self.config.workers)
-        while not self.stopping.is_set():
-            self._monitor(timeout=0.5)
-            if self.reloading.is_set():
-                self.reloading.clear()
-                sources.reload()  # its ops reach every worker through emit
-        log.info("shutting down")
-        sources.stop()
-        if http:
-            http.stop()
-        self._stop_workers()
-        return 0
-
-    def _ready(self) -> bool:
-        """Synced here and in every worker (each reports once a second): the port answers from it."""
-        return self.store.synced and all(self.stats.get(n, {}).get("synced") for n in self.workers)
-
-    def _monitor(self, timeout: float) -> None:
-        conns = {conn: number for number, (_, conn) in self.workers.items()}
-        for conn in wait_connections(list(conns), timeout=timeout):
-            number = conns[conn]
+    def start(self) -> str | None:
+        for number in range(1, self.config.workers):
             try:
-                kind, detail = conn.recv()
-            except (EOFError, OSError):
-                if not self.stopping.is_set():
-                    self._respawn(number)
-                continue
-            if kind == "stats":
-                for seconds in detail.pop("programming"):
-                    self.programming.observe(seconds)
-                self.stats[number] = detail
+                error = self._await_ready(number, self._spawn(number))
+            except OSError as exc:
+                error = f"cannot be forked: {exc}"
+            if error:
+                return f"worker {number}: {error}"
+        self.monitor.start()
+        return None
+
+    def _spawn(self, number: int) -> _Worker:
+        counts = self.zygote.tcp_counts
+        with counts.get_lock():
+            counts[number] = 0  # a restarted worker's connections died with it
+        with self.lock:
+            # Anything committed from now on reaches it as a message; what came before, it reads from the file.
+            w = self.workers[number] = _Worker(*self.zygote.fork(number), self.loop)
+        return w
+
+    def _await_ready(self, number: int, w: _Worker, timeout: float = 60.0) -> str | None:
+        if not w.conn.poll(timeout):
+            return "did not start in time"
+        try:
+            kind, detail = w.conn.recv()
+        except (EOFError, OSError):
+            return f"exited at start (code {w.process.exitcode})"
+        if kind == "error":
+            return detail
+        # A change committed between its start and its first query may be in its table already:
+        # "drop everything", queued on the loop after any change published meanwhile.
+        self.loop.call_soon_threadsafe(lambda: w.send(self.last))
+        return None
+
+    def _monitor(self) -> None:
+        while not self.closing.is_set():
+            conns = {w.conn: number for number, w in self.workers.items()}
+            for conn in wait_connections(list(conns), timeout=0.5):
+                number = conns[conn]
+                try:
+                    kind, detail = conn.recv()
+                except (EOFError, OSError):
+                    if not self.closing.is_set():
+                        self._respawn(number)
+                    continue
+                if kind == "stats":
+                    self.stats[number] = detail
 
     def _respawn(self, number: int) -> None:
-        process, conn = self.workers.pop(number)
-        process.join(timeout=1)
-        conn.close()
-        log.error("worker %d exited (code %s); starting a new one", number, process.exitcode)
-        time.sleep(0.5)  # a worker that dies at once must not spin the supervisor
-        _, conn = self._spawn(number)
-        error = self._await_ready(conn)
+        with self.lock:
+            old = self.workers.pop(number)
+        self.stats.pop(number, None)
+        old.process.join(timeout=1)
+        self.loop.call_soon_threadsafe(old.close)
+        log.error("worker %d exited; starting a new one", number)
+        time.sleep(0.5)  # a worker that dies at once must not spin the main process
+        try:
+            error = self._await_ready(number, self._spawn(number))
+        except OSError as exc:  # the zygote is gone: the others and the main process go on answering
+            error = f"cannot be forked again ({exc}); serving with one worker less"
         if error:
             log.error("worker %d: %s", number, error)
 
-    def _stop_workers(self) -> None:
-        for process, _ in self.workers.values():
-            if process.is_alive():
-                process.terminate()  # SIGTERM: each worker drains its TCP connections and exits
-        for process, conn in self.workers.values():
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-            conn.close()
+    def close(self) -> None:
+        self.closing.set()
+        workers = list(self.workers.values())
+        for w in workers:
+            if w.process.is_alive():
+                w.process.terminate()  # SIGTERM: each worker drains its TCP connections and exits
+        for w in workers:
+            w.process.join(timeout=5)
+            if w.process.is_alive():
+                w.process.kill()
+            w.close()
+        self.zygote.close()
+        self.index.close()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -113,6 +113,8 @@ def without_serials(zone_text: str) -> str:
     (["serve", "--udp-max-payload", "65535"], "argument --udp-max-payload: must be between 512 and 4096"),
     (["serve", "--cache-bytes", "lots"], "argument --cache-bytes: 'lots' is not a size (e.g. 32M)"),
     (["serve", "--cache-bytes", "100K"], "argument --cache-bytes: must be at least 1M"),
+    (["serve", "--workers", "2", "--shared-dir", "/nonexistent-dnsd"], "--shared-dir: '/nonexistent-dnsd' is not a directory"),
+    (["serve", "--workers", "2", "--shared-dir", "/etc/hostname"], "--shared-dir: '/etc/hostname' is not a directory"),
 ])
 def test_bad_flag_values_are_rejected(argv: list[str], message: str) -> None:
     # --http-address "" and a free port: should validation ever let one through, it cannot collide.
@@ -432,8 +434,11 @@ def test_two_workers_share_the_port_and_stop_cleanly(start_dnsd: Callable[..., D
     server = start_dnsd(workers=2)
     wait_for(lambda: answers(server.query(WEB)), timeout=10)  # the workers get the data shortly after listening
     wait_for(lambda: http_up(server), timeout=10)
-    workers = [pid for pid in children(server.proc.pid) if "spawn_main" in cmdline(pid)]
-    assert len(workers) == 2, [cmdline(pid) for pid in children(server.proc.pid)]
+    # The main process answers too; the other worker is forked by its zygote (its only child).
+    zygotes = children(server.proc.pid)
+    assert len(zygotes) == 1, [cmdline(pid) for pid in zygotes]
+    workers = [server.proc.pid, *children(zygotes[0])]
+    assert len(workers) == 2, workers
     assert udp_socket_owners(server.port, workers) == set(workers), "each worker has its own socket on the port"
 
     before = requests_total(server)
@@ -443,7 +448,7 @@ def test_two_workers_share_the_port_and_stop_cleanly(start_dnsd: Callable[..., D
         assert answers(server.query(WEB, tcp=True)) == [f"{WEB}. A 10.96.0.10"]
     wait_for(lambda: requests_total(server) >= before + 220, timeout=10)  # workers report every second
 
-    everyone = {pid: cmdline(pid) for pid in children(server.proc.pid)}  # workers and multiprocessing's tracker
+    everyone = {pid: cmdline(pid) for pid in [*zygotes, *workers[1:]]}
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(10) == 0, server.log()
     # Gone, or (pid reused) running something else: no orphan is left behind.

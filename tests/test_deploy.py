@@ -210,8 +210,17 @@ def test_configmap_holds_dnsd_settings() -> None:
     for key, value in data.items():
         assert key.startswith("DNSD_"), key
         assert isinstance(value, str), key
-    assert {"DNSD_DOMAIN", "DNSD_TTL", "DNSD_LOG_LEVEL", "DNSD_WORKERS"} <= data.keys()
-    assert int(data["DNSD_WORKERS"]) >= 1
+    assert {"DNSD_DOMAIN", "DNSD_TTL", "DNSD_LOG_LEVEL", "DNSD_SHARED_DIR"} <= data.keys()
+    # Workers follow the CPU limit (dnsd's default): one memory limit holds at any count.
+    assert "DNSD_WORKERS" not in data
+
+
+def test_workers_share_their_index_on_a_disk_backed_volume() -> None:
+    shared_dir = _one("ConfigMap")["data"]["DNSD_SHARED_DIR"]
+    mounts = {m["mountPath"]: m["name"] for m in _container()["volumeMounts"]}
+    assert shared_dir in mounts, "the shared index file needs a writable volume (the root filesystem is read-only)"
+    volume = next(v for v in _one("Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == mounts[shared_dir])
+    assert volume["emptyDir"].get("medium") != "Memory"  # tmpfs pages would be pinned memory
 
 
 # --------------------------------------------------------------------------
@@ -276,6 +285,7 @@ def test_resources() -> None:
     memory = resources["requests"]["memory"]
     assert memory.endswith("Mi") and 70 <= int(memory[:-2]) <= 128
     assert "memory" in resources["limits"]
+    assert int(resources["limits"]["cpu"]) >= 2, "several CPUs: dnsd starts one worker per CPU of its limit"
 
 
 def test_security_context() -> None:

@@ -4,36 +4,44 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import answers, wait_for
 
-from dnsd.config import cgroup_cpu_limit, usable_cpus
+from dnsd.config import Config, cgroup_cpu_limit, usable_cpus
 
 Z = "cluster.local"
 
 
 def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    """Children started by any of ``pid``'s threads."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue  # the thread ended meanwhile
+    return kids
 
 
 def workers_of(pid: int) -> list[int]:
-    """Worker processes: multiprocessing's spawned children (its resource tracker runs another module)."""
-    return [c for c in children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    """Worker processes: the children of dnsd's zygote (its only child, forked at start)."""
+    return [w for zygote in children(pid) for w in children(zygote)]
 
 
 def test_killed_worker_is_replaced_with_current_data(start_dnsd, manifest_dir: Path) -> None:
     path = manifest_dir / "s.yaml"
     path.write_text("kind: Service\nmetadata: {name: a, namespace: w}\nspec: {clusterIP: 10.96.0.1}\n")
-    server = start_dnsd("--manifests", str(manifest_dir), workers=2)
+    server = start_dnsd("--manifests", str(manifest_dir), workers=3)  # the main process and two lean workers
     before = wait_for(lambda: len(workers_of(server.proc.pid)) >= 2 and workers_of(server.proc.pid), timeout=10)
     os.kill(before[0], signal.SIGKILL)
     path.write_text("kind: Service\nmetadata: {name: a, namespace: w}\nspec: {clusterIP: 10.96.0.2}\n")
     wait_for(lambda: before[0] not in workers_of(server.proc.pid) and len(workers_of(server.proc.pid)) >= 2, timeout=15)
-    assert "worker 0 exited" in server.log()
+    assert "worker 1 exited" in server.log()
     # Every worker (whichever the kernel picks per query) must serve the data changed meanwhile.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -79,5 +87,37 @@ def test_default_workers_follow_cpu_affinity(start_dnsd) -> None:
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 def test_default_workers_use_every_allowed_cpu(start_dnsd) -> None:
     server = start_dnsd(workers=None, cpus=set(sorted(os.sched_getaffinity(0))[:2]))
-    wait_for(lambda: len(workers_of(server.proc.pid)) == 2 and "with 2 workers" in server.log(), timeout=10)
+    # Two workers: the main process and one forked worker.
+    wait_for(lambda: len(workers_of(server.proc.pid)) == 1 and "with 2 workers" in server.log(), timeout=10)
     assert server.stop() == 0
+
+
+def test_workers_share_one_index_file_in_the_shared_dir(start_dnsd, tmp_path: Path) -> None:
+    # Left by a dnsd killed earlier (in a pod the volume outlives a restarted container): removed.
+    stale = tmp_path / "dnsd-4194999-abc"
+    stale.mkdir()
+    (stale / "data.mdb").write_bytes(b"x" * 1000)
+    server = start_dnsd("--shared-dir", str(tmp_path), workers=2)
+    assert answers(server.query(f"web.default.svc.{Z}")) == [f"web.default.svc.{Z}. A 10.96.0.10"]
+    files = wait_for(lambda: list(tmp_path.glob("dnsd-*/data.mdb")), timeout=10)
+    assert len(files) == 1  # one copy of the records, whatever the number of workers
+    assert not stale.exists()
+    assert server.stop() == 0
+    assert not list(tmp_path.iterdir()), "the shared file is removed on exit"
+
+
+def test_lean_workers_do_not_import_the_kubernetes_client() -> None:
+    # What a worker runs is dnsd.worker. The zygote is forked before the sources import the API
+    # client (~17 MB), so a worker has it only if dnsd.worker pulls it in: it must not.
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import dnsd.worker"],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent).stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line}
+    assert "dnsd.worker" in imported
+    assert not {m for m in imported if m.startswith(("kubernetes", "urllib3", "dnsd.sources"))}
+
+
+def test_the_reply_table_budget_is_split_between_the_workers() -> None:
+    # Each worker keeps only the names steered to it: one budget covers them at any worker count.
+    assert Config(workers=1, cache_size=200_000, cache_bytes=32 << 20).table_share == (200_000, 32 << 20)
+    assert Config(workers=4, cache_size=200_000, cache_bytes=32 << 20).table_share == (50_000, 8 << 20)
+    assert Config(workers=64, cache_size=10, cache_bytes=2 << 20).table_share == (1, 1 << 20)  # never below 1 MB

@@ -1,0 +1,257 @@
+"""The record index in one memory-mapped LMDB file: written by the main process, read by every worker.
+
+It answers through the same interface as index.Index (zone_of, has_data, exists, rrset,
+rrsets, records), so resolver.resolve reads either. With ``--workers N`` the cluster's
+answers then exist once, in the page cache, mapped by every process (PSS splits it
+between them), instead of once per worker in each Python heap.
+
+One LMDB key per name; its value is that name's count of existing children and its
+rrsets, marshalled (marshal, not pickle: loading a file that another process writes
+must never run code). LMDB gives readers a consistent snapshot per transaction while
+one writer commits, across processes, without a lock on the read path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import lmdb
+
+from .index import TYPES, Index
+from .records import EXISTS, SOA, SRV, Record, SoaData, SrvData
+
+MAP_SIZE = 4 << 30  # address space reserved, not memory: the file grows as data arrives (~30 MB at 100k endpoints)
+MAX_KEY = 511  # LMDB's default key size limit; longer (invalid) names simply do not exist
+FLUSH_EVERY = 20_000  # names held in Python during one write batch before they go to the transaction
+_SHAPES: dict[int, Any] = {SRV: SrvData, SOA: SoaData}  # rdata that marshal stores as plain tuples
+_EMPTY: tuple[int, dict[int, tuple[object, ...]]] = (0, {})
+# One unnamed database: names under "n", the writer's published state under "m" (named databases
+# opened by a reader in a read transaction are not usable afterwards, and a write one would wait).
+SERIAL, SYNCED = b"m:serial", b"m:synced"
+
+
+def _key(name: str) -> bytes | None:
+    key = b"n" + name.encode("utf-8", "surrogateescape")
+    return key if 1 < len(key) <= MAX_KEY else None
+
+
+def _decode(value: bytes) -> tuple[int, dict[int, tuple[object, ...]]]:
+    below, rrsets = marshal.loads(value)
+    types: dict[int, tuple[object, ...]] = {}
+    for rtype, rrs in rrsets:
+        shape = _SHAPES.get(rtype)
+        types[rtype] = tuple(shape(*r) for r in rrs) if shape else rrs
+    return below, types
+
+
+def _encode(below: int, types: dict[int, tuple[object, ...]]) -> bytes:
+    return marshal.dumps((below, tuple((t, tuple(tuple(r) if t in _SHAPES else r for r in rrs))  # type: ignore[arg-type]
+                                       for t, rrs in types.items())))
+
+
+class _RRsets:
+    """The ``(name, type) -> rrset`` mapping view that resolver.resolve reads."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: SharedIndex) -> None:
+        self._index = index
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        return key[1] in self._index.load(key[0])[1]
+
+    def __getitem__(self, key: tuple[str, int]) -> tuple[object, ...]:
+        rrs = self._index.load(key[0])[1].get(key[1])
+        if rrs is None:
+            raise KeyError(key)
+        return rrs
+
+    def get(self, key: tuple[str, int], default: Any = None) -> Any:
+        return self._index.load(key[0])[1].get(key[1], default)
+
+
+class SharedIndex:
+    """A reader of the shared file (a worker). ``SharedIndexWriter`` adds ``apply``."""
+
+    def __init__(self, path: str, zones: Sequence[str], *, write: bool = False) -> None:
+        self.zones = tuple(sorted({z.lower().strip(".") for z in zones}, key=len, reverse=True))
+        # readahead off: lookups are random, and reading ahead only fills the page cache.
+        self.env = lmdb.open(path, map_size=MAP_SIZE, readonly=False, create=write, readahead=False,
+                             sync=False, metasync=False, writemap=write, map_async=write)
+        self.rrsets = _RRsets(self)
+        self.record_count = 0
+
+    def close(self) -> None:
+        self.env.close()
+
+    def load(self, name: str) -> tuple[int, dict[int, tuple[object, ...]]]:
+        """(children that exist, {type: rrset}) of ``name``; (0, {}) if it has neither."""
+        key = _key(name)
+        if key is None:
+            return _EMPTY
+        with self.env.begin() as txn:
+            value = txn.get(key)
+        return _EMPTY if value is None else _decode(value)
+
+    zone_of = Index.zone_of  # the same rule on the same ``zones``: the longest served zone that holds the name
+
+    def has_data(self, name: str) -> bool:
+        return bool(self.load(name)[1])
+
+    def exists(self, name: str) -> bool:
+        below, types = self.load(name)
+        return bool(below or types)
+
+    def rrset(self, name: str, rtype: int) -> tuple[object, ...]:
+        return self.load(name)[1].get(rtype, ())
+
+    def records(self) -> Iterator[Record]:
+        with self.env.begin() as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(b"n"):
+                return
+            for key, value in cursor:
+                if not key.startswith(b"n"):
+                    return
+                name = bytes(key[1:]).decode("utf-8", "surrogateescape")
+                for rtype, rrs in _decode(value)[1].items():
+                    if rtype != EXISTS:
+                        for rdata in rrs:
+                            yield name, rtype, rdata
+
+    def read_meta(self) -> tuple[int, bool]:
+        """(serial, synced) as the writer last published them."""
+        with self.env.begin() as txn:
+            serial, synced = txn.get(SERIAL), txn.get(SYNCED)
+        return int(serial or b"0"), synced == b"1"
+
+
+class SharedIndexWriter(SharedIndex):
+    """The one writer (the main process): index.Index's update rules, stored per name in the file.
+
+    Every change happens inside ``batch()``, one LMDB transaction: readers see a whole
+    batch or none of it. Within a batch, names being changed are held in ``_pending``
+    (flushed to the transaction every FLUSH_EVERY names, so an initial sync never holds
+    a second copy of the index in the heap).
+    """
+
+    def __init__(self, path: str, zones: Sequence[str]) -> None:
+        super().__init__(path, zones, write=True)
+        self._txn: lmdb.Transaction | None = None
+        self._pending: dict[str, list[Any]] = {}  # name -> [below, {type: rrset}]
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        if self._txn is not None:
+            yield  # nested: the outer batch commits
+            return
+        self._txn = self.env.begin(write=True)
+        try:
+            yield
+            self._flush()
+            self._txn.commit()
+        except BaseException:
+            self._txn.abort()
+            raise
+        finally:
+            self._txn = None
+            self._pending = {}
+
+    def publish(self, serial: int, synced: bool) -> None:
+        """Store what a worker started later must know besides the records."""
+        with self.batch():
+            assert self._txn is not None
+            self._txn.put(SERIAL, str(serial).encode())
+            self._txn.put(SYNCED, b"1" if synced else b"0")
+
+    def load(self, name: str) -> tuple[int, dict[int, tuple[object, ...]]]:
+        if self._txn is None:
+            return super().load(name)
+        entry = self._pending.get(name)
+        if entry is not None:
+            return entry[0], entry[1]
+        key = _key(name)
+        value = None if key is None else self._txn.get(key)
+        return _EMPTY if value is None else _decode(value)
+
+    def _entry(self, name: str) -> list[Any]:
+        entry = self._pending.get(name)
+        if entry is None:
+            below, types = self.load(name)
+            entry = self._pending[name] = [below, dict(types)]
+        return entry
+
+    def _flush(self) -> None:
+        txn = self._txn
+        assert txn is not None
+        for name, (below, types) in self._pending.items():
+            key = _key(name)
+            if key is None:
+                continue
+            if below or types:
+                txn.put(key, _encode(below, types))
+            else:
+                txn.delete(key)
+        self._pending = {}
+
+    def apply(self, old: Iterable[Record], new: Iterable[Record]) -> set[str]:
+        """Replace one owner's ``old`` records by ``new``; return every name whose answers changed."""
+        with self.batch():
+            return self._apply(old, new)
+
+    def _apply(self, old: Iterable[Record], new: Iterable[Record]) -> set[str]:
+        old_set = set(old)
+        if old_set:
+            new_set = set(new)
+            removed, added = old_set - new_set, new_set - old_set
+        else:
+            removed, added = set(), dict.fromkeys(new)
+        if not removed and not added:
+            return set()
+        changes: dict[str, dict[int, tuple[set[object], list[object]]]] = {}
+        for name, rtype, rdata in removed:
+            changes.setdefault(name, {}).setdefault(rtype, (set(), []))[0].add(rdata)
+        for name, rtype, rdata in added:
+            changes.setdefault(name, {}).setdefault(rtype, (set(), []))[1].append(rdata)
+        touched: set[str] = set()
+        for name, by_type in changes.items():
+            touched.add(name)
+            entry = self._entry(name)
+            types: dict[int, tuple[object, ...]] = entry[1]
+            had = bool(types)
+            for rtype, (gone, fresh) in by_type.items():
+                current = types.get(rtype, ())
+                kept = tuple(r for r in current if r not in gone) if gone else current
+                rrset = kept + tuple(sorted(fresh))  # sorted: the same data gives the same bytes everywhere
+                if rtype != EXISTS:
+                    self.record_count += len(rrset) - len(current)
+                if rrset:
+                    types[rtype] = rrset
+                else:
+                    types.pop(rtype, None)
+            if bool(types) != had and not entry[0]:  # the name itself started or stopped existing
+                self._count_below(name, 1 if types else -1, touched)
+        if len(self._pending) > FLUSH_EVERY:
+            self._flush()
+        return touched
+
+    def _count_below(self, name: str, delta: int, touched: set[str]) -> None:
+        """As index.Index: update the parent's count of existing children, up while that flips existence."""
+        zone = self.zone_of(name)
+        if zone is None:
+            return
+        floor = len(zone)
+        parent = name.partition(".")[2]
+        while len(parent) > floor:
+            entry = self._entry(parent)
+            count = entry[0] = entry[0] + delta
+            if entry[1] or count != (1 if delta > 0 else 0):
+                return
+            touched.add(parent)
+            parent = parent.partition(".")[2]
+
+
+__all__ = ["TYPES", "SharedIndex", "SharedIndexWriter"]

@@ -1,0 +1,96 @@
+"""The shared index file answers exactly as the in-memory index, and another process reads what one writes."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from test_index import ANCESTORS, NAMES, ZONES
+
+from dnsd.commands import zone_lines
+from dnsd.config import bundled_zones
+from dnsd.dataplane import Dataplane
+from dnsd.index import Index
+from dnsd.records import EXISTS, PTR, REVERSE_ZONES, SRV, A, SrvData
+from dnsd.resolver import resolve
+from dnsd.shared_index import SharedIndexWriter
+from dnsd.sources.manifests import ManifestSource
+from dnsd.store import Synced
+
+
+def test_random_patches_match_the_memory_index(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    memory, shared = Index(ZONES), SharedIndexWriter(str(tmp_path), ZONES)
+    owners: dict[int, set] = {}
+    probes = [*NAMES, *ANCESTORS, "svc.cluster.local", "10.in-addr.arpa", "nope.cluster.local", "cluster.local"]
+    for step in range(2000):
+        owner = rng.randrange(6)
+        new = {(rng.choice(NAMES), rng.choice((A, PTR, EXISTS)), f"r{rng.randrange(3)}-{owner}")
+               for _ in range(rng.randrange(4))}
+        old = owners.get(owner, set())
+        before = {name: (shared.exists(name), shared.load(name)[1]) for name in probes}
+        if step % 3:
+            touched = shared.apply(old, new)
+        else:  # several owners' changes in one transaction, as the dataplane batches them
+            with shared.batch():
+                touched = shared.apply(old, new)
+        # The same or fewer: a name whose data went and came back in one patch need not be touched.
+        assert touched <= memory.apply(old, new)
+        owners[owner] = new
+        for name in probes:
+            if (shared.exists(name), shared.load(name)[1]) != before[name]:
+                assert name in touched, name  # cached answers for it must be dropped
+            assert shared.exists(name) == memory.exists(name), name
+            assert shared.has_data(name) == memory.has_data(name), name
+            for rtype in (A, PTR, EXISTS):
+                assert shared.rrset(name, rtype) == memory.rrset(name, rtype)
+                assert ((name, rtype) in shared.rrsets) == ((name, rtype) in memory.rrsets)
+    assert shared.record_count == memory.record_count
+    assert sorted(shared.records()) == sorted(memory.records())
+    shared.close()
+
+
+def test_the_example_cluster_resolves_the_same(tmp_path: Path) -> None:
+    ops: list = []
+    ManifestSource([str(bundled_zones())], ops.extend).load()
+    ops += [Synced("files")]
+    memory = Dataplane(["cluster.local"], 5, "10.0.0.53")
+    shared = Dataplane(["cluster.local"], 5, "10.0.0.53",
+                       index=SharedIndexWriter(str(tmp_path), ("cluster.local", *REVERSE_ZONES)))
+    for plane in (memory, shared):
+        plane.apply(ops)
+        plane._set_serial(1_700_000_000)  # both started from the clock, maybe a second apart
+    assert zone_lines(shared) == zone_lines(memory)
+    names = {name for name, _, _ in memory.index.records()}
+    names |= {f"nope.{n}" for n in names} | {n.partition(".")[2] for n in names}
+    for name in sorted(names):
+        for qtype in (A, SRV, PTR, 255):
+            assert resolve(shared.index, name, qtype, True) == resolve(memory.index, name, qtype, True), (name, qtype)
+
+
+def test_another_process_reads_each_committed_batch(tmp_path: Path) -> None:
+    writer = SharedIndexWriter(str(tmp_path), ZONES)
+    writer.apply([], [("web.a.svc.cluster.local", A, "10.0.0.1"),
+                      ("_http._tcp.web.a.svc.cluster.local", SRV, SrvData(0, 100, 80, "web.a.svc.cluster.local"))])
+    writer.publish(42, True)
+    reader = (
+        "import sys\n"
+        "from dnsd.shared_index import SharedIndex\n"
+        "from dnsd.records import A, SRV\n"
+        f"r = SharedIndex({str(tmp_path)!r}, {ZONES!r})\n"
+        "print(r.read_meta(), r.rrset('web.a.svc.cluster.local', A), r.exists('a.svc.cluster.local'),\n"
+        "      r.rrsets[('_http._tcp.web.a.svc.cluster.local', SRV)][0].port, r.exists('b.svc.cluster.local'))\n"
+    )
+
+    def read() -> str:
+        return subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+
+    assert read() == "(42, True) ('10.0.0.1',) True 80 False"
+    with writer.batch():
+        writer.apply([("web.a.svc.cluster.local", A, "10.0.0.1")], [("web.a.svc.cluster.local", A, "10.0.0.2")])
+        assert read() == "(42, True) ('10.0.0.1',) True 80 False"  # not committed yet: the old snapshot
+    assert read() == "(42, True) ('10.0.0.2',) True 80 False"
+    writer.close()
