@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dnsd", description="Service-discovery DNS server for Kubernetes.",
         epilog="Each subcommand has its own flags: dnsd serve --help (--manifests, --kubernetes, --kubeconfig, "
         "--endpoints-api, --namespace, --label-selector, --domain, --ttl, --address, --port, --workers, "
-        "--http-address, --upstream, --stub-domain, --forward-cache-size, --forward-max-ttl, --serve-stale, "
-        "--allow-from, --pods, --endpoint-pod-names, --transfer-to, --autopath, --log-level, ...). "
+        "--http-address, --log-level, --upstream, --stub-domain, --forward-cache-size, --forward-max-ttl, "
+        "--serve-stale, --allow-from, --pods, --endpoint-pod-names, --transfer-to, --autopath, --shared-dir, ...). "
         "Every flag can also be set as DNSD_<FLAG>, e.g. DNSD_PORT=1053; "
         "repeatable flags take comma-separated values.",
     )
