@@ -89,11 +89,6 @@ def _entry_size(key: bytes, entry: Entry) -> int:
     return ENTRY_OVERHEAD + len(key) + len(entry.plain_tail) + len(entry.edns_tail) + cut
 
 
-def _asks_any(query: bytes) -> bool:
-    qend = query.find(0, 12) + 5
-    return query[qend - 4 : qend - 2] == b"\x00\xff"
-
-
 def _options_ok(query: bytes, i: int, end: int) -> bool:
     while i < end:
         if i + 4 > end:
@@ -173,6 +168,8 @@ class Responder:
                 entry = self.forward.entry(key)
             if entry is None or query[2] & 0xF8 or entry.plain_len > limit:
                 return None
+            if limit == TCP_LIMIT and entry.stat[0] == ANY:
+                return None  # the table holds UDP's minimal ANY; TCP gets every RRset (strict path)
             counts[entry.stat] = counts.get(entry.stat, 0) + 1
             return query[:2] + entry.plain_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:] + entry.plain_tail
         if counts_field != _EDNS_COUNTS or query[2] & 0xF8:
@@ -184,6 +181,7 @@ class Responder:
             entry = self.forward.entry(key)
         if (
             entry is None
+            or (limit == TCP_LIMIT and entry.stat[0] == ANY)  # as above: TCP gets the full ANY
             or query[qend : qend + 3] != b"\x00\x00\x29"  # root owner, type OPT
             or query[qend + 6 : qend + 7] != b"\x00"  # EDNS version 0
         ):
@@ -339,10 +337,9 @@ class Responder:
             query = bytes(query)
         if counts is None:
             counts = self.counts
-        if limit != TCP_LIMIT or not _asks_any(query):  # the table holds UDP's minimal ANY
-            reply = self.fast(query, limit, counts)
-            if reply is not None:
-                return reply
+        reply = self.fast(query, limit, counts)
+        if reply is not None:
+            return reply
         return self.miss(query, limit, counts)
 
     def negative(self, query: bytes, counts: dict[tuple[int, int], int]) -> bytes | None:
