@@ -44,7 +44,7 @@ class FakeUpstream:
         self.loop_to: tuple[str, int] | None = None
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
-        self.port = port or (free_port() if host == "127.0.0.1" else _free_port6())
+        self.port = port or free_port(host)
         outer = self
 
         class Udp(socketserver.BaseRequestHandler):
@@ -190,17 +190,3 @@ def _flip_case(wire: bytes) -> bytes:
     end = wire.index(0, 12)
     return wire[:12] + wire[12:end].swapcase() + wire[end:]
 
-
-def _free_port6() -> int:
-    """A port free for UDP and TCP on ::1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("::1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("::1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
