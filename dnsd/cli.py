@@ -3,133 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import argtypes
 from .config import Config, usable_cpus
 from .upstream import servers
 
 ENV_PREFIX = "DNSD_"
-
-
-def _whole(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-
-
-def _ttl(value: str) -> int:
-    ttl = _whole(value)
-    if not 0 <= ttl <= 3600:
-        raise argparse.ArgumentTypeError("must be between 0 and 3600")
-    return ttl
-
-
-def _port(value: str) -> int:
-    port = _whole(value)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError("must be between 0 and 65535")
-    return port
-
-
-def _address(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value.strip()))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address") from None
-
-
-def _positive(value: str) -> int:
-    number = _whole(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
-
-
-def _number(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError("must be above 0")
-    return number
-
-
-def _payload(value: str) -> int:
-    size = _whole(value)
-    if not 512 <= size <= 4096:
-        raise argparse.ArgumentTypeError("must be between 512 and 4096")
-    return size
-
-
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def _bytes(value: str) -> int:
-    """A size in bytes, with an optional K, M or G suffix (powers of 1024)."""
-    text = value.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = text[-1:] if text[-1:] in "kmg" else ""
-    try:
-        size = int(float(text[: len(text) - len(unit)]) * _UNITS[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a size (e.g. 32M)") from None
-    if size < 1 << 20:
-        raise argparse.ArgumentTypeError("must be at least 1M")
-    return size
-
-
-def _domain(value: str) -> str:
-    name = value.strip().strip(".").lower()
-    labels = name.split(".")
-    if not name or len(name) > 253 or any(not 0 < len(lb) <= 63 for lb in labels):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a domain name")
-    return name
-
-
-def _seconds(value: str) -> int:
-    number = _whole(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return number
-
-
-def _checked(parse: Callable[[str], Any]) -> Callable[[str], str]:
-    """Validate a value at parse time (exit 2 naming the flag) but keep the text: config_from_args
-    parses it again, the same way as the comma-split DNSD_* form."""
-
-    def check(value: str) -> str:
-        try:
-            parse(value)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return value
-
-    return check
-
-
-def _network(value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value.strip(), strict=False))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an address or CIDR network") from None
-
-def directory_problem(path: str) -> str | None:
-    """Why ``path`` cannot hold the shared index file, or None.
-
-    Checked when serving, not when parsing: the directory may exist only where dnsd
-    runs (a pod's volume), and only several workers need it.
-    """
-    if not os.path.isdir(path):
-        return f"{path!r} is not a directory"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"{path!r} is not writable"
-    return None
 
 
 def _env_name(flag: str) -> str:
@@ -208,20 +92,20 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-selector", metavar="SELECTOR", help="serve only Services matching this selector")
     group.add_argument("--domain", action="append", metavar="ZONE", dest="domains",
                        help="cluster zone to serve (repeatable; default cluster.local)")
-    group.add_argument("--ttl", type=_ttl, default=5, help="TTL of answers, 0-3600 seconds (default 5)")
+    group.add_argument("--ttl", type=argtypes.ttl, default=5, help="TTL of answers, 0-3600 seconds (default 5)")
     group.add_argument("--pods", choices=["disabled", "insecure"], default="insecure",
                        help="pod records 1-2-3-4.NS.pod.ZONE for known namespaces, no Pod watch (default insecure)")
     group.add_argument("--endpoint-pod-names", action="store_true",
                        help="name an endpoint without hostname after its pod (targetRef.name), not its dashed IP")
-    group.add_argument("--kube-watch-timeout", type=_positive, default=300, help=argparse.SUPPRESS)
-    group.add_argument("--kube-read-timeout", type=_number, default=75.0, help=argparse.SUPPRESS)
-    group.add_argument("--kube-warn-interval", type=_number, default=60.0, help=argparse.SUPPRESS)
-    group.add_argument("--kube-max-backoff", type=_number, default=30.0, help=argparse.SUPPRESS)
+    group.add_argument("--kube-watch-timeout", type=argtypes.positive, default=300, help=argparse.SUPPRESS)
+    group.add_argument("--kube-read-timeout", type=argtypes.number, default=75.0, help=argparse.SUPPRESS)
+    group.add_argument("--kube-warn-interval", type=argtypes.number, default=60.0, help=argparse.SUPPRESS)
+    group.add_argument("--kube-max-backoff", type=argtypes.number, default=30.0, help=argparse.SUPPRESS)
 
 
 def _forward_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("forwarding: names outside the served zones (dnsd/upstream/)")
-    group.add_argument("--upstream", action="append", metavar="SERVER", type=_checked(servers.parse_upstream),
+    group.add_argument("--upstream", action="append", metavar="SERVER", type=argtypes.checked(servers.parse_upstream),
                        help="where names outside the served zones go: IP, IP:PORT, [IPv6]:PORT, "
                             "tls://IP[:PORT][#NAME] (DNS over TLS, the certificate must name NAME), or a resolv.conf "
                             "path whose nameserver lines are used (repeatable; default /etc/resolv.conf); "
@@ -229,34 +113,34 @@ def _forward_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--upstream-tls-ca", metavar="FILE",
                        help="CA certificates for tls:// upstreams (default: the system's)")
     group.add_argument("--stub-domain", action="append", metavar="ZONE=SERVER[,SERVER...]", dest="stub_domains",
-                       type=_checked(servers.parse_stub_domain),
+                       type=argtypes.checked(servers.parse_stub_domain),
                        help="send names in ZONE to these servers instead (repeatable); wins over a served zone "
                             "for its subtree")
-    group.add_argument("--forward-cache-size", type=_positive, default=100_000,
+    group.add_argument("--forward-cache-size", type=argtypes.positive, default=100_000,
                        help="upstream replies cached, entries (default 100000)")
-    group.add_argument("--forward-max-ttl", type=_seconds, default=3600,
+    group.add_argument("--forward-max-ttl", type=argtypes.seconds, default=3600,
                        help="cap on the TTL of cached upstream replies, seconds (default 3600)")
-    group.add_argument("--serve-stale", type=_seconds, default=3600,
+    group.add_argument("--serve-stale", type=argtypes.seconds, default=3600,
                        help="answer expired entries this many seconds past expiry, with TTL 30, when every "
                             "upstream fails (RFC 8767; default 3600; 0 turns it off)")
-    group.add_argument("--prefetch", type=_seconds, default=2,
+    group.add_argument("--prefetch", type=argtypes.seconds, default=2,
                        help="refresh an entry hit this many times before it expires, in its last 10%% of TTL "
                             "(default 2; 0 turns it off)")
-    group.add_argument("--upstream-timeout", type=_number, default=2.0,
+    group.add_argument("--upstream-timeout", type=argtypes.number, default=2.0,
                        help="seconds to wait for one upstream before trying the next (default 2)")
-    group.add_argument("--forward-timeout", type=_number, default=4.0,
+    group.add_argument("--forward-timeout", type=argtypes.number, default=4.0,
                        help="seconds after which a forwarded query gets a stale answer or SERVFAIL (default 4)")
-    group.add_argument("--max-fails", type=_seconds, default=2,
+    group.add_argument("--max-fails", type=argtypes.seconds, default=2,
                        help="failures in a row that mark an upstream down until a health check passes "
                             "(default 2; 0: never)")
-    group.add_argument("--health-check", type=_number, default=0.5,
+    group.add_argument("--health-check", type=argtypes.number, default=0.5,
                        help="seconds between health checks of a down upstream (default 0.5)")
     group.add_argument("--policy", choices=["random", "round_robin", "sequential"], default="random",
                        help="order in which upstreams are tried (default random)")
     group.add_argument("--force-tcp", action="store_true", help="ask upstreams over TCP only")
-    group.add_argument("--max-concurrent", type=_positive, default=1000,
+    group.add_argument("--max-concurrent", type=argtypes.positive, default=1000,
                        help="distinct questions in flight upstream at once; more get REFUSED (default 1000)")
-    group.add_argument("--allow-from", action="append", metavar="CIDR", type=_network,
+    group.add_argument("--allow-from", action="append", metavar="CIDR", type=argtypes.network,
                        help="only clients in these networks may ask (repeatable; default everyone); "
                             "others get REFUSED")
 
@@ -280,7 +164,7 @@ def _upstream_fields(args: argparse.Namespace) -> dict[str, Any]:
     allow = []
     for value in args.allow_from or ():
         try:
-            allow.append(_network(value))
+            allow.append(argtypes.network(value))
         except argparse.ArgumentTypeError as exc:
             raise ValueError(f"--allow-from: {exc}") from None
     if args.upstream_tls_ca:
@@ -313,33 +197,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="answer DNS queries")
     _source_flags(serve)
-    serve.add_argument("--address", action="append", type=_address, dest="addresses", metavar="ADDR",
+    serve.add_argument("--address", action="append", type=argtypes.address, dest="addresses", metavar="ADDR",
                        help="listen address, IPv4 or IPv6 (repeatable; default 127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=53, help="UDP and TCP port (default 53)")
-    serve.add_argument("--workers", type=_positive, default=None,
+    serve.add_argument("--port", type=argtypes.port, default=53, help="UDP and TCP port (default 53)")
+    serve.add_argument("--workers", type=argtypes.positive, default=None,
                        help="processes answering on the same port (default: the CPUs this process may use, "
                             "after affinity and a container's CPU limit)")
     serve.add_argument("--http-address", default="127.0.0.1:8080",
                        help="HOST:PORT for /health, /ready and /metrics; empty to disable (default 127.0.0.1:8080)")
-    serve.add_argument("--tcp-idle-timeout", type=_number, default=10.0, help="seconds before an idle TCP connection closes")
-    serve.add_argument("--tcp-max-connections", type=_positive, default=1024,
+    serve.add_argument("--tcp-idle-timeout", type=argtypes.number, default=10.0,
+                       help="seconds before an idle TCP connection closes")
+    serve.add_argument("--tcp-max-connections", type=argtypes.positive, default=1024,
                        help="concurrent TCP connections, for the whole server (all workers together)")
-    serve.add_argument("--cache-size", type=_positive, default=200_000,
+    serve.add_argument("--cache-size", type=argtypes.positive, default=200_000,
                        help="rendered positive replies kept, one per (name, type) asked, split between the "
                             "workers (default 200000)")
-    serve.add_argument("--cache-bytes", type=_bytes, default=32 << 20, metavar="SIZE",
+    serve.add_argument("--cache-bytes", type=argtypes.bytes, default=32 << 20, metavar="SIZE",
                        help="memory the rendered replies may take, e.g. 64M, split between the workers: each keeps "
                             "the names steered to it (default 32M)")
-    serve.add_argument("--udp-max-payload", type=_payload, default=1232, metavar="BYTES",
+    serve.add_argument("--udp-max-payload", type=argtypes.payload, default=1232, metavar="BYTES",
                        help="largest UDP reply, and the EDNS size advertised: 512-4096 (default 1232, as Knot); "
                             "bigger answers get TC and are retried over TCP")
     _forward_flags(serve)
-    serve.add_argument("--transfer-to", action="append", type=_network, metavar="CIDR",
+    serve.add_argument("--transfer-to", action="append", type=argtypes.network, metavar="CIDR",
                        help="clients allowed to AXFR the served zones over TCP (repeatable; default none)")
     serve.add_argument("--autopath", action="store_true",
                        help="server-side search path: X.NS.svc.ZONE that does not exist continues the pod's search "
                             "list (X.svc.ZONE, X.ZONE, the search domains, X) and answers with a CNAME")
-    serve.add_argument("--autopath-search", action="extend", nargs="+", type=_domain, metavar="DOMAIN",
+    serve.add_argument("--autopath-search", action="extend", nargs="+", type=argtypes.domain, metavar="DOMAIN",
                        help="search domains after the cluster's for --autopath (default: those of /etc/resolv.conf)")
 
     serve.add_argument("--shared-dir", metavar="DIR",
@@ -388,14 +273,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     }
     if args.command == "serve":
         fields.update(
-            addresses=_each(args.addresses or ("127.0.0.1",), _address, "DNSD_ADDRESS"), port=args.port,
+            addresses=_each(args.addresses or ("127.0.0.1",), argtypes.address, "DNSD_ADDRESS"), port=args.port,
             workers=args.workers or usable_cpus(),
             http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
             cache_bytes=args.cache_bytes, udp_max_payload=args.udp_max_payload,
             **_upstream_fields(args),
-            transfer_to=_each(args.transfer_to or (), _network, "DNSD_TRANSFER_TO"), autopath=args.autopath,
-            autopath_search=_each(args.autopath_search, _domain, "DNSD_AUTOPATH_SEARCH")
+            transfer_to=_each(args.transfer_to or (), argtypes.network, "DNSD_TRANSFER_TO"), autopath=args.autopath,
+            autopath_search=_each(args.autopath_search, argtypes.domain, "DNSD_AUTOPATH_SEARCH")
             if args.autopath_search is not None else None,
 
             shared_dir=args.shared_dir,
@@ -423,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands import records
 
         return records(config)
-    if config.workers > 1 and config.shared_dir and (problem := directory_problem(config.shared_dir)):
+    if config.workers > 1 and config.shared_dir and (problem := argtypes.directory_problem(config.shared_dir)):
         build_parser().error(f"--shared-dir: {problem}")
     from .server import run
 
