@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -715,9 +716,14 @@ def test_credentials_reload_on_401_and_every_refresh(api: FakeKubeAPI, tmp_path:
     time.sleep(0.35)
     assert bearer() == f"Bearer {api.token}"  # re-read without any 401
     assert creds.client() is client  # same CA: the connection pool is kept
-    new = api.rotate_token(token_file=token)
-    assert creds.reload("test: HTTP 401") and bearer() == f"Bearer {new}"
-    assert creds.reload("another reflector's 401")  # within the debounce: no second reload
+    with ThreadPoolExecutor(max_workers=1) as other:  # another reflector's thread
+        other.submit(creds.client).result()  # its request goes out with the old token
+        new = api.rotate_token(token_file=token)
+        assert creds.reload("test: HTTP 401") and bearer() == f"Bearer {new}"
+        reloads = creds.reloads
+        assert other.submit(creds.reload, "another reflector's 401").result()
+        assert creds.reloads == reloads  # its request predates the reload: retried, not reloaded again
+    assert not creds.reload("a 401 with the current token")  # read again, unchanged: a real failure
     assert "reloaded API credentials (test: HTTP 401): new token" in caplog.text
 
 

@@ -25,7 +25,6 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger("dnsd.kubernetes")
 
 REFRESH_EVERY = 60.0  # seconds: token files are re-read at least this often
-_RELOAD_DEBOUNCE = 1.0  # the 401s of several reflectors at once make one reload
 
 _QUERY_NAMES = {
     "_continue": "continue", "label_selector": "labelSelector", "limit": "limit", "watch": "watch",
@@ -68,8 +67,10 @@ class Credentials:
         self._lock = threading.Lock()
         self._client = build()  # config problems surface here, in the caller's thread
         self._loaded = time.monotonic()  # for the periodic refresh
-        self._reloaded = -_RELOAD_DEBOUNCE  # for the debounce of 401s
-        self.reloads = 0
+        # Which credentials each thread's last request went out with: a 401 to a request sent
+        # before another thread's reload is retried with the reloaded ones, not reloaded again.
+        self._used = threading.local()
+        self.reloads = 0  # reloads that changed something; also the credentials' generation
 
     @property
     def host(self) -> str:
@@ -78,6 +79,7 @@ class Credentials:
     def client(self) -> ApiClient:
         if time.monotonic() - self._loaded >= self._refresh_every:
             self.reload("periodic refresh")
+        self._used.generation = self.reloads
         return self._client
 
     def reload(self, why: str) -> bool:
@@ -91,10 +93,8 @@ class Credentials:
             periodic = why == "periodic refresh"
             if periodic and now - self._loaded < self._refresh_every:
                 return False  # another thread just did it
-            if not periodic:
-                if now - self._reloaded < _RELOAD_DEBOUNCE:
-                    return True  # another reflector's 401 just did it
-                self._reloaded = now
+            if not periodic and getattr(self._used, "generation", self.reloads) != self.reloads:
+                return True  # another reflector's 401 (or the refresh) changed them since our request
             self._loaded = now
             try:
                 new = self._build()
