@@ -800,3 +800,29 @@ def test_a_server_that_ignores_streamed_lists_gets_paginated_ones(sink: Sink, tm
             assert "ignores sendInitialEvents" in caplog.text
         finally:
             source.stop(timeout=2.0)
+
+
+@pytest.mark.parametrize("page", [
+    {"kind": "ServiceList", "metadata": {"resourceVersion": "5", "continue": "x"}, "items": [{"a": 1}, {"b": [1, {}]}]},
+    {"items": [], "metadata": {}},
+    {"items": [{"z": "é"}], "metadata": {"resourceVersion": "7"}},  # metadata after the items
+    {"metadata": {"resourceVersion": "1"}, "items": None},
+    {},
+])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_each_item_matches_json_loads(page: dict, indent: int | None) -> None:
+    from dnsd.sources.kube_client import each_item
+
+    items: list = []
+    rest = each_item(json.dumps(page, indent=indent, ensure_ascii=False).encode(), items.append)
+    assert items == (page.get("items") or [])
+    assert rest == {k: v for k, v in page.items() if not (k == "items" and isinstance(v, list))}
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b"{", b'{"items":[1,}', b'{"items":[1 2]}', b'{"a" 1}', b'{"a":1} x',
+                                  b"\xff"])
+def test_each_item_refuses_what_is_not_a_list_page(body: bytes) -> None:
+    from dnsd.sources.kube_client import each_item
+
+    with pytest.raises(ValueError):
+        each_item(body, lambda item: None)

@@ -123,6 +123,63 @@ class Credentials:
         self._client.close()
 
 
+_DECODER = json.JSONDecoder()
+_SPACE = frozenset(" \t\n\r")
+
+
+def each_item(body: bytes, handle: Callable[[Any], None]) -> dict[str, Any]:
+    """Parse a list page, passing each element of its ``items`` to ``handle`` as soon as it is
+    decoded; return the page without its items (``metadata``, ``kind``...).
+
+    ``json.loads`` would build the whole page first: 500 EndpointSlices are ~10 MB of small
+    objects, which take fresh pymalloc arenas that a few survivors then pin for good (+8% after
+    one relist at 100k endpoints). One item at a time, each item's objects reuse the last one's
+    memory. ValueError when the page is not a JSON object.
+    """
+    text = body.decode()
+    end = len(text)
+
+    def skip(i: int) -> int:
+        while i < end and text[i] in _SPACE:
+            i += 1
+        return i
+
+    def expect(i: int, chars: str) -> int:
+        i = skip(i)
+        if i >= end or text[i] not in chars:
+            raise ValueError(f"list response: expected {chars!r} at offset {i}")
+        return i + 1
+
+    page: dict[str, Any] = {}
+    i = expect(0, "{")
+    if skip(i) < end and text[skip(i)] == "}":
+        return page
+    while True:
+        key, i = _DECODER.raw_decode(text, skip(i))
+        i = expect(i, ":")
+        i = skip(i)
+        if key == "items" and i < end and text[i] == "[":
+            i = skip(i + 1)
+            if i < end and text[i] == "]":
+                i += 1
+            else:
+                while True:
+                    item, i = _DECODER.raw_decode(text, skip(i))
+                    handle(item)
+                    del item
+                    i = expect(i, ",]")
+                    if text[i - 1] == "]":
+                        break
+        else:
+            page[key], i = _DECODER.raw_decode(text, i)
+        i = expect(i, ",}")
+        if text[i - 1] == "}":
+            break
+    if skip(i) != end:
+        raise ValueError("list response: data after the object")
+    return page
+
+
 def list_call(creds: Credentials, path: str, **fixed: Any) -> Callable[..., Any]:
     """A GET of ``path`` returning the raw urllib3 response; ApiException for a non-2xx status.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import random
@@ -28,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ..dataplane import release_heap
 from ..store import Op, Synced
-from .kube_client import describe, retry_after, unreachable
+from .kube_client import describe, each_item, retry_after, unreachable
 from .kube_failures import OUTAGE_AFTER, FailureLog
 from .kube_held import Held, Listing, raw_key
 from .kube_probe import ApiProbe
@@ -309,7 +310,7 @@ class Reflector:
         while True:
             try:
                 with self._open(limit=self._options.page_size, _continue=token) as response:
-                    page = json.loads(response.read())
+                    body = response.read()
             except ApiException as exc:
                 if exc.status != 410 or not token:
                     raise
@@ -322,12 +323,10 @@ class Reflector:
                 continue
             if self._stop.is_set():
                 raise _Stopped
-            if not isinstance(page, dict):
-                raise ValueError("list response is not an object")
-            meta = page.get("metadata") or {}
-            for item in page.get("items") or ():  # one page at a time: each is dropped after use
-                self._held.add(item, listing)
-            del page
+            page = each_item(body, functools.partial(self._held.add, listing=listing))
+            del body
+            meta = page.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
             token = meta.get("continue") or None
             if token is None:
                 rv = meta.get("resourceVersion")
