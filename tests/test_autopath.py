@@ -13,7 +13,7 @@ from dnsd.autopath import Autopath, candidates, search_domains
 from dnsd.dataplane import Dataplane
 from dnsd.model import Namespace, Service
 from dnsd.records import CNAME, A
-from dnsd.resolver import NOERROR, NXDOMAIN, SERVFAIL, Answer
+from dnsd.resolver import NOERROR, NXDOMAIN
 from dnsd.store import Replace, Synced
 from dnsd.wire import MIN_PAYLOAD
 
@@ -66,24 +66,20 @@ def test_a_pod_name_step_keeps_what_it_depends_on(index) -> None:
     assert f"shop.pod.{Z}" in got.depends
 
 
-def test_forwarded_steps_in_order(index) -> None:
-    asked: list[str] = []
-
-    def forward(name: str, qtype: int) -> Answer | None:
-        asked.append(name)
-        if name == "api.github.com":
-            return Answer(NOERROR, ((name, A, "192.0.2.7"),), authoritative=False)
-        return Answer(NXDOMAIN, authoritative=False)
-
-    got = Autopath([Z], SEARCH, forward)(index, f"api.github.com.shop.svc.{Z}", A, True)
-    assert asked == ["api.github.com.example.org", "api.github.com.corp.internal", "api.github.com"]
-    assert got.answer[0] == (f"api.github.com.shop.svc.{Z}", CNAME, "api.github.com") and got.autopath
+def test_steps_outside_our_zones_are_left_to_the_forwarder(index) -> None:
+    got = Autopath([Z], SEARCH, upstream=True)(index, f"api.github.com.shop.svc.{Z}", A, True)
+    assert got.rcode == NXDOMAIN and not got.answer and got.authority  # what stands if upstream says NXDOMAIN
+    assert got.forward == ("api.github.com.example.org", "api.github.com.corp.internal", "api.github.com")
+    assert {f"shop.svc.{Z}", f"api.github.com.svc.{Z}", f"api.github.com.{Z}"} <= set(got.depends)
 
 
-@pytest.mark.parametrize("outcome", [None, Answer(SERVFAIL, authoritative=False)])
-def test_a_failed_forward_leaves_the_plain_nxdomain(index, outcome) -> None:
-    got = Autopath([Z], SEARCH, lambda name, qtype: outcome)(index, f"api.github.com.shop.svc.{Z}", A, True)
-    assert got.rcode == NXDOMAIN and not got.autopath and not got.answer
+def test_a_later_local_step_is_the_fallback_after_the_forwarded_ones(index) -> None:
+    # ndots:5 and a full cluster name: the search domains come before the name itself, which is ours.
+    got = Autopath([Z], SEARCH, upstream=True)(index, f"web.default.svc.{Z}.shop.svc.{Z}", A, True)
+    assert got.forward == (f"web.default.svc.{Z}.example.org", f"web.default.svc.{Z}.corp.internal")
+    assert got.autopath and got.answer[-1] == (f"web.default.svc.{Z}", A, "10.96.0.10")
+    # A step of ours that answers before any forwarded one needs no upstream.
+    assert not Autopath([Z], SEARCH, upstream=True)(index, f"web.default.shop.svc.{Z}", A, True).forward
 
 
 def test_without_a_forwarder_only_local_steps(index) -> None:
