@@ -230,3 +230,36 @@ def test_with_two_workers(autopath, upstream: FakeUpstream) -> None:
                 assert answers(msg) == sorted([f"{name}. CNAME api.github.com.", "api.github.com. A 192.0.2.1"])
             else:
                 assert rcode(msg) == "NXDOMAIN"
+
+
+def test_hot_reply_is_refreshed_before_it_expires(autopath, upstream: FakeUpstream) -> None:
+    upstream.modes["api.github.com"] = "answer"
+    upstream.ttl = 3
+    s = autopath("--prefetch", "2")
+    name = f"api.github.com.shop.svc.{Z}"
+    s.query(name)
+    s.query(name)
+    time.sleep(2.8)  # the last 10% of the TTL: this hit refreshes the step that bounds it
+    s.query(name)
+    wait_for(lambda: asked(upstream).count(("api.github.com", "A")) == 2, timeout=2)
+    time.sleep(0.5)  # past the first reply's expiry: the refreshed one answers, nothing waits
+    msg = s.query(name)
+    assert rcode(msg) == "NOERROR" and min(rr.ttl for rr in msg.answer) >= 2
+    assert asked(upstream).count(("api.github.com", "A")) == 2
+
+
+def test_stale_step_is_served_not_kept(autopath, upstream: FakeUpstream) -> None:
+    upstream.modes["api.github.com"] = "answer"
+    upstream.ttl = 1
+    s = autopath("--serve-stale", "60", "--prefetch", "0", "--forward-timeout", "1", "--upstream-timeout", "0.5")
+    name = f"api.github.com.shop.svc.{Z}"
+    assert rcode(s.query(name)) == "NOERROR"
+    upstream.modes["api.github.com"] = "silent"
+    time.sleep(1.2)
+    stale = s.query(name, timeout=5)
+    assert sorted(answers(stale)) == sorted([f"{name}. CNAME api.github.com.", "api.github.com. A 192.0.2.1"])
+    assert [rr.ttl for rr in stale.answer] == [30, 30]  # RFC 8767's TTL, the CNAME's too
+    upstream.modes["api.github.com"] = "answer"
+    upstream.address = "192.0.2.9"
+    # Never kept: the next query walks again and gets the new data.
+    wait_for(lambda: "api.github.com. A 192.0.2.9" in answers(s.query(name, timeout=5)), timeout=5)

@@ -28,6 +28,7 @@ from .message import NOERROR, NXDOMAIN, Reply, parse
 
 if TYPE_CHECKING:
     from ..wire import Pending
+    from .cache import Item
     from .forwarder import Forwarder
 
 CNAME = 5
@@ -159,7 +160,7 @@ async def _walk(forwarder: Forwarder, pending: Pending, key: bytes) -> Entry:
             # TTL, the CNAME's included, counts down exactly as the step's own cached reply does.
             ttl = int(until - item.stored)
             reply = parse(with_cname(item.reply, pending.qwire, qtype, ttl))
-            return cache.put_derived(key, reply, item.stored, ttl, stat, token)
+            return cache.put_derived(key, reply, item.stored, ttl, stat, token, pending)
         reply_wire = b"\x00\x00" + step.plain_heads[0] + skey + step.plain_tail  # as sent (stale: TTL 30)
         served = parse(reply_wire)
         ttl = min((r.ttl for r in served.records), default=0)
@@ -171,8 +172,30 @@ async def _walk(forwarder: Forwarder, pending: Pending, key: bytes) -> Entry:
         now = cache.clock()
         ttl = int(min(until - now, forwarder.config.ttl))
         reply = parse(b"\x00\x00" + fallback.plain_heads[0] + key + fallback.plain_tail)
-        return cache.put_derived(key, reply, now, ttl, fallback.stat, token)
+        return cache.put_derived(key, reply, now, ttl, fallback.stat, token, pending)
     return fallback
 
 
-__all__ = ["NAMED_RDATA", "read_name", "walk", "with_cname"]
+async def refresh(forwarder: Forwarder, key: bytes, derived: Item) -> None:
+    """Prefetch for a hot autopath reply: ask again the steps whose replies end its life, then derive it
+    anew from them, so it is replaced before it expires (its clients never wait for the walk)."""
+    cache, pending = forwarder.cache, derived.origin
+    try:
+        for name in pending.steps:
+            swire = name_wire(name)
+            skey = swire + struct.pack("!HH", pending.qtype, 1)
+            item = cache.peek(skey)
+            if item is None:
+                break  # gone from the cache: the next query walks again
+            if item.expires <= derived.expires:
+                if not await forwarder.refetch(skey, swire, pending.qtype, name):
+                    return  # upstream failing: the reply lives out its TTL, then stale rules apply
+                item = cache.peek(skey)
+            if item is None or item.reply.rcode != NXDOMAIN:
+                break  # the step that answered: the rest were never part of the reply
+        await _walk(forwarder, pending, key)
+    finally:
+        cache.done_refreshing(key)
+
+
+__all__ = ["NAMED_RDATA", "read_name", "refresh", "walk", "with_cname"]

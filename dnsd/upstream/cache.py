@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from cachetools import Cache, TLRUCache
 
@@ -27,8 +28,8 @@ FORGET_TYPES = (12, 1, 28, 255, 5, 16, 33, 2, 6)  # PTR A AAAA ANY CNAME TXT SRV
 class Item:
     """One cached reply (normalised: ID 0, RD clear, no OPT), with its rendering for one age."""
 
-    __slots__ = ("age", "entry", "expires", "hits", "negative", "offsets", "payload", "refreshing", "reply", "stale", "stat",
-                 "stored", "ttl")
+    __slots__ = ("age", "entry", "expires", "hits", "negative", "offsets", "origin", "payload", "refreshing", "reply",
+                 "stale", "stat", "stored", "ttl")
 
     def __init__(self, reply: Reply, ttl: int, stored: float, stat: tuple[int, int], payload: int) -> None:
         self.reply = reply
@@ -43,6 +44,7 @@ class Item:
         self.stale: Entry | None = None
         self.hits = 0
         self.refreshing = False
+        self.origin: Any = None  # a derived reply (autopath): the continuation it came from, to refresh it
         self.negative = reply.rcode != NOERROR or not any(r.section == 0 for r in reply.records)
 
     def render(self, age: int) -> Entry:
@@ -156,11 +158,12 @@ class ForwardCache:
         return token
 
     def put_derived(self, key: bytes, reply: Reply, stored: float, ttl: int, stat: tuple[int, int],
-                    token: object) -> Entry:
+                    token: object, origin: Any) -> Entry:
         """Keep a derived reply (``stored``: when its TTLs were as in ``reply``) if ``token`` still holds;
-        its entry as of now either way. Never prefetched: its question is not one to ask upstream."""
+        its entry as of now either way. ``origin``: what prefetch hands back to refresh it (its own
+        question is never asked upstream)."""
         item = Item(reply, max(ttl, 0), stored, stat, self.payload)
-        item.refreshing = True  # so prefetch never picks it
+        item.origin = origin
         self._hot.pop(key, None)
         if ttl > 0 and self._reserved.get(key) is token:
             self._items[key] = item
@@ -173,6 +176,10 @@ class ForwardCache:
             self._hot.pop(key, None)
         self._reserved.clear()
         self._derived.clear()
+
+    def peek(self, key: bytes) -> Item | None:
+        """The item for ``key``, fresh or not, without touching its LRU place or expiry."""
+        return _peek(self._items, key)
 
     def done_refreshing(self, key: bytes) -> None:
         item = self._items.get(key)

@@ -159,6 +159,11 @@ class Forwarder:
         future.set_result(entry)
         return entry
 
+    async def refetch(self, key: bytes, qwire: bytes, qtype: int, name: str) -> bool:
+        """Ask upstream again although the cached reply is still fresh (a prefetch); True if it answered."""
+        entry = await self._fetch(key, qwire, qtype, name, False)
+        return self.cache.fresh_item(key, entry) is not None
+
     # -- going upstream ------------------------------------------------------------------
     async def _fetch(self, key: bytes, qwire: bytes, qtype: int, name: str, stale_ok: bool = True) -> Entry:
         """Ask the route's upstreams; ``stale_ok`` False when a stale answer already went out (refresh only)."""
@@ -215,6 +220,11 @@ class Forwarder:
             await transport.udp(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop)
 
     def _prefetch(self, key: bytes) -> None:
+        item = self.cache.peek(key)
+        if item is not None and item.origin is not None:  # an autopath reply: its steps are what to refresh
+            self._spawn(autopath.refresh(self, key, item))
+            return
+
         async def refresh() -> None:
             try:
                 qwire, qtype = key[:-4], struct.unpack("!H", key[-4:-2])[0]
