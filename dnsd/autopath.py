@@ -36,7 +36,9 @@ def candidates(qname: str, zone: str, search: Sequence[str]) -> tuple[str, tuple
     if not dot or not base:
         return None
     steps = (f"{base}.svc.{zone}", f"{base}.{zone}", *(f"{base}.{domain}" for domain in search), base)
-    return namespace, tuple(dict.fromkeys(steps))  # a search domain equal to the zone is tried once
+    # A search domain equal to the zone is tried once; a name over 255 bytes in wire form (a long
+    # search domain) cannot be asked, and glibc skips it too.
+    return namespace, tuple(s for s in dict.fromkeys(steps) if len(s) <= 253)
 
 
 def search_domains(path: str = "/etc/resolv.conf") -> tuple[str, ...]:

@@ -31,6 +31,13 @@ def test_candidates_follow_the_pods_search_list() -> None:
     assert candidates(f"web.shop.svc.{Z}", Z, (Z,)) == ("shop", (f"web.svc.{Z}", f"web.{Z}", "web"))
 
 
+def test_candidates_leave_out_names_too_long_to_ask() -> None:
+    base = ".".join(["a" * 63] * 3)  # 191 bytes: fits under our zone, not under a 70-byte search domain
+    long_domain = ".".join(["b" * 34, "c" * 35])
+    _, steps = candidates(f"{base}.shop.svc.{Z}", Z, (long_domain,))
+    assert steps == (f"{base}.svc.{Z}", f"{base}.{Z}", base)
+
+
 @pytest.mark.parametrize("name", [f"shop.svc.{Z}", f"svc.{Z}", Z, f"web.shop.pod.{Z}", "web.shop.svc.example.org"])
 def test_candidates_only_for_a_name_below_a_namespace(name: str) -> None:
     assert candidates(name, Z, SEARCH) is None
@@ -199,3 +206,35 @@ def test_bad_search_domain_is_a_usage_error(start_dnsd) -> None:
     out = subprocess.run([sys.executable, "-m", "dnsd", "serve", "--autopath-search", "a..b"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--autopath-search" in out.stderr
+
+
+# -- the forward cache's derived replies -------------------------------------------------------
+def test_derived_replies_go_when_a_name_they_used_changes() -> None:
+    from dnsd.upstream.cache import ForwardCache
+    from dnsd.upstream.message import parse
+
+    now = [100.0]
+    cache = ForwardCache(100, 3600, 0, 0, clock=lambda: now[0])
+    reply = dnslib.DNSRecord.question(f"x.shop.svc.{Z}").reply()
+    reply.add_answer(dnslib.RR(f"x.shop.svc.{Z}", dnslib.QTYPE.A, ttl=60, rdata=dnslib.A("192.0.2.1")))
+    wire = bytes(reply.pack())
+    key = wire[12:wire.index(0, 12) + 5]
+    token = cache.reserve(key, (f"x.svc.{Z}",))
+    cache.put_derived(key, parse(wire), now[0], 60, (1, 0), token, None)
+    assert cache.entry(key) is not None
+    cache.forget([f"x.svc.{Z}"])
+    assert cache.entry(key) is None
+    # A walk that began before a change does not keep what it derived from the old data.
+    token = cache.reserve(key, (f"x.svc.{Z}",))
+    cache.forget([f"x.svc.{Z}"])
+    cache.put_derived(key, parse(wire), now[0], 60, (1, 0), token, None)
+    assert cache.entry(key) is None
+    token = cache.reserve(key, (f"x.svc.{Z}",))
+    cache.put_derived(key, parse(wire), now[0], 60, (1, 0), token, None)
+    now[0] += 59.5
+    assert cache.entry(key) is not None
+    now[0] += 1
+    assert cache.entry(key) is None  # expired with the reply it was derived from
+    cache.put_derived(key, parse(wire), now[0], 60, (1, 0), cache.reserve(key, ()), None)
+    cache.forget_derived()  # a worker told to drop every rendered reply
+    assert cache.entry(key) is None
