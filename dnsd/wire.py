@@ -353,7 +353,7 @@ class Responder:
         qwire = question[:-4].lower()
         labels = wire_labels(qwire)
         name = labels_to_text(labels)
-        nxdomain = self._template(self.resolve_plain(name, q.qtype))
+        nxdomain = self._template(self._plain(name, q.qtype))
         nxdomain = nxdomain._replace(stat=(q.qtype, nxdomain.stat[1]))
         depends = answer.depends
         if answer.answer:  # a later step of ours answered: rendered now, kept only with the outcome
@@ -367,7 +367,7 @@ class Responder:
         return Pending(query, question, qwire, q.qtype, q.edns, limit, name, answer.forward, fallback, nxdomain,
                        depends)
 
-    def resolve_plain(self, name: str, qtype: int) -> Answer:
+    def _plain(self, name: str, qtype: int) -> Answer:
         """The answer without the search path (what a failed autopath step leaves)."""
         return resolve(self.index, name, qtype, self.synced())
 
