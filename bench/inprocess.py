@@ -75,7 +75,8 @@ def main() -> int:
         for q in queries:
             answer(q, 512, counts)
         best = min(best, (time.perf_counter_ns() - start) / len(queries))
-    print(f"{Path(dnsd.__file__).parent.parent}{' --autopath' if args.autopath else ''}: {best:,.0f} ns/query (best of {args.passes} passes over "
+    where = f"{Path(dnsd.__file__).parent.parent}{' --autopath' if args.autopath else ''}"
+    print(f"{where}: {best:,.0f} ns/query (best of {args.passes} passes over "
           f"{len(queries):,} queries; {hits / len(queries):.0%} from the reply table); load {os.getloadavg()[0]:.2f}")
     return 0
 

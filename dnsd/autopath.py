@@ -96,7 +96,9 @@ class Autopath:
                 authoritative=step.authoritative, negative=step.negative, depends=tuple(tried), autopath=True,
                 forward=tuple(forward),
             )
-        return answer._replace(depends=tuple(tried), forward=tuple(forward))
+        if forward:
+            return answer._replace(depends=tuple(tried), forward=tuple(forward))
+        return answer._replace(depends=tuple(tried))
 
 
 __all__ = ["Autopath", "candidates", "search_domains"]
