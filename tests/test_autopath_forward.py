@@ -264,3 +264,15 @@ def test_stale_step_is_served_not_kept(autopath, upstream: FakeUpstream) -> None
     upstream.address = "192.0.2.9"
     # Never kept: the next query walks again and gets the new data.
     wait_for(lambda: "api.github.com. A 192.0.2.9" in answers(s.query(name, timeout=5)), timeout=5)
+
+
+def test_only_stub_domains_ask_only_their_steps(start_dnsd: Callable[..., Dnsd], cluster: Path,
+                                                upstream: FakeUpstream) -> None:
+    upstream.modes["intranet.example.org"] = "answer"
+    s = start_dnsd("--manifests", str(cluster), "--autopath", "--autopath-search", "example.org",
+                   "--upstream", "none", "--stub-domain", f"example.org={upstream.server}")
+    msg = s.query(f"intranet.shop.svc.{Z}")
+    assert answers(msg) == sorted([f"intranet.shop.svc.{Z}. CNAME intranet.example.org.",
+                                   "intranet.example.org. A 192.0.2.1"])
+    assert rcode(s.query(f"other.shop.svc.{Z}")) == "NXDOMAIN"  # the bare name has no upstream: skipped
+    assert asked(upstream) == [("intranet.example.org", "A"), ("other.example.org", "A")]
