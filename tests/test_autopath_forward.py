@@ -128,7 +128,7 @@ def test_a_failing_step_leaves_the_plain_nxdomain_within_the_forward_timeout(aut
     msg = s.query(f"api.github.com.shop.svc.{Z}", timeout=5)
     elapsed = time.monotonic() - started
     assert rcode(msg) == "NXDOMAIN" and not msg.answer
-    assert elapsed < 1.5, elapsed
+    assert elapsed < 2.5, elapsed  # the forward timeout (1 s), plus a loaded machine's slack
     assert ("api.github.com", "A") not in asked(upstream)
 
 
@@ -144,7 +144,7 @@ def test_cached_repeat_asks_nothing_and_ttls_count_down(autopath, upstream: Fake
     for tcp in (False, True):
         again = s.query(name, tcp=tcp)
         assert answers(again) == answers(first)
-        assert all(17 <= rr.ttl <= 18 for rr in again.answer), [rr.ttl for rr in again.answer]  # CNAME too
+        assert all(15 <= rr.ttl <= 18 for rr in again.answer), [rr.ttl for rr in again.answer]  # CNAME too
     assert len(asked(upstream)) == sent
     wait_for(lambda: hits(s) == 3, timeout=5)
 
