@@ -1,10 +1,14 @@
 """Forwarding benchmarks: dnsd in front of Knot DNS on loopback. See bench/README.md.
 
   bench/forward [--duration 8] [--repeat 3] [--flood 1000000] [--cache-size 100000] [--probes 2000] [--skip-flood]
+                [--autopath] [--only-cached]
 
 1. Cached external names vs cluster names, in the same run: dnsperf against dnsd for a
    file of cluster names, then a file of external names already in the forward cache,
-   then the cluster file again. Target: external >= 80% of cluster QPS.
+   then the cluster file again. Target: external >= 80% of cluster QPS. With --autopath (dnsd
+   runs with --autopath --autopath-search example.test), also warm autopath hits: the same
+   external names as a pod in namespace shop first asks them (cN.shop.svc.cluster.local, found
+   upstream at the search-domain step), answered from the cache as a CNAME and the address.
 2. Uncached forwarding latency: a one-thread probe asks unique names (never cached; Knot
    answers them from a wildcard) one at a time, alternating blocks straight to Knot and
    through dnsd. Added p50 = dnsd p50 - Knot p50. Target <= 0.3 ms.
@@ -112,6 +116,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of the cached/cluster comparison")
     parser.add_argument("--flood-rate", type=int, default=0, help="flood queries/s offered (0: as fast as dnsd answers)")
     parser.add_argument("--skip-flood", action="store_true", help="only parts 1-3")
+    parser.add_argument("--autopath", action="store_true", help="dnsd with --autopath; part 1 adds warm autopath hits")
+    parser.add_argument("--only-cached", action="store_true", help="only part 1")
     args = parser.parse_args()
     common.ensure_packages({"dnsperf": "dnsperf", "knotd": "knot"})
     procs = Procs()
@@ -123,7 +129,9 @@ def main() -> int:
                            tmp / "knot.log")
         dnsd = procs.start([sys.executable, "-m", "dnsd", "serve", "--port", str(port), "--address", "127.0.0.1",
                             "--workers", "1", "--http-address", f"127.0.0.1:{http}", "--upstream", f"127.0.0.1:{knot_port}",
-                            "--forward-cache-size", str(args.cache_size)], tmp / "dnsd.log", cwd=ROOT,
+                            "--forward-cache-size", str(args.cache_size),
+                            *(["--autopath", "--autopath-search", "example.test"] if args.autopath else [])],
+                           tmp / "dnsd.log", cwd=ROOT,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
         common.wait_until(lambda: bool(probe(knot_port, ["x.example.test"], 0.3)), 20, "knot", knot)
         common.wait_until(lambda: bool(probe(port, ["web.default.svc.cluster.local"], 0.3)), 20, "dnsd", dnsd)
@@ -134,16 +142,31 @@ def main() -> int:
         cluster.write_text("\n".join(CLUSTER * 200) + "\n")
         external = tmp / "external.txt"
         external.write_text("".join(f"c{i}.example.test A\n" for i in range(1000)))
+        searched = tmp / "autopath.txt"
+        searched.write_text("".join(f"c{i}.shop.svc.cluster.local A\n" for i in range(1000)))
         dnsperf(port, external, None, once=True)  # warm the forward cache
         dnsperf(port, cluster, None, once=True)
+        if args.autopath:
+            dnsperf(port, searched, None, once=True)
         cl: list[float] = []
         ex: list[float] = []
+        ap: list[float] = []
+        sent = metric(http, "coredns_forward_requests_total")
         for _ in range(args.repeat):  # interleaved, best of each: the machine is shared
             cl.append(dnsperf(port, cluster, args.duration)["Queries per second"])
             ex.append(dnsperf(port, external, args.duration)["Queries per second"])
+            if args.autopath:
+                ap.append(dnsperf(port, searched, args.duration)["Queries per second"])
         print(f"cached external names: {max(ex):,.0f} qps (runs {', '.join(f'{x:,.0f}' for x in ex)}); cluster names "
               f"{max(cl):,.0f} qps (runs {', '.join(f'{x:,.0f}' for x in cl)}); best/best {max(ex) / max(cl):.0%} "
               f"(target >= 80%)")
+        if args.autopath:
+            print(f"warm autopath hits (cN.shop.svc.cluster.local -> CNAME cN.example.test + A): {max(ap):,.0f} qps "
+                  f"(runs {', '.join(f'{x:,.0f}' for x in ap)}); vs cached external {max(ap) / max(ex):.0%}, "
+                  f"vs cluster {max(ap) / max(cl):.0%}; queries sent upstream during the runs: "
+                  f"{metric(http, 'coredns_forward_requests_total') - sent:,.0f}")
+        if args.only_cached:
+            return 0
 
         # 2. uncached latency, dnsd vs knot directly
         tag = int(time.time())

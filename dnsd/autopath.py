@@ -7,23 +7,22 @@ NXDOMAIN as a CNAME from the asked name to it, followed by that name's records (
 autopath). Unlike CoreDNS it needs no Pod watch: the namespace is in the name, so the reply is
 a function of the question alone, cacheable, and never shared across namespaces.
 
-``candidates`` is the pure part; ``Autopath`` chains the steps: names in the served zones
-through the resolver, others through ``forward`` (the upstream forwarder). Without one, names
-outside the served zones are skipped (dnsd would refuse them); when a forwarded step fails, the
-chain stops and the plain NXDOMAIN stands, so the pod's own resolver goes on as without autopath.
+``candidates`` is the pure part; ``Autopath`` walks the steps: names in the served zones through
+the resolver, now. Names outside them can only be asked upstream, which cannot happen here (this
+is pure and synchronous): when dnsd forwards (``upstream``), the answer carries them in
+``Answer.forward``, in order, and means "ask these first; if every one is NXDOMAIN, this answer
+stands" (this answer being the next step in our zones that answered, or the plain NXDOMAIN). The
+Responder hands that to the forwarder as a ``Pending`` (upstream/autopath.py). Without a forwarder
+those steps are skipped (dnsd would refuse such names).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .index import Index
 from .records import CNAME
 from .resolver import NOERROR, NXDOMAIN, Answer, resolve
-
-# A forwarded step: (name, qtype) -> the upstream's answer, or None when it has none to give
-# (no forwarder, a failure): the chain stops and the original NXDOMAIN is returned.
-Forward = Callable[[str, int], Answer | None]
 
 
 def candidates(qname: str, zone: str, search: Sequence[str]) -> tuple[str, tuple[str, ...]] | None:
@@ -37,7 +36,9 @@ def candidates(qname: str, zone: str, search: Sequence[str]) -> tuple[str, tuple
     if not dot or not base:
         return None
     steps = (f"{base}.svc.{zone}", f"{base}.{zone}", *(f"{base}.{domain}" for domain in search), base)
-    return namespace, tuple(dict.fromkeys(steps))  # a search domain equal to the zone is tried once
+    # A search domain equal to the zone is tried once; a name over 255 bytes in wire form (a long
+    # search domain) cannot be asked, and glibc skips it too.
+    return namespace, tuple(s for s in dict.fromkeys(steps) if len(s) <= 253)
 
 
 def search_domains(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
@@ -58,10 +59,11 @@ def search_domains(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
 class Autopath:
     """A resolver (same signature as ``resolver.resolve``) that continues the search path."""
 
-    def __init__(self, zones: Sequence[str], search: Sequence[str], forward: Forward | None = None) -> None:
+    def __init__(self, zones: Sequence[str], search: Sequence[str], upstream: bool = False) -> None:
+        """``upstream``: dnsd forwards, so steps outside the served zones are left to the forwarder."""
         self.zones = frozenset(z.lower().strip(".") for z in zones)  # cluster zones, not the reverse ones
         self.search = tuple(search)
-        self.forward = forward
+        self.upstream = upstream
 
     def __call__(self, index: Index, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
         answer = resolve(index, qname, qtype, synced, minimal_any)
@@ -77,16 +79,14 @@ class Autopath:
             return answer  # not a namespace we know: not a pod's search path
         # Everything the reply was derived from: the cached reply goes when any of them changes.
         tried = [ns_name]
+        forward: list[str] = []  # steps outside our zones, before the local step that answered
         for name in steps:
-            if index.zone_of(name) is not None:
-                step = resolve(index, name, qtype, synced, minimal_any)
-                tried += (name, *step.depends)  # e.g. a pod name's namespace
-            elif self.forward is None:
-                continue  # no upstream: dnsd refuses names outside its zones, they cannot answer
-            else:
-                step = self.forward(name, qtype)
-                if step is None:
-                    break
+            if index.zone_of(name) is None:
+                if self.upstream:
+                    forward.append(name)
+                continue  # without an upstream dnsd refuses names outside its zones: they cannot answer
+            step = resolve(index, name, qtype, synced, minimal_any)
+            tried += (name, *step.depends)  # e.g. a pod name's namespace
             if step.rcode == NXDOMAIN:
                 continue
             if step.rcode != NOERROR:
@@ -94,8 +94,11 @@ class Autopath:
             return Answer(
                 NOERROR, ((qname, CNAME, name), *step.answer), step.authority, step.additional,
                 authoritative=step.authoritative, negative=step.negative, depends=tuple(tried), autopath=True,
+                forward=tuple(forward),
             )
+        if forward:
+            return answer._replace(depends=tuple(tried), forward=tuple(forward))
         return answer._replace(depends=tuple(tried))
 
 
-__all__ = ["Autopath", "Forward", "candidates", "search_domains"]
+__all__ = ["Autopath", "candidates", "search_domains"]

@@ -151,7 +151,7 @@ def resolver_for(config: Config) -> Callable[..., Answer]:
     from .autopath import Autopath, search_domains
 
     search = config.autopath_search if config.autopath_search is not None else search_domains()
-    return Autopath(config.domains, search)
+    return Autopath(config.domains, search, upstream=bool(config.upstreams or config.stub_domains))
 
 
 def from_config(config: Config, index: Any = None) -> Dataplane:

@@ -28,6 +28,9 @@ class Answer(NamedTuple):
     # Other names the answer was derived from: a cache must drop it when one of them changes.
     depends: tuple[str, ...] = ()
     autopath: bool = False  # an answer found by the server-side search path (counted)
+    # Autopath steps outside our zones to ask upstream first, in order; this answer stands only
+    # if every one of them is NXDOMAIN (autopath.py).
+    forward: tuple[str, ...] = ()
 
 
 def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:

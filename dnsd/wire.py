@@ -63,7 +63,12 @@ def name_to_wire_labels(labels: tuple[bytes, ...]) -> bytes:
 
 
 class Pending(NamedTuple):
-    """A well-formed query that is not ours to answer: the listener hands it to the forwarder."""
+    """A well-formed query that is not ours to answer: the listener hands it to the forwarder.
+
+    With ``steps``, an autopath continuation of our own name: the forwarder asks the steps
+    upstream in order (upstream/autopath.py); if all are NXDOMAIN the reply is ``fallback``,
+    and if one fails it is ``nxdomain``.
+    """
 
     query: bytes
     question: bytes  # as asked (the client's case), type and class included
@@ -72,6 +77,10 @@ class Pending(NamedTuple):
     edns: bool
     limit: int  # reply size limit (the client's EDNS size within --udp-max-payload, 512, or TCP_LIMIT)
     name: str  # lowercased text, no final dot
+    steps: tuple[str, ...] = ()
+    fallback: Entry | None = None
+    nxdomain: Entry | None = None
+    depends: tuple[str, ...] = ()  # names of ours the reply is derived from (a cached one goes when they change)
 
 
 class Forwarding(Protocol):
@@ -81,7 +90,8 @@ class Forwarding(Protocol):
 
     def entry(self, key: bytes) -> Entry | None: ...  # a cached upstream reply, fresh
     def is_stub(self, name: str) -> bool: ...  # under a --stub-domain
-    def forget(self, names: Iterable[str]) -> None: ...  # reverse names we now answer ourselves
+    def forget(self, names: Iterable[str]) -> None: ...  # names whose data changed (reverse, autopath)
+    def forget_derived(self) -> None: ...  # every cached reply derived from our data (autopath)
 
 
 def _entry_size(key: bytes, entry: Entry) -> int:
@@ -143,6 +153,8 @@ class Responder:
                     self._depends.pop(key, None)
 
     def clear(self) -> None:
+        if self.forward is not None:
+            self.forward.forget_derived()
         self._table.clear()
         self._keys.clear()
         self._depends.clear()
@@ -200,10 +212,11 @@ class Responder:
         return query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + entry.edns_tail
 
     # -- the strict path -------------------------------------------------------------
-    def entry(self, qwire: bytes, qtype: int, minimal_any: bool = True) -> Entry:
+    def entry(self, qwire: bytes, qtype: int, minimal_any: bool = True) -> Entry | Answer:
         """The reply for (lowercased wire name, type): from the table, a template, or rendered now.
 
         ``minimal_any`` (UDP): ANY gets one RRset (RFC 8482); over TCP every RRset, never kept.
+        An Answer instead when it stands only after autopath steps asked upstream (``forward``).
         """
         key = (qwire + struct.pack("!HH", qtype, 1)).lower()  # as the fast path builds it (see fast())
         full_any = qtype == ANY and not minimal_any
@@ -214,6 +227,8 @@ class Responder:
         labels = wire_labels(qwire)
         name = labels_to_text(labels)
         answer = self.resolve(self.index, name, qtype, self.synced(), minimal_any=not full_any)
+        if answer.forward and self.forward is not None:
+            return answer  # not this answer yet: the forwarder asks its steps first
         if not answer.answer:  # negative, refused, not yet synced: the same bytes for every name
             return self._template(answer)
         plain = render(answer, labels, qtype, self.ttl)
@@ -304,6 +319,9 @@ class Responder:
             if self._not_mine(name, qtype):
                 return Pending(query, question, qwire, qtype, edns, limit, name)
         entry = self.entry(question[:-4].lower(), qtype, minimal_any=limit != TCP_LIMIT)
+        if entry.__class__ is not Entry:
+            return self._continuation(query, q, limit, entry)  # type: ignore[arg-type]
+        assert isinstance(entry, Entry)
         hd, tail = (entry.edns_heads, entry.edns_tail) if edns else (entry.plain_heads, entry.plain_tail)
         flags = (query[2] & 1) | ((query[3] >> 3) & 2)
         reply = b"".join((query[:2], hd[flags], question, tail))
@@ -327,6 +345,31 @@ class Responder:
         stat = entry.stat if entry.stat[0] else (qtype, entry.stat[1])  # templates serve every type
         counts[stat] = counts.get(stat, 0) + 1
         return reply
+
+    def _continuation(self, query: bytes, q: Query, limit: int, answer: Answer) -> Pending:
+        """An autopath answer that needs upstream steps first: a Pending carrying what to answer
+        if they are all NXDOMAIN (the answer as it stands) or if one fails (the plain NXDOMAIN)."""
+        question = query[12 : q.qend]
+        qwire = question[:-4].lower()
+        labels = wire_labels(qwire)
+        name = labels_to_text(labels)
+        nxdomain = self._template(self._plain(name, q.qtype))
+        nxdomain = nxdomain._replace(stat=(q.qtype, nxdomain.stat[1]))
+        depends = answer.depends
+        if answer.answer:  # a later step of ours answered: rendered now, kept only with the outcome
+            rcode = answer.rcode | AUTOPATH_HIT
+            fallback = make_entry(render(answer, labels, q.qtype, self.ttl), 12 + len(qwire) + 4, 0, (q.qtype, rcode),
+                                  self.max_payload)
+        else:
+            fallback = nxdomain
+        if answer.authority:  # our SOA, whose serial moves with every change of ours (the apex is touched)
+            depends += (answer.authority[0][0],)
+        return Pending(query, question, qwire, q.qtype, q.edns, limit, name, answer.forward, fallback, nxdomain,
+                       depends)
+
+    def _plain(self, name: str, qtype: int) -> Answer:
+        """The answer without the search path (what a failed autopath step leaves)."""
+        return resolve(self.index, name, qtype, self.synced())
 
     def answer(
         self, query: bytes, limit: int = MIN_PAYLOAD, counts: dict[tuple[int, int], int] | None = None
@@ -383,8 +426,8 @@ class Responder:
         if self.forward is not None and self._not_mine(name, qtype):
             return None  # forwarded: the strict path makes the Pending
         answer = self.resolve(self.index, name, qtype, self.synced())
-        if answer.answer:
-            return None  # data: rendered and kept by the strict path
+        if answer.answer or (answer.forward and self.forward is not None):
+            return None  # data (rendered and kept by the strict path), or autopath steps to ask upstream
         entry = self._template(answer)
         stat = (qtype, answer.rcode)
         counts[stat] = counts.get(stat, 0) + 1

@@ -5,7 +5,8 @@ answer, nxdomain (with SOA), servfail, tc (UDP: TC set and no data; TCP: the ans
 big (100 A records: over 1232 bytes, so TC by UDP), slow (answer after ``delay``), silent,
 wrong_source (the answer sent from 127.0.0.2), wrong_id, wrong_question (the name's case
 flipped), garbage (the right ID and question, then random bytes), loop (relay to ``loop_to`` and back).
-Every query it receives is recorded in ``seen``.
+Every query it receives is recorded in ``seen``. With ``rich`` set, ``answer`` also has AAAA, MX
+and TXT records, and a NODATA for any other type carries an SOA (so it can be cached).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from typing import NamedTuple
 
 from conftest import free_port
-from dnslib import QTYPE, RCODE, RR, SOA, A, DNSRecord
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
 
 
 class Seen(NamedTuple):
@@ -40,6 +41,7 @@ class FakeUpstream:
         self.modes: dict[str, str] = {}
         self.ttl = 300
         self.address = "192.0.2.1"
+        self.rich = False
         self.delay = 1.0
         self.loop_to: tuple[str, int] | None = None
         self.seen: list[Seen] = []
@@ -174,6 +176,10 @@ class FakeUpstream:
                 reply.header.tc = 1
         elif q.qtype == QTYPE.A or mode == "tc":
             reply.add_answer(RR(q.qname, QTYPE.A, ttl=self.ttl, rdata=A(self.address)))
+        elif self.rich and q.qtype in RICH:
+            reply.add_answer(RR(q.qname, q.qtype, ttl=self.ttl, rdata=RICH[q.qtype](q.qname)))
+        elif self.rich:
+            reply.add_auth(RR("example.", QTYPE.SOA, ttl=60, rdata=SOA("ns.example.", "h.example.", (1, 7200, 900, 86400, 30))))
         wire = reply.pack()
         if mode == "wrong_id":
             wire = ((query.header.id + 1) & 0xFFFF).to_bytes(2, "big") + wire[2:]
@@ -183,6 +189,10 @@ class FakeUpstream:
             qend = wire.index(0, 12) + 5
             wire = wire[:6] + b"\x00\x05\x00\x00\x00\x00" + wire[12:qend] + b"\xc0\x0c" + os.urandom(40)
         return wire
+
+
+RICH = {QTYPE.AAAA: lambda _name: AAAA("2001:db8::1"), QTYPE.MX: lambda name: MX(name.add("mail"), 10),
+        QTYPE.TXT: lambda name: TXT(f"for {name}")}
 
 
 def _flip_case(wire: bytes) -> bytes:

@@ -13,7 +13,7 @@ from dnsd.autopath import Autopath, candidates, search_domains
 from dnsd.dataplane import Dataplane
 from dnsd.model import Namespace, Service
 from dnsd.records import CNAME, A
-from dnsd.resolver import NOERROR, NXDOMAIN, SERVFAIL, Answer
+from dnsd.resolver import NOERROR, NXDOMAIN
 from dnsd.store import Replace, Synced
 from dnsd.wire import MIN_PAYLOAD
 
@@ -29,6 +29,13 @@ def test_candidates_follow_the_pods_search_list() -> None:
     assert candidates(f"web.shop.svc.{Z}", Z, ()) == ("shop", (f"web.svc.{Z}", f"web.{Z}", "web"))
     # A search domain equal to the zone is tried once.
     assert candidates(f"web.shop.svc.{Z}", Z, (Z,)) == ("shop", (f"web.svc.{Z}", f"web.{Z}", "web"))
+
+
+def test_candidates_leave_out_names_too_long_to_ask() -> None:
+    base = ".".join(["a" * 63] * 3)  # 191 bytes: fits under our zone, not under a 70-byte search domain
+    long_domain = ".".join(["b" * 34, "c" * 35])
+    _, steps = candidates(f"{base}.shop.svc.{Z}", Z, (long_domain,))
+    assert steps == (f"{base}.svc.{Z}", f"{base}.{Z}", base)
 
 
 @pytest.mark.parametrize("name", [f"shop.svc.{Z}", f"svc.{Z}", Z, f"web.shop.pod.{Z}", "web.shop.svc.example.org"])
@@ -66,24 +73,20 @@ def test_a_pod_name_step_keeps_what_it_depends_on(index) -> None:
     assert f"shop.pod.{Z}" in got.depends
 
 
-def test_forwarded_steps_in_order(index) -> None:
-    asked: list[str] = []
-
-    def forward(name: str, qtype: int) -> Answer | None:
-        asked.append(name)
-        if name == "api.github.com":
-            return Answer(NOERROR, ((name, A, "192.0.2.7"),), authoritative=False)
-        return Answer(NXDOMAIN, authoritative=False)
-
-    got = Autopath([Z], SEARCH, forward)(index, f"api.github.com.shop.svc.{Z}", A, True)
-    assert asked == ["api.github.com.example.org", "api.github.com.corp.internal", "api.github.com"]
-    assert got.answer[0] == (f"api.github.com.shop.svc.{Z}", CNAME, "api.github.com") and got.autopath
+def test_steps_outside_our_zones_are_left_to_the_forwarder(index) -> None:
+    got = Autopath([Z], SEARCH, upstream=True)(index, f"api.github.com.shop.svc.{Z}", A, True)
+    assert got.rcode == NXDOMAIN and not got.answer and got.authority  # what stands if upstream says NXDOMAIN
+    assert got.forward == ("api.github.com.example.org", "api.github.com.corp.internal", "api.github.com")
+    assert {f"shop.svc.{Z}", f"api.github.com.svc.{Z}", f"api.github.com.{Z}"} <= set(got.depends)
 
 
-@pytest.mark.parametrize("outcome", [None, Answer(SERVFAIL, authoritative=False)])
-def test_a_failed_forward_leaves_the_plain_nxdomain(index, outcome) -> None:
-    got = Autopath([Z], SEARCH, lambda name, qtype: outcome)(index, f"api.github.com.shop.svc.{Z}", A, True)
-    assert got.rcode == NXDOMAIN and not got.autopath and not got.answer
+def test_a_later_local_step_is_the_fallback_after_the_forwarded_ones(index) -> None:
+    # ndots:5 and a full cluster name: the search domains come before the name itself, which is ours.
+    got = Autopath([Z], SEARCH, upstream=True)(index, f"web.default.svc.{Z}.shop.svc.{Z}", A, True)
+    assert got.forward == (f"web.default.svc.{Z}.example.org", f"web.default.svc.{Z}.corp.internal")
+    assert got.autopath and got.answer[-1] == (f"web.default.svc.{Z}", A, "10.96.0.10")
+    # A step of ours that answers before any forwarded one needs no upstream.
+    assert not Autopath([Z], SEARCH, upstream=True)(index, f"web.default.shop.svc.{Z}", A, True).forward
 
 
 def test_without_a_forwarder_only_local_steps(index) -> None:
@@ -203,3 +206,35 @@ def test_bad_search_domain_is_a_usage_error(start_dnsd) -> None:
     out = subprocess.run([sys.executable, "-m", "dnsd", "serve", "--autopath-search", "a..b"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--autopath-search" in out.stderr
+
+
+# -- the forward cache's derived replies -------------------------------------------------------
+def test_derived_replies_go_when_a_name_they_used_changes() -> None:
+    from dnsd.upstream.cache import ForwardCache
+    from dnsd.upstream.message import parse
+
+    now = [100.0]
+    cache = ForwardCache(100, 3600, 0, 0, clock=lambda: now[0])
+    reply = dnslib.DNSRecord.question(f"x.shop.svc.{Z}").reply()
+    reply.add_answer(dnslib.RR(f"x.shop.svc.{Z}", dnslib.QTYPE.A, ttl=60, rdata=dnslib.A("192.0.2.1")))
+    wire = bytes(reply.pack())
+    key = wire[12:wire.index(0, 12) + 5]
+    token = cache.reserve(key, (f"x.svc.{Z}",))
+    cache.put_derived(key, parse(wire), now[0], 60, (1, 0), token, None)
+    assert cache.entry(key) is not None
+    cache.forget([f"x.svc.{Z}"])
+    assert cache.entry(key) is None
+    # A walk that began before a change does not keep what it derived from the old data.
+    token = cache.reserve(key, (f"x.svc.{Z}",))
+    cache.forget([f"x.svc.{Z}"])
+    cache.put_derived(key, parse(wire), now[0], 60, (1, 0), token, None)
+    assert cache.entry(key) is None
+    token = cache.reserve(key, (f"x.svc.{Z}",))
+    cache.put_derived(key, parse(wire), now[0], 60, (1, 0), token, None)
+    now[0] += 59.5
+    assert cache.entry(key) is not None
+    now[0] += 1
+    assert cache.entry(key) is None  # expired with the reply it was derived from
+    cache.put_derived(key, parse(wire), now[0], 60, (1, 0), cache.reserve(key, ()), None)
+    cache.forget_derived()  # a worker told to drop every rendered reply
+    assert cache.entry(key) is None

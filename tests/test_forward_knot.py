@@ -23,6 +23,7 @@ ns      A   127.0.0.1
 www     A   192.0.2.80
 www     AAAA 2001:db8::80
 alias   CNAME www
+mail    MX  10 www
 big     TXT {txt}
 """
 
@@ -87,3 +88,18 @@ def test_knot_big_answer_over_dig(start_dnsd: Callable[..., Dnsd], knot: int) ->
     server = start_dnsd("--upstream", f"127.0.0.1:{knot}")
     out = server.dig("big.example.test", "TXT")
     assert "status: NOERROR" in out and "a" * 200 in out, out
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_autopath_through_knot(start_dnsd: Callable[..., Dnsd], knot: int, tcp: bool) -> None:
+    """Knot's replies (compressed, a CNAME chain, additional addresses) moved behind the asked name."""
+    server = start_dnsd("--upstream", f"127.0.0.1:{knot}", "--autopath", "--autopath-search", "example.test")
+    alias = server.query("Alias.default.svc.cluster.local", tcp=tcp)
+    assert answers(alias) == ["Alias.default.svc.cluster.local. CNAME alias.example.test.",
+                              "alias.example.test. CNAME www.example.test.", "www.example.test. A 192.0.2.80"]
+    mx = server.query("mail.default.svc.cluster.local", "MX", tcp=tcp)
+    assert answers(mx) == ["mail.default.svc.cluster.local. CNAME mail.example.test.",
+                           "mail.example.test. MX 10 www.example.test."]
+    assert sorted(f"{rr.name} {rd}" for rr in mx.additional for rd in rr) == [
+        "www.example.test. 192.0.2.80", "www.example.test. 2001:db8::80"]
+    assert rcode(server.query("nope.default.svc.cluster.local", tcp=tcp)) == "NXDOMAIN"

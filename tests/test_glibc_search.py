@@ -1,5 +1,7 @@
 """glibc's own resolver (``getent ahosts``) with a pod's resolv.conf, pointed at dnsd: how many
 queries a search-path lookup costs with and without --autopath, and that the addresses agree.
+dnsd forwards to the scripted upstream on loopback (tests/fake_upstream.py), which knows one
+external name; the pod's search list ends with the same domain as dnsd's --autopath-search.
 
 glibc only speaks to port 53, so dnsd listens on 127.53.X.Y:53 (an address of its own, so
 parallel runs do not collide) and getent runs in a private mount namespace where our
@@ -13,10 +15,12 @@ import random
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Dnsd
+from fake_upstream import FakeUpstream
 
 Z = "cluster.local"
 pytestmark = pytest.mark.skipif(
@@ -72,10 +76,19 @@ def start(tmp_path: Path, *flags: str) -> Dnsd:
     raise RuntimeError("could not start dnsd on a 127.53.x.y:53 address")
 
 
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        server.mode = "nxdomain"
+        server.modes["api.example.com"] = "answer"
+        server.rich = True  # AAAA too
+        yield server
+
+
 def getent(server: Dnsd, tmp_path: Path, name: str) -> tuple[set[str], int]:
     """The addresses glibc resolves ``name`` to, as a pod in namespace shop, and the queries it cost."""
     resolv, nss = tmp_path / "resolv.conf", tmp_path / "nsswitch.conf"
-    resolv.write_text(f"nameserver {server.address}\nsearch shop.svc.{Z} svc.{Z} {Z}\n"
+    resolv.write_text(f"nameserver {server.address}\nsearch shop.svc.{Z} svc.{Z} {Z} example.org\n"
                       "options ndots:5 timeout:2 attempts:1\n")
     nss.write_text("hosts: dns\n")  # no /etc/hosts, no other source: only what dnsd says
     before = requests(server)
@@ -90,15 +103,17 @@ def getent(server: Dnsd, tmp_path: Path, name: str) -> tuple[set[str], int]:
 @pytest.mark.parametrize(("name", "want", "plain_cost"), [
     ("web.default", {"10.96.0.10"}, 4),  # shop.svc. miss (A+AAAA), then svc. hit (A+AAAA)
     ("db.data", {"10.244.3.7", "fd00::7"}, 4),
-    (f"web.default.svc.{Z}", {"10.96.0.10"}, 8),  # 4 dots < ndots:5: the whole search list first
+    (f"web.default.svc.{Z}", {"10.96.0.10"}, 10),  # 4 dots < ndots:5: the whole search list first
+    ("api.example.com", {"192.0.2.1", "2001:db8::1"}, 10),  # external: 4 search domains, then the name
 ])
-def test_one_query_per_type_with_autopath(tmp_path: Path, name: str, want: set[str], plain_cost: int) -> None:
-    plain = start(tmp_path / "plain")
+def test_one_query_per_type_with_autopath(tmp_path: Path, upstream: FakeUpstream, name: str, want: set[str],
+                                          plain_cost: int) -> None:
+    plain = start(tmp_path / "plain", "--upstream", upstream.server)
     try:
         plain_addresses, plain_queries = getent(plain, tmp_path, name)
     finally:
         plain.stop()
-    auto = start(tmp_path / "auto", "--autopath", "--autopath-search", "example.org")
+    auto = start(tmp_path / "auto", "--autopath", "--autopath-search", "example.org", "--upstream", upstream.server)
     try:
         auto_addresses, auto_queries = getent(auto, tmp_path, name)
     finally:

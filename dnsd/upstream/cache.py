@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from cachetools import Cache, TLRUCache
 
@@ -27,8 +28,8 @@ FORGET_TYPES = (12, 1, 28, 255, 5, 16, 33, 2, 6)  # PTR A AAAA ANY CNAME TXT SRV
 class Item:
     """One cached reply (normalised: ID 0, RD clear, no OPT), with its rendering for one age."""
 
-    __slots__ = ("age", "entry", "expires", "hits", "negative", "offsets", "payload", "refreshing", "reply", "stale", "stat",
-                 "stored", "ttl")
+    __slots__ = ("age", "entry", "expires", "hits", "negative", "offsets", "origin", "payload", "refreshing", "reply",
+                 "stale", "stat", "stored", "ttl")
 
     def __init__(self, reply: Reply, ttl: int, stored: float, stat: tuple[int, int], payload: int) -> None:
         self.reply = reply
@@ -43,6 +44,7 @@ class Item:
         self.stale: Entry | None = None
         self.hits = 0
         self.refreshing = False
+        self.origin: Any = None  # a derived reply (autopath): the continuation it came from, to refresh it
         self.negative = reply.rcode != NOERROR or not any(r.section == 0 for r in reply.records)
 
     def render(self, age: int) -> Entry:
@@ -80,6 +82,12 @@ class ForwardCache:
         # every second, so it holds at most one second's worth of hot keys.
         self._hot: dict[bytes, tuple[Entry, float, Item, float]] = {}  # (entry, until, item, prefetch at)
         self._hot_until = 0.0
+        # Replies derived from our own data too (autopath, upstream/autopath.py): which keys each of
+        # our names was used for, and each such key's current walk (only it may store). Plain dicts
+        # kept in step with forget(); past ``maxsize`` keys they, and the replies, are all dropped.
+        self.maxsize = maxsize
+        self._derived: dict[str, set[bytes]] = {}
+        self._reserved: dict[bytes, object] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -131,14 +139,64 @@ class ForwardCache:
             self._items.pop(key, None)  # an uncacheable answer replaces an older one (stale included)
         return item.render(0)
 
+    def fresh_item(self, key: bytes, entry: Entry) -> Item | None:
+        """The cached item ``entry`` was rendered from, while it is fresh; None for a stale entry,
+        an uncacheable reply or an error (``entry`` is not a cached item's current rendering)."""
+        item = _peek(self._items, key)
+        if item is None or entry is not item.entry or self.clock() >= item.expires:
+            return None
+        return item
+
+    def reserve(self, key: bytes, depends: Iterable[str]) -> object:
+        """Before deriving the reply for ``key`` from our names ``depends``: a token that stays valid
+        until one of those names changes (forget), so a reply derived from old data is not kept."""
+        if len(self._reserved) >= self.maxsize:
+            self.forget_derived()
+        token = self._reserved[key] = object()
+        for name in depends:
+            self._derived.setdefault(name, set()).add(key)
+        return token
+
+    def put_derived(self, key: bytes, reply: Reply, stored: float, ttl: int, stat: tuple[int, int],
+                    token: object, origin: Any) -> Entry:
+        """Keep a derived reply (``stored``: when its TTLs were as in ``reply``) if ``token`` still holds;
+        its entry as of now either way. ``origin``: what prefetch hands back to refresh it (its own
+        question is never asked upstream)."""
+        item = Item(reply, max(ttl, 0), stored, stat, self.payload)
+        item.origin = origin
+        self._hot.pop(key, None)
+        if ttl > 0 and self._reserved.get(key) is token:
+            self._items[key] = item
+        return item.render(max(0, int(self.clock() - stored)))
+
+    def forget_derived(self) -> None:
+        """Drop every reply derived from our data (our data changed too much to say which)."""
+        for key in self._reserved:
+            self._items.pop(key, None)
+            self._hot.pop(key, None)
+        self._reserved.clear()
+        self._derived.clear()
+
+    def peek(self, key: bytes) -> Item | None:
+        """The item for ``key``, fresh or not, without touching its LRU place or expiry."""
+        return _peek(self._items, key)
+
     def done_refreshing(self, key: bytes) -> None:
         item = self._items.get(key)
         if item is not None:
             item.refreshing = False
 
     def forget(self, names: Iterable[str]) -> None:
-        """Drop cached replies for reverse names that dnsd now answers itself."""
+        """Drop cached replies derived from names of ours that changed, and those for reverse names
+        that dnsd now answers itself."""
         items = self._items
+        if self._derived:
+            names = tuple(names)
+            for name in names:
+                for key in self._derived.pop(name, ()):
+                    items.pop(key, None)
+                    self._hot.pop(key, None)
+                    self._reserved.pop(key, None)
         if not items:
             return
         for name in names:

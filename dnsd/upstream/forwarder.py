@@ -21,7 +21,7 @@ from typing import Any
 
 from ..render import Entry, heads, make_entry, with_opt
 from ..wire import Pending
-from . import transport
+from . import autopath, transport
 from .cache import ForwardCache
 from .message import SERVFAIL, Reply, normalise, parse, truncate
 from .pool import HEALTH_QUESTION, Pool, State
@@ -88,6 +88,9 @@ class Forwarder:
     def forget(self, names: Iterable[str]) -> None:
         self.cache.forget(names)
 
+    def forget_derived(self) -> None:
+        self.cache.forget_derived()
+
     def _pool(self, name: str) -> Pool | None:
         for suffix, zone, pool in self.stubs:
             if name == zone or name.endswith(suffix):
@@ -106,7 +109,10 @@ class Forwarder:
         return None if entry is None else compose(pending, entry, counts, self.payload)
 
     async def answer(self, pending: Pending, counts: dict[tuple[int, int], int]) -> bytes:
-        entry = await self.resolve_entry(pending.qwire, pending.qtype, pending.name)
+        if pending.steps:  # an autopath continuation of a name of ours
+            entry = await autopath.walk(self, pending)
+        else:
+            entry = await self.resolve_entry(pending.qwire, pending.qtype, pending.name)
         return compose(pending, entry, counts, self.payload)
 
     # -- the API for code inside dnsd ----------------------------------------------------
@@ -152,6 +158,11 @@ class Forwarder:
             self._inflight.pop(key, None)
         future.set_result(entry)
         return entry
+
+    async def refetch(self, key: bytes, qwire: bytes, qtype: int, name: str) -> bool:
+        """Ask upstream again although the cached reply is still fresh (a prefetch); True if it answered."""
+        entry = await self._fetch(key, qwire, qtype, name, False)
+        return self.cache.fresh_item(key, entry) is not None
 
     # -- going upstream ------------------------------------------------------------------
     async def _fetch(self, key: bytes, qwire: bytes, qtype: int, name: str, stale_ok: bool = True) -> Entry:
@@ -209,6 +220,11 @@ class Forwarder:
             await transport.udp(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop)
 
     def _prefetch(self, key: bytes) -> None:
+        item = self.cache.peek(key)
+        if item is not None and item.origin is not None:  # an autopath reply: its steps are what to refresh
+            self._spawn(autopath.refresh(self, key, item))
+            return
+
         async def refresh() -> None:
             try:
                 qwire, qtype = key[:-4], struct.unpack("!H", key[-4:-2])[0]
