@@ -241,6 +241,8 @@ def test_one_watch_per_resource_with_bookmarks_and_timeouts(api: FakeKubeAPI, si
     for i in range(3):
         api.create(service("default", f"extra{i}", cluster_ip=f"10.0.1.{i}"))
     api.wait_until(lambda: api.request_count("watch", "namespaces") >= 3, timeout=8)
+    # The server logs a watch when it is asked; the source counts it once the response starts.
+    api.wait_until(lambda: source.status()["k8s:namespaces"].restarts >= 2, timeout=5)
     one_watch_each(api)
 
     watches = api.requests("watch", "namespaces")
