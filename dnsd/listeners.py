@@ -62,7 +62,6 @@ class UdpListener:
         self.late = 0  # queries dropped for waiting too long
         self.forwarder = forwarder
         self.allowed = allowed
-        self._tasks: set[asyncio.Task] = set()
 
     def readable(self) -> None:
         backlogged = self.backlogged
@@ -123,25 +122,24 @@ class UdpListener:
 
 
     def _forward(self, pending: Pending, addr: tuple) -> bytes | None:
-        """A cached reply at once, else the forwarder's reply is sent when it comes."""
+        """A cached reply at once, else the forwarder's reply is sent when it comes (by callback:
+        no task per query)."""
         forwarder = self.forwarder
         assert forwarder is not None  # the Responder returns Pending only when upstreams are configured
         reply = forwarder.now(pending, self.listener.counts)
         if reply is None:
-            task = asyncio.get_running_loop().create_task(self._send_later(pending, addr))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return reply
+            start = perf_counter()
+            sendto, observe = self.sock.sendto, self.listener.duration.observe
 
-    async def _send_later(self, pending: Pending, addr: tuple) -> None:
-        assert self.forwarder is not None
-        start = perf_counter()
-        reply = await self.forwarder.answer(pending, self.listener.counts)
-        try:
-            self.sock.sendto(reply, addr)
-        except OSError as exc:
-            log.debug("UDP send to %s failed: %s", addr, exc)
-        self.listener.duration.observe(perf_counter() - start)
+            def send(reply: bytes) -> None:
+                try:
+                    sendto(reply, addr)
+                except OSError as exc:
+                    log.debug("UDP send to %s failed: %s", addr, exc)
+                observe(perf_counter() - start)
+
+            forwarder.ask(pending, self.listener.counts, send)
+        return reply
 
 
 _TIMEVAL = struct.Struct("@ll")

@@ -16,7 +16,7 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..render import Entry, heads, make_entry, with_opt
@@ -26,6 +26,7 @@ from .cache import ForwardCache
 from .message import SERVFAIL, Reply, normalise, parse, truncate
 from .pool import HEALTH_QUESTION, Pool, State
 from .servers import StubDomain, Upstream
+from .sockets import Exchanges
 from .stats import ForwardStats, snapshot
 
 log = logging.getLogger("dnsd.upstream")
@@ -73,7 +74,8 @@ class Forwarder:
         # Longest zone first: the most specific stub domain wins.
         self.stubs = [("." + s.zone, s.zone, pool(s.servers)) for s in sorted(stubs, key=lambda s: -len(s.zone))]
         self.forwards_default = self.default is not None
-        self._inflight: dict[bytes, asyncio.Future[Entry]] = {}
+        self._inflight: dict[bytes, list[Callable[[Entry], None]]] = {}  # question -> who waits for it
+        self._udp: Exchanges | None = None
         tls_ca = getattr(config, "upstream_tls_ca", None)
         self.tls = transport.default_tls(tls_ca) if any(u.tls_name for u in self._states) else None
         self._tasks: set[asyncio.Task] = set()
@@ -96,7 +98,7 @@ class Forwarder:
 
     # -- what the listeners ask --------------------------------------------------------
     def now(self, pending: Pending, counts: dict[tuple[int, int], int]) -> bytes | None:
-        """The reply when it needs no upstream (a cache hit, a loop probe); else None: use ``answer``."""
+        """The reply when it needs no upstream (a cache hit, a loop probe); else None: use ``ask``."""
         if pending.name.endswith(LOOP_SUFFIX):
             labels = pending.name.split(".")
             if labels[0] == self.token and labels[1].isdigit():
@@ -104,6 +106,16 @@ class Forwarder:
                 return compose(pending, self._error(pending.qwire, pending.qtype, SERVFAIL), counts, self.payload)
         entry = self.cache.entry(pending.qwire + struct.pack("!HH", pending.qtype, 1))
         return None if entry is None else compose(pending, entry, counts, self.payload)
+
+    def ask(self, pending: Pending, counts: dict[tuple[int, int], int], send: Callable[[bytes], None]) -> None:
+        """Forward ``pending`` (``now`` said None); ``send`` gets the client's reply once, from a loop
+        callback (perhaps before this returns). No task is made unless the first upstream fails."""
+        payload = self.payload
+
+        def deliver(entry: Entry) -> None:
+            send(compose(pending, entry, counts, payload))
+
+        self._begin(pending.qwire, pending.qtype, pending.name, deliver)
 
     async def answer(self, pending: Pending, counts: dict[tuple[int, int], int]) -> bytes:
         entry = await self.resolve_entry(pending.qwire, pending.qtype, pending.name)
@@ -117,80 +129,161 @@ class Forwarder:
         return b"\x00\x00" + entry.plain_heads[0] + qwire + struct.pack("!HH", qtype, 1) + entry.plain_tail
 
     async def resolve_entry(self, qwire: bytes, qtype: int, name: str | None = None) -> Entry:
-        key = qwire + struct.pack("!HH", qtype, 1)
-        entry = self.cache.entry(key)
+        entry = self.cache.entry(qwire + struct.pack("!HH", qtype, 1))
         if entry is not None:
             return entry
-        if name is not None:
-            pool = self._pool(name)
-            if pool is not None and pool.down:  # no need to wait for a timeout to answer stale
-                stale = self.cache.stale(key)
-                if stale is not None:
-                    if key not in self._inflight:  # one refresh in the background
-                        refresh = self._inflight[key] = asyncio.ensure_future(self._fetch(key, qwire, qtype, name, False))
-                        refresh.add_done_callback(lambda _f: self._inflight.pop(key, None))
-                    return stale
-        future = self._inflight.get(key)
-        if future is not None:
-            return await asyncio.shield(future)
-        if len(self._inflight) >= self.config.max_concurrent:
-            self.stats.rejects += 1
-            return self._error(qwire, qtype, REFUSED)
-        # The first asker fetches in its own task (no extra task per query); later askers wait on
-        # a plain future that it resolves.
-        future = self._inflight[key] = asyncio.get_running_loop().create_future()
-        try:
-            entry = await self._fetch(key, qwire, qtype, name if name is not None else _text(qwire))
-        except asyncio.CancelledError:  # shutting down
-            future.cancel()
-            raise
-        except Exception as exc:  # a bug: every asker of this question learns it
-            future.set_exception(exc)
-            future.exception()  # marked retrieved: no "never retrieved" warning when nobody waits
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        future.set_result(entry)
-        return entry
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+
+        def deliver(entry: Entry) -> None:
+            if not future.done():  # an asker that gave up (cancelled) is simply not answered
+                future.set_result(entry)
+
+        self._begin(qwire, qtype, name if name is not None else _text(qwire), deliver)
+        return await future
 
     # -- going upstream ------------------------------------------------------------------
+    def _begin(self, qwire: bytes, qtype: int, name: str, deliver: Callable[[Entry], None]) -> None:
+        """Answer (qwire, qtype) by ``deliver``: joins an identical question in flight, else asks
+        the route's first upstream by a callback exchange; a task takes over only for what is
+        rare (a failed or truncated first try, TCP, TLS, a background refresh)."""
+        key = qwire + struct.pack("!HH", qtype, 1)
+        pool = self._pool(name)
+        if pool is not None and pool.down:  # no need to wait for a timeout to answer stale
+            stale = self.cache.stale(key)
+            if stale is not None:
+                if key not in self._inflight:  # one refresh in the background
+                    self._inflight[key] = []
+                    self._spawn(self._refresh(key, qwire, qtype, name))
+                deliver(stale)
+                return
+        waiters = self._inflight.get(key)
+        if waiters is not None:
+            waiters.append(deliver)
+            return
+        if len(self._inflight) >= self.config.max_concurrent:
+            self.stats.rejects += 1
+            deliver(self._error(qwire, qtype, REFUSED))
+            return
+        self._inflight[key] = [deliver]
+        self.stats.misses += 1
+        if pool is None or qtype in (AXFR, IXFR):
+            self._finish(key, self._error(qwire, qtype, REFUSED))
+            return
+        deadline = time.monotonic() + self.config.forward_timeout
+        order = pool.order()
+        state = order[0] if order else None
+        if state is None or self.config.force_tcp or state.upstream.tls_name:
+            self._spawn(self._rest(key, qwire, qtype, pool, order, deadline))
+            return
+        upstream = state.upstream
+        to = str(upstream)
+        self.stats.sent(to)
+        started = time.perf_counter()
+
+        def done(reply: Reply | None, why: str) -> None:
+            if reply is not None and not reply.wire[2] & 0x02:
+                pool.succeeded(state)
+                self.stats.answered(to, reply.rcode, time.perf_counter() - started)
+                self._finish(key, self._conclude(key, qwire, qtype, reply, True))
+                return
+            if reply is None:
+                log.debug("upstream %s: %s", upstream, why)
+                pool.failed(state)
+                rest = order[1:]
+            else:  # TC: the same upstream over TCP, for what is left of its time
+                rest = order
+            self._spawn(self._rest(key, qwire, qtype, pool, rest, deadline, tcp_first=reply is not None,
+                                   started=started))
+
+        self._exchanges().send(upstream, key, min(self.config.forward_timeout, self.config.upstream_timeout),
+                               self.stats.drop, done)
+
+    def _finish(self, key: bytes, entry: Entry) -> None:
+        for deliver in self._inflight.pop(key, ()):
+            try:
+                deliver(entry)
+            except Exception:  # one asker's failure (a closed socket) must not cost the others
+                log.exception("delivering a forwarded reply failed")
+
+    async def _rest(self, key: bytes, qwire: bytes, qtype: int, pool: Pool, states: list[State], deadline: float,
+                    tcp_first: bool = False, started: float = 0.0) -> None:
+        """The rest of a fetch in a task: the first upstream's TCP retry, then the others in order."""
+        try:
+            reply = None
+            if tcp_first:
+                state = states[0]
+                left = self.config.upstream_timeout - (time.perf_counter() - started)
+                reply = await self._exchange(state, key, max(left, 0.05), pool, tcp=True, count=False,
+                                             started=started)
+                states = states[1:]
+            if reply is None:
+                reply = await self._attempts(pool, states, key, deadline)
+            entry = self._conclude(key, qwire, qtype, reply, True)
+        except asyncio.CancelledError:  # shutting down: nobody is answered
+            self._inflight.pop(key, None)
+            raise
+        except Exception:  # a bug: the askers get SERVFAIL, not silence
+            log.exception("forwarding failed")
+            entry = self._error(qwire, qtype, SERVFAIL)
+        self._finish(key, entry)
+
+    async def _refresh(self, key: bytes, qwire: bytes, qtype: int, name: str) -> None:
+        """A stale answer went out: fetch a fresh one for the cache (and whoever asked meanwhile)."""
+        entry: Entry | None = None
+        try:
+            entry = await self._fetch(key, qwire, qtype, name, False)
+        except asyncio.CancelledError:
+            self._inflight.pop(key, None)
+            raise
+        except Exception:
+            log.exception("refreshing a stale answer failed")
+        self._finish(key, entry if entry is not None else self._error(qwire, qtype, SERVFAIL))
+
     async def _fetch(self, key: bytes, qwire: bytes, qtype: int, name: str, stale_ok: bool = True) -> Entry:
         """Ask the route's upstreams; ``stale_ok`` False when a stale answer already went out (refresh only)."""
         self.stats.misses += 1
         pool = self._pool(name)
-        stat = (qtype, SERVFAIL)
         if pool is None or qtype in (AXFR, IXFR):
             return self._error(qwire, qtype, REFUSED)
-        question = key
         deadline = time.monotonic() + self.config.forward_timeout
-        reply: Reply | None = None
-        for state in pool.order():
+        reply = await self._attempts(pool, pool.order(), key, deadline)
+        return self._conclude(key, qwire, qtype, reply, stale_ok)
+
+    async def _attempts(self, pool: Pool, states: list[State], question: bytes, deadline: float) -> Reply | None:
+        """Each upstream in turn, within the deadline; the first reply (any rcode) ends the search."""
+        for state in states:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             reply = await self._exchange(state, question, min(left, self.config.upstream_timeout), pool)
             if reply is not None:
-                break
+                return reply
+        return None
+
+    def _conclude(self, key: bytes, qwire: bytes, qtype: int, reply: Reply | None, stale_ok: bool) -> Entry:
+        """The entry for what the upstreams said: cached if it may be, else stale, else SERVFAIL."""
         if reply is not None and reply.rcode != SERVFAIL:
-            stat = (qtype, reply.rcode)
-            return self.cache.put(key, normalise(reply), stat)
+            return self.cache.put(key, normalise(reply), (qtype, reply.rcode))
         stale = self.cache.stale(key) if stale_ok else None  # RFC 8767: every upstream failed (or said SERVFAIL)
         if stale is not None:
             return stale
         if reply is not None:
-            return make_entry(normalise(reply).wire, reply.qend, 0, stat, self.payload)
+            return make_entry(normalise(reply).wire, reply.qend, 0, (qtype, SERVFAIL), self.payload)
         return self._error(qwire, qtype, SERVFAIL)
 
-    async def _exchange(self, state: State, question: bytes, timeout: float, pool: Pool) -> Reply | None:
+    async def _exchange(self, state: State, question: bytes, timeout: float, pool: Pool, tcp: bool = False,
+                        count: bool = True, started: float | None = None) -> Reply | None:
+        """One upstream asked; ``tcp`` straight over TCP (a TC retry: ``count`` False, it was counted)."""
         upstream = state.upstream
         to = str(upstream)
-        self.stats.sent(to)
-        started = time.perf_counter()
+        if count:
+            self.stats.sent(to)
+        started = time.perf_counter() if started is None else started
         try:
-            if self.config.force_tcp or upstream.tls_name:
+            if tcp or self.config.force_tcp or upstream.tls_name:
                 reply = await transport.tcp(upstream, question, timeout, self.stats.drop, self.tls)
             else:
-                reply = await transport.udp(upstream, question, timeout, self.stats.drop)
+                reply = await self._exchanges().exchange(upstream, question, timeout, self.stats.drop)
                 if reply.wire[2] & 0x02:  # TC: the answer is bigger than UDP could carry
                     left = timeout - (time.perf_counter() - started)
                     reply = await transport.tcp(upstream, question, max(left, 0.05), self.stats.drop)
@@ -202,11 +295,16 @@ class Forwarder:
         self.stats.answered(to, reply.rcode, time.perf_counter() - started)
         return reply
 
+    def _exchanges(self) -> Exchanges:
+        if self._udp is None:
+            self._udp = Exchanges(asyncio.get_running_loop())
+        return self._udp
+
     async def _health_probe(self, upstream: Upstream) -> None:
         if self.config.force_tcp or upstream.tls_name:
             await transport.tcp(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop, self.tls)
         else:
-            await transport.udp(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop)
+            await self._exchanges().exchange(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop)
 
     def _prefetch(self, key: bytes) -> None:
         async def refresh() -> None:
@@ -250,7 +348,7 @@ class Forwarder:
 
     async def _quiet_probe(self, upstream: Upstream, question: bytes) -> None:
         with contextlib.suppress(transport.UpstreamError):
-            await transport.udp(upstream, question, self.config.upstream_timeout, lambda _r: None)
+            await self._exchanges().exchange(upstream, question, self.config.upstream_timeout, lambda _r: None)
 
     # -- lifecycle -----------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
@@ -270,6 +368,9 @@ class Forwarder:
         for pool in [self.default, *(p for _, _, p in self.stubs)]:
             if pool is not None:
                 pool.stop()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self.stats, self.cache)
