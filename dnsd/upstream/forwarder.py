@@ -184,7 +184,12 @@ class Forwarder:
             if reply is not None and not reply.wire[2] & 0x02:
                 pool.succeeded(state)
                 self.stats.answered(to, reply.rcode, time.perf_counter() - started)
-                self._finish(key, self._conclude(key, qwire, qtype, reply, True))
+                if reply.rcode == SERVFAIL:
+                    self._finish(key, self._conclude(key, qwire, qtype, reply, True))
+                    return
+                item, entry = self.cache.prepare(normalise(reply), (qtype, reply.rcode))
+                self._finish(key, entry)  # the askers first: the cache insertion is off their path
+                self.cache.store(key, item)
                 return
             if reply is None:
                 log.debug("upstream %s: %s", upstream, why)
