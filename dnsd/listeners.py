@@ -74,11 +74,12 @@ class UdpListener:
         allowed = self.allowed
         misses: list[tuple[bytes, Any]] = []
         last = perf_counter()
-        # Shedding: when the first query of this wake-up waited in the socket over shed_after and
-        # many forwards are in flight, the server is saturated and forwarded work is what delays
-        # everyone (an uncached forward costs ~100x a table hit): this batch's queries that would go
-        # upstream get REFUSED at once. (A wait alone may be a CPU stolen by a neighbour: no shedding.)
-        shed_after, shed = self.shed_after, False
+        # Shedding: when the first query of this wake-up waited in the socket over shed_after, the
+        # server may be saturated; then a query of this batch that would go upstream while many
+        # forwards are in flight gets REFUSED at once (an uncached forward costs ~100x a table hit:
+        # forwarded work is what delays everyone). A wait alone may be a CPU stolen by a neighbour,
+        # and few forwards in flight are not the cause: no shedding then.
+        shed_after, waited = self.shed_after, False
         full = True
         for n in range(self.BATCH):
             try:
@@ -88,7 +89,7 @@ class UdpListener:
                     data, ancillary, _, addr = recvmsg(size, 32)
                     if ancillary and len(ancillary[0][2]) >= 16:
                         seconds, micros = unpack(ancillary[0][2])
-                        shed = wall() - seconds - micros * 1e-6 > shed_after and self.forwarder.saturated()  # type: ignore[union-attr]
+                        waited = wall() - seconds - micros * 1e-6 > shed_after
                 else:
                     data, addr = recvfrom(size)
             except (BlockingIOError, InterruptedError):
@@ -118,17 +119,17 @@ class UdpListener:
             observe(now - last)  # one clock read per query: receive, answer and send
             last = now
         if misses:
-            self._misses(misses, shed)
+            self._misses(misses, waited)
         if full:
             self.backlogged = self._deep()  # a full batch: is much more waiting?
 
-    def _misses(self, misses: list[tuple[bytes, Any]], shed: bool) -> None:
+    def _misses(self, misses: list[tuple[bytes, Any]], waited: bool) -> None:
         miss, send, counts, observe = self.responder.miss, self._send, self.listener.counts, self.listener.duration.observe
         last = perf_counter()
         for data, addr in misses:
             reply = miss(data, MIN_PAYLOAD, counts)
             if reply.__class__ is Pending:
-                reply = self._forward(reply, addr, shed)  # type: ignore[arg-type]
+                reply = self._forward(reply, addr, waited)  # type: ignore[arg-type]
             if reply is not None:
                 send(reply, addr)
             now = perf_counter()
@@ -155,13 +156,13 @@ class UdpListener:
         return alloc * 4 > size
 
 
-    def _forward(self, pending: Pending, addr: tuple, shed: bool = False) -> bytes | None:
+    def _forward(self, pending: Pending, addr: tuple, waited: bool = False) -> bytes | None:
         """A cached reply at once; REFUSED at once when shedding; else the forwarder's reply is sent
         when it comes (by callback: no task per query)."""
         forwarder = self.forwarder
         assert forwarder is not None  # the Responder returns Pending only when upstreams are configured
         reply = forwarder.now(pending, self.listener.counts)
-        if reply is None and shed:
+        if reply is None and waited and forwarder.saturated():
             return forwarder.shed(pending, self.listener.counts)
         if reply is None:
             start = perf_counter()
