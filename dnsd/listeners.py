@@ -74,11 +74,11 @@ class UdpListener:
         allowed = self.allowed
         misses: list[tuple[bytes, Any]] = []
         last = perf_counter()
-        # Shedding: when the first query of this wake-up waited in the socket over shed_after, the
-        # server may be saturated; then a query of this batch that would go upstream while many
-        # forwards are in flight gets REFUSED at once (an uncached forward costs ~100x a table hit:
-        # forwarded work is what delays everyone). A wait alone may be a CPU stolen by a neighbour,
-        # and few forwards in flight are not the cause: no shedding then.
+        # Shedding: when the first query of this wake-up waited in the socket over shed_after (or
+        # upstream replies wait to be handled), the server may be saturated; then a query of this
+        # batch that would go upstream while many forwards are in flight gets REFUSED at once (an
+        # uncached forward costs ~100x a table hit: forwarded work is what delays everyone). A wait
+        # alone may be a CPU stolen by a neighbour, and few forwards in flight are not the cause.
         shed_after, waited = self.shed_after, False
         full = True
         for n in range(self.BATCH):
@@ -162,7 +162,7 @@ class UdpListener:
         forwarder = self.forwarder
         assert forwarder is not None  # the Responder returns Pending only when upstreams are configured
         reply = forwarder.now(pending, self.listener.counts)
-        if reply is None and waited and forwarder.saturated():
+        if reply is None and forwarder.saturated(waited):
             return forwarder.shed(pending, self.listener.counts)
         if reply is None:
             start = perf_counter()

@@ -121,9 +121,10 @@ class Forwarder:
 
         self._begin(pending.qwire, pending.qtype, pending.name, deliver)
 
-    def saturated(self) -> bool:
-        """Enough forwards in flight that their replies are a real share of the server's work."""
-        return len(self._inflight) >= SATURATED
+    def saturated(self, waited: bool) -> bool:
+        """Shed new forwards? Queries ``waited`` in the listener's socket, or upstream replies wait
+        to be handled, and enough forwards are in flight that they are the cause."""
+        return len(self._inflight) >= SATURATED and (waited or (self._udp is not None and self._udp.behind))
 
     def shed(self, pending: Pending, counts: dict[tuple[int, int], int]) -> bytes:
         """REFUSED at once for a query that would go upstream while the server is saturated (the

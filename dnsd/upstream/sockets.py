@@ -53,6 +53,7 @@ class Exchanges:
         self._epoll = select.epoll()
         self._waiting: dict[int, _Exchange] = {}
         self._spare: dict[int, list[socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
+        self.behind = False
         self._used: set[int] = set()  # the families asked for: only those are refilled
         loop.add_reader(self._epoll.fileno(), self._ready)
 
@@ -106,7 +107,9 @@ class Exchanges:
         waiting = self._waiting
         # At most READY replies per turn of the loop (the epoll stays readable for the rest): the
         # listeners get their turn between, so a table hit never waits behind a burst of replies.
-        for fd, _ in self._epoll.poll(0, READY):
+        events = self._epoll.poll(0, READY)
+        self.behind = len(events) == READY  # more replies wait than one turn handles
+        for fd, _ in events:
             ex = waiting.get(fd)
             if ex is not None:
                 self._read(ex)
