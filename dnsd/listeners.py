@@ -162,7 +162,7 @@ class UdpListener:
         forwarder = self.forwarder
         assert forwarder is not None  # the Responder returns Pending only when upstreams are configured
         reply = forwarder.now(pending, self.listener.counts)
-        if reply is None and forwarder.saturated(waited):
+        if reply is None and self.shed_after and forwarder.saturated(waited):
             return forwarder.shed(pending, self.listener.counts)
         if reply is None:
             start = perf_counter()

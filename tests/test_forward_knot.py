@@ -127,11 +127,13 @@ def _external_flood(port: int, seconds: float, rate: int, result: Any) -> None:
     result.put((sent, dict(rcodes), sample))
 
 
-def test_a_flood_of_external_names_is_shed_and_cluster_names_stay_fast(start_dnsd: Callable[..., Dnsd], knot: int) -> None:
+@pytest.mark.parametrize("shed_on", [True, False], ids=["shed", "shed-off"])
+def test_a_flood_of_external_names_is_shed_and_cluster_names_stay_fast(start_dnsd: Callable[..., Dnsd], knot: int,
+                                                                        shed_on: bool) -> None:
     """Unique external names faster than dnsd can forward them (open loop, 3 s, bounded): the
     forwards that would queue are answered REFUSED at once, and a cluster name asked meanwhile is
     answered fast. (bench/forward measures the same at full speed; see bench/README.md.)"""
-    server = start_dnsd("--upstream", f"127.0.0.1:{knot}", "--shed-after", "2")
+    server = start_dnsd("--upstream", f"127.0.0.1:{knot}", "--shed-after", "2" if shed_on else "0")
     ctx = multiprocessing.get_context("fork")
     result = ctx.Queue()
     sender = ctx.Process(target=_external_flood, args=(server.port, 3.0, 12_000, result))
@@ -167,6 +169,10 @@ def test_a_flood_of_external_names_is_shed_and_cluster_names_stay_fast(start_dns
             sender.kill()
         probe.close()
     shed = metric(server, "dnsd_forward_shed_total") + metric(server, "coredns_forward_max_concurrent_rejects_total")
+    if not shed_on:
+        # --shed-after 0: nothing shed (over max_concurrent is still REFUSED, as in CoreDNS)
+        assert metric(server, "dnsd_forward_shed_total") == 0
+        return
     forwarded = rcodes.get(3, 0)  # NXDOMAIN: Knot's answer for the unique names
     assert sent > 20_000, sent
     assert forwarded > 0, rcodes
