@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..render import Entry, heads, make_entry, with_opt
+from ..render import Entry, make_entry
 from ..wire import Pending
 from . import transport
 from .cache import ForwardCache
-from .message import SERVFAIL, Reply, normalise, parse, truncate
+from .compose import compose, text, wire_name
+from .message import SERVFAIL, Reply, normalise
 from .pool import HEALTH_QUESTION, Pool, State
 from .servers import StubDomain, Upstream
 from .sockets import Exchanges
@@ -37,10 +38,6 @@ AXFR, IXFR = 252, 251
 # Questions in flight from which a listener whose queries wait (--shed-after) sheds new forwards:
 # ~2.5 ms of reply handling queued at ~80 us each; fewer, and the wait is not the forwards' doing.
 SATURATED = 32
-
-
-def _wire_name(name: str) -> bytes:
-    return b"".join(bytes((len(lb),)) + lb for lb in name.encode().split(b".") if lb) + b"\x00"
 
 
 class Forwarder:
@@ -161,7 +158,7 @@ class Forwarder:
             if not future.done():  # an asker that gave up (cancelled) is simply not answered
                 future.set_result(entry)
 
-        self._begin(qwire, qtype, name if name is not None else _text(qwire), deliver)
+        self._begin(qwire, qtype, name if name is not None else text(qwire), deliver)
         return await future
 
     # -- going upstream ------------------------------------------------------------------
@@ -338,7 +335,7 @@ class Forwarder:
         async def refresh() -> None:
             try:
                 qwire, qtype = key[:-4], struct.unpack("!H", key[-4:-2])[0]
-                await self._fetch(key, qwire, qtype, _text(qwire), False)
+                await self._fetch(key, qwire, qtype, text(qwire), False)
             finally:
                 self.cache.done_refreshing(key)
 
@@ -370,7 +367,7 @@ class Forwarder:
             for number, state in enumerate(list(self._states.values())):
                 if state.looped or state.upstream.tls_name:  # a DoT server is never dnsd (no TLS listener)
                     continue
-                question = _wire_name(f"{self.token}.{number}.{LOOP_SUFFIX}") + struct.pack("!HH", HINFO, 1)
+                question = wire_name(f"{self.token}.{number}.{LOOP_SUFFIX}") + struct.pack("!HH", HINFO, 1)
                 self._spawn(self._quiet_probe(state.upstream, question))
             await asyncio.sleep(0.2)
 
@@ -402,31 +399,6 @@ class Forwarder:
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self.stats, self.cache)
-
-
-def _text(qwire: bytes) -> str:
-    labels, i = [], 0
-    while qwire[i]:
-        labels.append(qwire[i + 1 : i + 1 + qwire[i]].decode("latin-1"))
-        i += 1 + qwire[i]
-    return ".".join(labels)
-
-
-def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], payload: int) -> bytes:
-    """The client's reply from an entry: its ID, flags and question spliced in, cut to its limit."""
-    query, question = pending.query, pending.question
-    flags = (query[2] & 1) | ((query[3] >> 3) & 2)
-    hd, tail = (entry.edns_heads, entry.edns_tail) if pending.edns else (entry.plain_heads, entry.plain_tail)
-    reply = b"".join((query[:2], hd[flags], question, tail))
-    if len(reply) > pending.limit:
-        cut = entry.cut.get((pending.limit, pending.edns))
-        if cut is None:
-            plain = b"\x00\x00" + entry.plain_heads[0] + question.lower() + entry.plain_tail
-            cut = truncate(plain, parse(plain), pending.limit - (11 if pending.edns else 0))
-            cut = entry.cut[(pending.limit, pending.edns)] = with_opt(cut, payload) if pending.edns else cut
-        reply = b"".join((query[:2], heads(cut)[flags], question, cut[12 + len(question):]))
-    counts[entry.stat] = counts.get(entry.stat, 0) + 1
-    return reply
 
 
 __all__ = ["Forwarder", "compose"]
