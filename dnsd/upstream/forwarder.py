@@ -204,10 +204,15 @@ class Forwarder:
             if reply is not None and not reply.wire[2] & 0x02:
                 pool.succeeded(state)
                 self.stats.answered(to, reply.rcode, time.perf_counter() - started)
-                if reply.rcode == SERVFAIL:
-                    self._finish(key, self._conclude(key, qwire, qtype, reply, True))
+                try:
+                    if reply.rcode == SERVFAIL:
+                        self._finish(key, self._conclude(key, qwire, qtype, reply, True))
+                        return
+                    item, entry = self.cache.prepare(normalise(reply), (qtype, reply.rcode))
+                except Exception:  # a bug: the askers get SERVFAIL, and the question is not left in flight
+                    log.exception("forwarding failed")
+                    self._finish(key, self._error(qwire, qtype, SERVFAIL))
                     return
-                item, entry = self.cache.prepare(normalise(reply), (qtype, reply.rcode))
                 self._finish(key, entry)  # the askers first: the cache insertion is off their path
                 self.cache.store(key, item)
                 return
