@@ -140,6 +140,10 @@ def _forward_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--force-tcp", action="store_true", help="ask upstreams over TCP only")
     group.add_argument("--max-concurrent", type=argtypes.positive, default=1000,
                        help="distinct questions in flight upstream at once; more get REFUSED (default 1000)")
+    group.add_argument("--shed-after", type=argtypes.seconds, default=2, metavar="MS",
+                       help="when UDP queries have waited over MS milliseconds in the socket, names that would "
+                            "go upstream get REFUSED at once, so cluster names keep their latency under a "
+                            "flood (default 2; 0: never)")
     group.add_argument("--allow-from", action="append", metavar="CIDR", type=argtypes.network,
                        help="only clients in these networks may ask (repeatable; default everyone); "
                             "others get REFUSED")
@@ -179,7 +183,8 @@ def _upstream_fields(args: argparse.Namespace) -> dict[str, Any]:
         forward_max_ttl=args.forward_max_ttl, serve_stale=args.serve_stale, prefetch=args.prefetch,
         upstream_timeout=args.upstream_timeout, forward_timeout=args.forward_timeout, max_fails=args.max_fails,
         health_check=args.health_check, policy=args.policy, force_tcp=args.force_tcp,
-        max_concurrent=args.max_concurrent, allow_from=tuple(allow), upstream_tls_ca=args.upstream_tls_ca,
+        max_concurrent=args.max_concurrent, shed_after=args.shed_after / 1000, allow_from=tuple(allow),
+        upstream_tls_ca=args.upstream_tls_ca,
     )
 
 

@@ -93,6 +93,7 @@ class Config:
     policy: str = "random"
     force_tcp: bool = False
     max_concurrent: int = 1000
+    shed_after: float = 0.002  # a UDP batch whose first query waited longer: its uncached forwards get REFUSED
     allow_from: tuple[str, ...] = ()
     upstream_tls_ca: str | None = None  # CA bundle for tls:// upstreams (default: the system's)
     # names the loop-detection probes; one per dnsd (workers share it through the pickled Config)

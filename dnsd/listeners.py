@@ -54,7 +54,7 @@ class UdpListener:
     READ = MAX_QUERY + 1  # one byte more than a query may have: a longer datagram is seen, and gets FORMERR
 
     def __init__(self, sock: socket.socket, responder: Responder, listener: Listener,
-                 forwarder: Forwarder | None = None, allowed: Allowed | None = None) -> None:
+                 forwarder: Forwarder | None = None, allowed: Allowed | None = None, shed_after: float = 0.0) -> None:
         self.sock = sock
         self.responder = responder
         self.listener = listener
@@ -62,29 +62,43 @@ class UdpListener:
         self.late = 0  # queries dropped for waiting too long
         self.forwarder = forwarder
         self.allowed = allowed
-        self._tasks: set[asyncio.Task] = set()
+        self.shed_after = shed_after if forwarder is not None else 0.0
 
     def readable(self) -> None:
         backlogged = self.backlogged
-        recvfrom, recvmsg, sendto = self.sock.recvfrom, self.sock.recvmsg, self.sock.sendto
-        fast, miss = self.responder.fast, self.responder.miss
+        recvfrom, recvmsg = self.sock.recvfrom, self.sock.recvmsg
+        fast, send = self.responder.fast, self._send
         counts, observe, size = self.listener.counts, self.listener.duration.observe, self.READ
         unpack, wall = _TIMEVAL.unpack_from, time.time
         ancillary: list = []
         allowed = self.allowed
+        misses: list[tuple[bytes, Any]] = []
         last = perf_counter()
-        for _ in range(self.BATCH):
+        # Shedding: when the first query of this wake-up waited in the socket over shed_after (or
+        # upstream replies wait to be handled), the server may be saturated; then a query of this
+        # batch that would go upstream while many forwards are in flight gets REFUSED at once (an
+        # uncached forward costs ~100x a table hit: forwarded work is what delays everyone). A wait
+        # alone may be a CPU stolen by a neighbour, and few forwards in flight are not the cause.
+        shed_after, waited = self.shed_after, False
+        full = True
+        for n in range(self.BATCH):
             try:
                 if backlogged:
                     data, ancillary, _, addr = recvmsg(size, 32)
+                elif n == 0 and shed_after:
+                    data, ancillary, _, addr = recvmsg(size, 32)
+                    if ancillary and len(ancillary[0][2]) >= 16:
+                        seconds, micros = unpack(ancillary[0][2])
+                        waited = wall() - seconds - micros * 1e-6 > shed_after
                 else:
                     data, addr = recvfrom(size)
             except (BlockingIOError, InterruptedError):
-                self.backlogged = False
-                return
+                self.backlogged = full = False
+                break
             except OSError as exc:
                 log.debug("UDP receive error: %s", exc)
-                return
+                full = False
+                break
             if allowed is not None and not allowed(addr[0]):
                 reply = refused(data)
             else:
@@ -95,20 +109,40 @@ class UdpListener:
                         if wall() - seconds - micros * 1e-6 > MAX_WAIT:
                             self.late += 1
                             continue  # the client has likely given up or retried; others are waiting
-                    reply = miss(data, MIN_PAYLOAD, counts)
-                    if reply.__class__ is Pending:
-                        reply = self._forward(reply, addr)  # type: ignore[arg-type]
+                    # Table hits first: the batch's misses (~10-100x the work) are answered after
+                    # every hit in it, so a cluster name never waits behind a flood's misses.
+                    misses.append((data, addr))
+                    continue
             if reply is not None:
-                try:
-                    sendto(reply, addr)
-                except (BlockingIOError, InterruptedError):
-                    pass  # send buffer full: the reply is lost, as the kernel would lose it
-                except OSError as exc:
-                    log.debug("UDP send to %s failed: %s", addr, exc)
+                send(reply, addr)
             now = perf_counter()
             observe(now - last)  # one clock read per query: receive, answer and send
             last = now
-        self.backlogged = self._deep()  # a full batch: is much more waiting?
+        if misses:
+            self._misses(misses, waited)
+        if full:
+            self.backlogged = self._deep()  # a full batch: is much more waiting?
+
+    def _misses(self, misses: list[tuple[bytes, Any]], waited: bool) -> None:
+        miss, send, counts, observe = self.responder.miss, self._send, self.listener.counts, self.listener.duration.observe
+        last = perf_counter()
+        for data, addr in misses:
+            reply = miss(data, MIN_PAYLOAD, counts)
+            if reply.__class__ is Pending:
+                reply = self._forward(reply, addr, waited)  # type: ignore[arg-type]
+            if reply is not None:
+                send(reply, addr)
+            now = perf_counter()
+            observe(now - last)
+            last = now
+
+    def _send(self, reply: bytes, addr: Any) -> None:
+        try:
+            self.sock.sendto(reply, addr)
+        except (BlockingIOError, InterruptedError):
+            pass  # send buffer full: the reply is lost, as the kernel would lose it
+        except OSError as exc:
+            log.debug("UDP send to %s failed: %s", addr, exc)
 
     def _deep(self) -> bool:
         """Over a quarter of the receive buffer waits (~300 queries): then stale misses are dropped.
@@ -122,26 +156,27 @@ class UdpListener:
         return alloc * 4 > size
 
 
-    def _forward(self, pending: Pending, addr: tuple) -> bytes | None:
-        """A cached reply at once, else the forwarder's reply is sent when it comes."""
+    def _forward(self, pending: Pending, addr: tuple, waited: bool = False) -> bytes | None:
+        """A cached reply at once; REFUSED at once when shedding; else the forwarder's reply is sent
+        when it comes (by callback: no task per query)."""
         forwarder = self.forwarder
         assert forwarder is not None  # the Responder returns Pending only when upstreams are configured
         reply = forwarder.now(pending, self.listener.counts)
+        if reply is None and self.shed_after and forwarder.saturated(waited):
+            return forwarder.shed(pending, self.listener.counts)
         if reply is None:
-            task = asyncio.get_running_loop().create_task(self._send_later(pending, addr))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return reply
+            start = perf_counter()
+            sendto, observe = self.sock.sendto, self.listener.duration.observe
 
-    async def _send_later(self, pending: Pending, addr: tuple) -> None:
-        assert self.forwarder is not None
-        start = perf_counter()
-        reply = await self.forwarder.answer(pending, self.listener.counts)
-        try:
-            self.sock.sendto(reply, addr)
-        except OSError as exc:
-            log.debug("UDP send to %s failed: %s", addr, exc)
-        self.listener.duration.observe(perf_counter() - start)
+            def send(reply: bytes) -> None:
+                try:
+                    sendto(reply, addr)
+                except OSError as exc:
+                    log.debug("UDP send to %s failed: %s", addr, exc)
+                observe(perf_counter() - start)
+
+            forwarder.ask(pending, self.listener.counts, send)
+        return reply
 
 
 _TIMEVAL = struct.Struct("@ll")
@@ -262,7 +297,8 @@ class DnsServer:
                 reuse_port=self.reuse_port or None, backlog=1024, limit=READ_LIMIT,
             ))
             # UDP is read only once TCP listens too: a client that got a UDP answer (or TC) can use TCP.
-            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp, self.forwarder, self.allowed).readable)
+            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp, self.forwarder, self.allowed,
+                                                       self.config.shed_after).readable)
             self.listeners += [udp, tcp]
             log.info("DNS on %s:%d (UDP and TCP)", address, self.config.port)
 

@@ -385,7 +385,7 @@ class Responder:
             return reply
         return self.miss(query, limit, counts)
 
-    def negative(self, query: bytes, counts: dict[tuple[int, int], int]) -> bytes | None:
+    def negative(self, query: bytes, counts: dict[tuple[int, int], int], limit: int = MIN_PAYLOAD) -> bytes | Pending | None:
         """A template reply for a plainly shaped query whose name holds nothing (NXDOMAIN, NODATA,
         REFUSED); None when anything needs the strict path. This is what a random-name flood costs:
         one walk over the name, one resolve, no parser, no rendering, no table entry.
@@ -424,7 +424,12 @@ class Responder:
         if name.count(".") != len(labels) - 1:
             return None  # a label holding a dot: the strict path escapes it
         if self.forward is not None and self._not_mine(name, qtype):
-            return None  # forwarded: the strict path makes the Pending
+            # Forwarded. The checks above are the strict parser's for this shape, so the Pending is
+            # made here: parsing the query twice cost an uncached forward ~10 us (2-CPU VM).
+            if edns and limit == MIN_PAYLOAD:
+                limit = max(MIN_PAYLOAD, min(self.max_payload, int.from_bytes(query[qend + 3 : qend + 5], "big")))
+            question = query[12:qend]
+            return Pending(query, question, question[:-4].lower(), qtype, edns, limit, name)
         answer = self.resolve(self.index, name, qtype, self.synced())
         if answer.answer or (answer.forward and self.forward is not None):
             return None  # data (rendered and kept by the strict path), or autopath steps to ask upstream
@@ -437,7 +442,7 @@ class Responder:
     def miss(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | Pending | None:
         """The strict path, guarded: a bug costs one SERVFAIL and a rate-limited log line, never the server."""
         try:
-            reply = self.negative(query, counts)
+            reply = self.negative(query, counts, limit)
             if reply is not None:
                 return reply
             return self.full(query, limit, counts)

@@ -3,6 +3,7 @@ asked over UDP and TCP by real clients (dnspython, dig)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import socket
 import time
@@ -90,6 +91,34 @@ def test_every_upstream_query_has_a_fresh_id_and_source_port(start_dnsd: Callabl
     ids = [s.qid for s in upstream.seen if s.name.startswith("n")]
     assert len(ids) == 30 and len(set(ids)) >= 28
     assert len(set(ports)) >= 28
+
+
+def test_concurrent_upstream_queries_each_have_their_own_random_port(start_dnsd: Callable[..., Dnsd],
+                                                                     upstream: FakeUpstream) -> None:
+    """The sockets are opened ahead of need (sockets.py), yet every query still has its own socket
+    on a port the kernel picked at random: ports hardly repeat, consecutive queries are not on
+    neighbouring ports, and the IDs are random too."""
+    ports: list[int] = []
+    server = start_dnsd("--upstream", upstream.server, *FAST)
+    original = upstream._udp
+
+    def record(data: bytes, sock: socket.socket, client: tuple[str, int]) -> None:
+        if b"\x07example\x03com\x00" in data:
+            ports.append(client[1])
+        original(data, sock, client)
+
+    upstream._udp = record  # type: ignore[method-assign]
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda i: server.query(f"c{i}.example.com", timeout=5), range(200)))
+    assert all(rcode(m) == "NOERROR" for m in replies), sorted(rcode(m) for m in replies)[:5]
+    seen = [s for s in upstream.seen if s.name.endswith(".example.com.") and s.proto == "udp"]
+    assert len(seen) == 200 and len(ports) == 200
+    # ~28k ephemeral ports: 200 random draws repeat one now and then (the birthday bound), a
+    # shared or sequentially reused socket would repeat many
+    assert len(set(ports)) >= 196, f"{200 - len(set(ports))} ports used twice"
+    close = sum(1 for a, b in itertools.pairwise(ports) if abs(a - b) < 16)
+    assert close < 5, f"{close} consecutive queries on neighbouring ports: {ports[:20]}"
+    assert len({s.qid for s in seen}) >= 190
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])

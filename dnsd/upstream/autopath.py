@@ -112,7 +112,7 @@ async def walk(forwarder: Forwarder, pending: Pending) -> Entry:
     entry = cache.entry(key)
     if entry is not None:
         return entry
-    inflight = forwarder._inflight
+    inflight = forwarder.walks
     future = inflight.get(key)
     if future is not None:
         return await asyncio.shield(future)

@@ -130,14 +130,21 @@ class ForwardCache:
 
     def put(self, key: bytes, reply: Reply, stat: tuple[int, int]) -> Entry:
         """Cache ``reply`` if it may be cached; its entry at age 0 either way."""
-        ttl = cache_ttl(reply, self.max_ttl)
-        item = Item(reply, ttl, self.clock(), stat, self.payload)
+        item, entry = self.prepare(reply, stat)
+        self.store(key, item)
+        return entry
+
+    def prepare(self, reply: Reply, stat: tuple[int, int]) -> tuple[Item, Entry]:
+        """``put`` in two halves, so the asker's reply can go out before the cache insertion."""
+        item = Item(reply, cache_ttl(reply, self.max_ttl), self.clock(), stat, self.payload)
+        return item, item.render(0)
+
+    def store(self, key: bytes, item: Item) -> None:
         self._hot.pop(key, None)
-        if ttl > 0:
+        if item.ttl > 0:
             self._items[key] = item
         else:
             self._items.pop(key, None)  # an uncacheable answer replaces an older one (stale included)
-        return item.render(0)
 
     def fresh_item(self, key: bytes, entry: Entry) -> Item | None:
         """The cached item ``entry`` was rendered from, while it is fresh; None for a stale entry,

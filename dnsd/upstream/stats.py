@@ -20,6 +20,7 @@ class ForwardStats:
         self.dropped: dict[str, int] = {}  # reason -> upstream replies refused (address, id, question, garbage)
         self.loops = 0
         self.rejects = 0  # over --max-concurrent
+        self.shed = 0  # REFUSED while saturated (--shed-after)
         self.misses = 0
 
     def sent(self, to: str) -> None:
@@ -46,7 +47,7 @@ def snapshot(stats: ForwardStats, cache: Any) -> dict[str, Any]:
         "requests": dict(stats.requests), "responses": dict(stats.responses),
         "durations": {k: (h.counts[:], h.total) for k, h in stats.durations.items()},
         "healthcheck_failures": dict(stats.healthcheck_failures), "dropped": dict(stats.dropped),
-        "loops": stats.loops, "rejects": stats.rejects, "misses": stats.misses,
+        "loops": stats.loops, "rejects": stats.rejects, "shed": stats.shed, "misses": stats.misses,
         "hits": {"success": cache.hits[0], "denial": cache.hits[1]},
         "entries": {"success": success, "denial": denial},
         "stale": cache.stale_served, "prefetch": cache.prefetches,
@@ -91,6 +92,8 @@ def families(t: dict[str, Any]) -> Iterator[Any]:
                   (([to], n) for to, n in sorted(t.get("healthcheck_failures", {}).items())))
     yield counter("coredns_forward_max_concurrent_rejects", "Counter of queries rejected over max_concurrent.", [],
                   [([], t.get("rejects", 0))])
+    yield counter("dnsd_forward_shed", "Queries for upstreams answered REFUSED because UDP queries were waiting "
+                  "over --shed-after (saturation).", [], [([], t.get("shed", 0))])
     yield counter("dnsd_forward_dropped_replies", "Upstream replies dropped: wrong address, ID, question, or garbage.",
                   ["reason"], (([r], n) for r, n in sorted(t.get("dropped", {}).items())))
     yield counter("dnsd_forward_loops_detected", "Upstreams refused because they are dnsd itself (a forwarding loop).",

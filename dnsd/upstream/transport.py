@@ -1,17 +1,15 @@
-"""One exchange with one upstream, over UDP or TCP, accepting only a reply that matches.
+"""Upstream queries: building and checking them, and one exchange over TCP (or TLS).
 
-Every query gets a fresh random ID and a fresh socket (the kernel picks a random
-ephemeral source port); a UDP reply counts only if it comes from the address the
-query went to, with the same ID and the same question byte for byte (case included).
-Anything else is dropped, counted, and the wait goes on: a spoofed packet cannot end
-the exchange early.
+Every query gets a fresh random ID (here) and its own socket on a random source port
+(UDP: sockets.py); a reply counts only with the same ID and the same question byte for
+byte (case included), and by UDP only from the address the query went to. Anything else
+is dropped and counted: a spoofed packet cannot end the exchange early.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import ssl
 import struct
 from collections.abc import Callable
@@ -49,56 +47,6 @@ def check(data: bytes, qid: bytes, question: bytes) -> str | None:
     if data[4:6] != b"\x00\x01" or data[12 : 12 + len(question)] != question:
         return "question"
     return None
-
-
-async def udp(upstream: Upstream, question: bytes, timeout: float, dropped: Callable[[str], None]) -> Reply:
-    query, qid = build_query(question)
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if upstream.family == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    target = (upstream.host, upstream.port)
-    done: asyncio.Future[Reply] = loop.create_future()
-
-    def readable() -> None:
-        while not done.done():
-            try:
-                data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
-                done.set_exception(UpstreamError(str(exc)))
-                return
-            if addr[:2] != target:
-                dropped("address")
-                continue
-            reason = check(data, qid, question)
-            if reason is None:
-                try:
-                    done.set_result(parse(data))
-                    return
-                except ValueError:
-                    reason = "garbage"
-            dropped(reason)
-
-    def expire() -> None:
-        if not done.done():
-            done.set_exception(UpstreamError("timeout"))
-
-    # A timer on the future itself, not asyncio.wait_for: no wrapper task or future per query.
-    timer = loop.call_later(timeout, expire)
-    try:
-        sock.sendto(query, target)  # binds a random ephemeral port (kernel port randomisation)
-        loop.add_reader(sock.fileno(), readable)
-        try:
-            return await done
-        finally:
-            loop.remove_reader(sock.fileno())
-    except OSError as exc:
-        raise UpstreamError(str(exc)) from None
-    finally:
-        timer.cancel()
-        sock.close()
 
 
 async def tcp(upstream: Upstream, question: bytes, timeout: float, dropped: Callable[[str], None],

@@ -1,0 +1,39 @@
+"""Pure helpers of the forwarder: a client's reply from a cached entry, names between wire and text form."""
+
+from __future__ import annotations
+
+from ..render import Entry, heads, with_opt
+from ..wire import Pending
+from .message import parse, truncate
+
+
+def wire_name(name: str) -> bytes:
+    return b"".join(bytes((len(lb),)) + lb for lb in name.encode().split(b".") if lb) + b"\x00"
+
+
+def text(qwire: bytes) -> str:
+    labels, i = [], 0
+    while qwire[i]:
+        labels.append(qwire[i + 1 : i + 1 + qwire[i]].decode("latin-1"))
+        i += 1 + qwire[i]
+    return ".".join(labels)
+
+
+def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], payload: int) -> bytes:
+    """The client's reply from an entry: its ID, flags and question spliced in, cut to its limit."""
+    query, question = pending.query, pending.question
+    flags = (query[2] & 1) | ((query[3] >> 3) & 2)
+    hd, tail = (entry.edns_heads, entry.edns_tail) if pending.edns else (entry.plain_heads, entry.plain_tail)
+    reply = b"".join((query[:2], hd[flags], question, tail))
+    if len(reply) > pending.limit:
+        cut = entry.cut.get((pending.limit, pending.edns))
+        if cut is None:
+            plain = b"\x00\x00" + entry.plain_heads[0] + question.lower() + entry.plain_tail
+            cut = truncate(plain, parse(plain), pending.limit - (11 if pending.edns else 0))
+            cut = entry.cut[(pending.limit, pending.edns)] = with_opt(cut, payload) if pending.edns else cut
+        reply = b"".join((query[:2], heads(cut)[flags], question, cut[12 + len(question):]))
+    counts[entry.stat] = counts.get(entry.stat, 0) + 1
+    return reply
+
+
+__all__ = ["compose", "text", "wire_name"]
