@@ -71,7 +71,7 @@ def main() -> int:
         log_path = tmp / "dnsd.log"
         proc = procs.start([sys.executable, "-m", "dnsd", "serve", "--kubeconfig", str(kubeconfig),
                             "--port", str(port), "--http-address", f"127.0.0.1:{http}",
-                            "--workers", str(args.workers)], log_path, cwd=ROOT)
+                            "--workers", str(args.workers), "--upstream", "none"], log_path, cwd=ROOT)
         try:
             wait_until(lambda: a_records(port, f"web.default.svc.{Z}") == ("A 10.96.0.10",), 30, "dnsd", proc, log_path)
             for i in range(args.outages):

@@ -299,7 +299,7 @@ def main() -> int:
             port = common.free_port()
             if name == "dnsd":
                 argv = [sys.executable, "-m", "dnsd", "serve", "--manifests", str(manifests), "--port", str(port),
-                        "--address", "127.0.0.1", "--workers", "1", "--http-address", ""]
+                        "--address", "127.0.0.1", "--workers", "1", "--http-address", "", "--upstream", "none"]
             else:
                 argv = ["knotd", "-c", str(knot_config(tmp, port, zones))]
             results.append(measure(name, argv, port, procs, tmp, args, files, corpus, env))

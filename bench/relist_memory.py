@@ -82,7 +82,7 @@ def main() -> int:
         log_path = tmp / "dnsd.log"
         env = {**os.environ, "PYTHONPATH": str(args.dnsd_root)}
         dnsd = procs.start([sys.executable, "-m", "dnsd", "serve", "--kubeconfig", str(kubeconfig), "--port", str(port),
-                            "--http-address", f"127.0.0.1:{http}", "--workers", str(args.workers)],
+                            "--http-address", f"127.0.0.1:{http}", "--workers", str(args.workers), "--upstream", "none"],
                            log_path, cwd=args.dnsd_root, env=env)
         try:
             def ready() -> bool:

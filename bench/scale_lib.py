@@ -1112,7 +1112,8 @@ def memory_runs(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[
             dnsd_log = tmp / f"dnsd-{workers}.log"
             env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
             argv = [sys.executable, "-m", "dnsd", "serve", "--kubeconfig", str(kubeconfig), "--port", str(port),
-                    "--address", "127.0.0.1", "--workers", str(workers), "--http-address", f"127.0.0.1:{http_port}"]
+                    "--address", "127.0.0.1", "--workers", str(workers), "--http-address", f"127.0.0.1:{http_port}",
+                    "--upstream", "none"]
             dnsd = procs.start(argv, dnsd_log, env=env)
             started = time.monotonic()
             wait_for(lambda port=http_port: (http_get(port, "/ready", timeout=1) or (0,))[0] == 200,
