@@ -94,3 +94,62 @@ def test_another_process_reads_each_committed_batch(tmp_path: Path) -> None:
         assert read() == "(42, True) ('10.0.0.1',) True 80 False"  # not committed yet: the old snapshot
     assert read() == "(42, True) ('10.0.0.2',) True 80 False"
     writer.close()
+
+
+def _mapped_kb(path: str) -> int:
+    """Resident kB of this process's mappings of ``path``."""
+    kb, ours = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:
+            ours = line.split()[-1] == path
+        elif ours and line.startswith("Rss:"):
+            kb += int(line.split()[1])
+    return kb
+
+
+def _cluster(count: int) -> list:
+    """Records of ``count`` headless endpoints over 100 Services, in a random order (as a sync brings them)."""
+    out = []
+    for i in range(count):
+        base = f"s{i % 100}.n{i % 7}.svc.cluster.local"
+        ip = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+        target = f"{ip.replace('.', '-')}.{base}"
+        out += [(base, A, ip), (target, A, ip), (".".join(reversed(ip.split("."))) + ".in-addr.arpa", PTR, target),
+                (f"_http._tcp.{base}", SRV, SrvData(0, 1, 80, target))]
+    random.Random(3).shuffle(out)
+    return out
+
+
+def test_a_big_batch_is_repacked_and_its_pages_unmapped(tmp_path: Path) -> None:
+    """After an initial sync the writer holds none of the file's pages (a read maps them again), and
+    the tree is rewritten with full pages; the data and a reader's older snapshot are unchanged."""
+    zones = ("cluster.local", *REVERSE_ZONES)
+    small = SharedIndexWriter(str(tmp_path / "small"), zones)
+    records = _cluster(10_000)
+    for i in range(0, len(records), 1000):  # small batches: neither repacked nor unmapped
+        small.apply([], records[i : i + 1000])
+    assert _mapped_kb(small.data_file) > 2_000
+
+    big = SharedIndexWriter(str(tmp_path / "big"), zones)
+    big.apply([], records[:10])
+    with big.env.begin() as txn:
+        first = list(txn.cursor())
+    snapshot = big.env.begin()  # a reader's snapshot from before the big batch
+    big.apply([], records[10:])
+    assert _mapped_kb(big.data_file) < 200  # the big batch's pages are not this process's any more
+    assert sorted(big.records()) == sorted(small.records())  # reading works: the pages come back
+    leaf = big.env.stat()["leaf_pages"]
+    assert leaf < 0.8 * small.env.stat()["leaf_pages"]  # packed (random inserts leave pages ~2/3 full)
+    assert list(snapshot.cursor()) == first  # a snapshot taken before reads what it read then
+    snapshot.abort()
+    for name in ("s1.n1.svc.cluster.local", "10-0-0-1.s1.n1.svc.cluster.local", "n0.svc.cluster.local",
+                 "1.0.0.10.in-addr.arpa", "0.0.10.in-addr.arpa"):
+        below, types = big.load(name)
+        assert (below, {t: sorted(rrs) for t, rrs in types.items()}) == \
+            (small.load(name)[0], {t: sorted(rrs) for t, rrs in small.load(name)[1].items()}), name
+        assert big.exists(name), name
+    with big.batch():  # still writable after the repack
+        big.apply([("s1.n1.svc.cluster.local", A, "10.0.0.1")], [])
+    assert "10.0.0.1" not in big.rrset("s1.n1.svc.cluster.local", A)
+    small.close()
+    big.close()
