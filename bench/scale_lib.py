@@ -1129,6 +1129,8 @@ def memory_runs(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[
                     run.wait(100)
                 procs.stop(run, grace=1)
 
+            time.sleep(1.5)
+            synced = pss(dnsd.pid)  # no query yet: imports, records and index, no rendered reply
             query_all(services, 1)  # the first figure: every Service name asked once
             time.sleep(1.5)
             services_once = pss(dnsd.pid)
@@ -1146,12 +1148,14 @@ def memory_runs(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[
             time.sleep(1.5)
             relisted = pss(dnsd.pid)
             run = {"workers": workers, "ready_s": round(ready_s, 2), "answers_after_relists": got is not None,
+                   "synced": synced, "total_pss_synced_mb": round(sum(p["pss_mb"] for p in synced), 1),
                    "services_once": services_once, "after_queries": queried, "after_relists": relisted,
                    "total_pss_services_once_mb": round(sum(p["pss_mb"] for p in services_once), 1),
                    "total_pss_after_queries_mb": round(sum(p["pss_mb"] for p in queried), 1),
                    "total_pss_after_relists_mb": round(sum(p["pss_mb"] for p in relisted), 1)}
             runs.append(run)
-            log(f"--workers {workers}: PSS {run['total_pss_services_once_mb']:.0f} MB after every Service name once, "
+            log(f"--workers {workers}: PSS {run['total_pss_synced_mb']:.0f} MB synced, "
+                f"{run['total_pss_services_once_mb']:.0f} MB after every Service name once, "
                 f"{run['total_pss_after_queries_mb']:.0f} MB after every name {args.passes} times, "
                 f"{run['total_pss_after_relists_mb']:.0f} MB after 3 relists; per process (PSS/RSS): "
                 + ", ".join(f"{p['role']} {p['pss_mb']:.0f}/{p['rss_mb']:.0f}" for p in relisted))
@@ -1166,7 +1170,8 @@ def memory_rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         return []
     rows: list[tuple[str, str, str, bool | None]] = []
     one = next((run for run in runs if run["workers"] == 1), None)
-    for phase, key in (("every Service name once", "total_pss_services_once_mb"),
+    for phase, key in (("synced, nothing asked yet", "total_pss_synced_mb"),
+                       ("every Service name once", "total_pss_services_once_mb"),
                        ("every name, --passes times", "total_pss_after_queries_mb"),
                        ("after 3 relists and every name again", "total_pss_after_relists_mb")):
         base = one[key] if one else None
@@ -1308,8 +1313,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--updates-per-second", type=float, default=100, help="update rate under load (default 100)")
     parser.add_argument("--duration", type=float, default=10, help="seconds of updates under load (default 10)")
     parser.add_argument("--workers", default="1",
-                        help="dnsd --workers (default 1); a list such as 1,2,4 measures only memory, for each count: "
-                             "total PSS after every name is queried --passes times, and after three forced relists")
+                        help="dnsd --workers (default 1); a list such as 1,2,4 (or 1, for one count) measures only "
+                             "memory, for each count: total PSS after sync, after every name is queried --passes "
+                             "times, and after three forced relists")
     parser.add_argument("--passes", type=int, default=3, help="memory runs: queries of every name per phase (default 3)")
     parser.add_argument("--qps", type=int, default=5000, help="dnsperf query rate during the updates (default 5000)")
     parser.add_argument("--namespaces", type=int, default=50, help="namespaces (default 50)")
@@ -1328,7 +1334,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (dnsd log, dnsperf output, kubeconfig)")
     args = parser.parse_args(argv)
     try:
-        args.worker_counts = [int(w) for w in args.workers.split(",")]
+        args.worker_counts = [int(w) for w in args.workers.split(",") if w]
+        args.memory = "," in args.workers
     except ValueError:
         parser.error(f"--workers: {args.workers!r} is not a number or a comma-separated list of numbers")
     args.workers = args.worker_counts[0]
@@ -1369,7 +1376,7 @@ def main(argv: list[str] | None = None) -> int:
             result["meta"]["other_load_cores_at_start"] = round(load, 2)
             if load > 0.3:
                 log(f"WARNING: other processes use {load:.1f} cores: the figures below are pessimistic")
-        if len(args.worker_counts) > 1:
+        if args.memory:
             memory_runs(args, procs, tmp, result)
         else:
             measure(args, procs, tmp, result)
