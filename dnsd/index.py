@@ -12,19 +12,49 @@ below is an empty non-terminal (NODATA, not NXDOMAIN).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from .records import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A, Record
 
 TYPES = (A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV)  # every type an rrset can have (EXISTS aside)
+_ORDER = (A, PTR, SRV, EXISTS, AAAA, CNAME, TXT, SOA, NS)  # the commonest first: has_data() stops at the first hit
+
+
+class RRsets:
+    """The ``(name, type) -> rrset`` mapping view over the per-type tables."""
+
+    __slots__ = ("_by_type",)
+
+    def __init__(self, by_type: dict[int, dict[str, tuple[object, ...]]]) -> None:
+        self._by_type = by_type
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        table = self._by_type.get(key[1])
+        return table is not None and key[0] in table
+
+    def __getitem__(self, key: tuple[str, int]) -> tuple[object, ...]:
+        return self._by_type[key[1]][key[0]]
+
+    def get(self, key: tuple[str, int], default: Any = None) -> Any:
+        table = self._by_type.get(key[1])
+        return default if table is None else table.get(key[0], default)
+
+    def items(self) -> Iterator[tuple[tuple[str, int], tuple[object, ...]]]:
+        for rtype, table in self._by_type.items():
+            for name, rrset in table.items():
+                yield (name, rtype), rrset
 
 
 class Index:
     def __init__(self, zones: Sequence[str]) -> None:
         # Longest first, so the most specific served zone wins.
         self.zones = tuple(sorted({z.lower().strip(".") for z in zones}, key=len, reverse=True))
-        # One flat dict keyed by (name, type): a dict per name would cost ~200 bytes more per name.
-        self.rrsets: dict[tuple[str, int], tuple[object, ...]] = {}
-        self._types: dict[str, int] = {}  # name -> how many rrsets (EXISTS markers included) it holds
+        # One table per type, keyed by the name itself: a (name, type) key would cost a 56-byte
+        # tuple per rrset, and a count of each name's rrsets another dict entry (~11 MB at 100k
+        # endpoints). Whether a name holds data is asked of each table in turn, commonest first.
+        self._by_type: dict[int, dict[str, tuple[object, ...]]] = {t: {} for t in _ORDER}
+        self._tables = tuple(self._by_type.values())
+        self.rrsets = RRsets(self._by_type)
         self._below: dict[str, int] = {}  # name -> how many of its children exist (data, or children of their own)
         self.record_count = 0  # records served (EXISTS markers excluded)
 
@@ -35,19 +65,24 @@ class Index:
         return None
 
     def has_data(self, name: str) -> bool:
-        return name in self._types
+        for table in self._tables:  # noqa: SIM110 - a loop: any() over a generator costs twice as much here
+            if name in table:
+                return True
+        return False
 
     def exists(self, name: str) -> bool:
-        return name in self._types or name in self._below
+        return name in self._below or self.has_data(name)
 
     def rrset(self, name: str, rtype: int) -> tuple[object, ...]:
-        return self.rrsets.get((name, rtype), ())
+        table = self._by_type.get(rtype)
+        return () if table is None else table.get(name, ())
 
     def records(self) -> Iterator[Record]:
-        for (name, rtype), rrs in self.rrsets.items():
+        for rtype, table in self._by_type.items():
             if rtype != EXISTS:
-                for rdata in rrs:
-                    yield name, rtype, rdata
+                for name, rrs in table.items():
+                    for rdata in rrs:
+                        yield name, rtype, rdata
 
     def apply(self, old: Iterable[Record], new: Iterable[Record]) -> set[str]:
         """Replace one owner's ``old`` records by ``new``; return every name whose answers changed."""
@@ -65,33 +100,25 @@ class Index:
         for name, rtype, rdata in added:
             changes.setdefault((name, rtype), (set(), []))[1].append(rdata)
         touched: set[str] = set()
-        rrsets, types = self.rrsets, self._types
-        for key, (gone, fresh) in changes.items():
-            name = key[0]
+        by_type, has_data, below = self._by_type, self.has_data, self._below
+        for (name, rtype), (gone, fresh) in changes.items():
             touched.add(name)
-            current = rrsets.get(key, ())
+            table = by_type[rtype]
+            current = table.get(name, ())
             kept = tuple(r for r in current if r not in gone) if gone else current
             rrset = kept + tuple(sorted(fresh))  # sorted: the same data gives the same bytes in every process
-            if key[1] != EXISTS:
+            if rtype != EXISTS:
                 self.record_count += len(rrset) - len(current)
             if rrset:
-                if not current:
-                    rrsets[key] = rrset
-                    count = types.get(name, 0)
-                    types[name] = count + 1
-                    if not count and name not in self._below:
-                        self._count_below(name, 1, touched)
-                else:
-                    rrsets[key] = rrset
+                # A name's first rrset, and no children: it starts existing (checked before it is added).
+                starts = not current and name not in below and not has_data(name)
+                table[name] = rrset
+                if starts:
+                    self._count_below(name, 1, touched)
             elif current:
-                del rrsets[key]
-                count = types[name] - 1
-                if count:
-                    types[name] = count
-                else:
-                    del types[name]
-                    if name not in self._below:
-                        self._count_below(name, -1, touched)
+                del table[name]
+                if name not in below and not has_data(name):
+                    self._count_below(name, -1, touched)
         return touched
 
     def _count_below(self, name: str, delta: int, touched: set[str]) -> None:
@@ -101,7 +128,7 @@ class Index:
         zone = self.zone_of(name)
         if zone is None:
             return
-        below, types, floor = self._below, self._types, len(zone)
+        below, floor = self._below, len(zone)
         parent = name.partition(".")[2]
         while len(parent) > floor:
             count = below.get(parent, 0) + delta
@@ -109,7 +136,7 @@ class Index:
                 below[parent] = count
             else:
                 del below[parent]
-            if parent in types or count != (1 if delta > 0 else 0):
+            if count != (1 if delta > 0 else 0) or self.has_data(parent):
                 return  # the parent's existence did not change
             touched.add(parent)
             parent = parent.partition(".")[2]

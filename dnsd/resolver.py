@@ -45,15 +45,15 @@ def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: boo
     if qtype in (AXFR, IXFR):
         return Answer(REFUSED)  # no zone transfers
     if index.has_data(qname):
-        rrsets = index.rrsets
+        rrset = index.rrset
         if qtype == ANY:
-            found = [(t, rrsets[(qname, t)]) for t in TYPES if (qname, t) in rrsets]
+            found = [(t, rrs) for t in TYPES if (rrs := rrset(qname, t))]
             if minimal_any:
                 found = found[:1]
-        elif qtype in TYPES and (qname, qtype) in rrsets:
-            found = [(qtype, rrsets[(qname, qtype)])]
-        elif (qname, CNAME) in rrsets:
-            found = [(CNAME, rrsets[(qname, CNAME)])]  # RFC 1034: the alias answers every type; not chased
+        elif qtype in TYPES and (rrs := rrset(qname, qtype)):
+            found = [(qtype, rrs)]
+        elif rrs := rrset(qname, CNAME):
+            found = [(CNAME, rrs)]  # RFC 1034: the alias answers every type; not chased
         else:
             found = []
         if found:

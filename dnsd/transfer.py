@@ -46,10 +46,9 @@ def zone_snapshot(index: Index, zone: str) -> tuple[Record, list[Record]] | None
     inner = tuple("." + z for z in index.zones if z.endswith(suffix))  # served zones below this one
     records = [
         (name, rtype, rdata)
-        for (name, rtype), rrset in index.rrsets.items()
-        if rtype not in (SOA, EXISTS) and (name == zone or name.endswith(suffix))
+        for name, rtype, rdata in index.records()  # EXISTS markers are not records
+        if rtype != SOA and (name == zone or name.endswith(suffix))
         and not (inner and any(name.endswith(z) or name == z[1:] for z in inner))
-        for rdata in rrset
     ]
     return (zone, SOA, soa[0]), records
 
