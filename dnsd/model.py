@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import sys
 from typing import Any, NamedTuple
 
 SERVICE = "Service"
@@ -129,7 +130,7 @@ def _port(raw: Any, where: str, *, allow_null: bool = False) -> Port | None:
     name = raw.get("name") or ""
     if name and (not isinstance(name, str) or not _PORT_NAME.match(name)):
         raise ValueError(f"{where}: port name {name!r} is not a valid DNS label")
-    return Port(name, number, _PROTOCOLS[proto])
+    return Port(sys.intern(name), number, _PROTOCOLS[proto])  # interned: a few names, repeated in every object
 
 
 def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ...]:
@@ -181,7 +182,7 @@ def _endpoint_slice(obj: dict, namespace: str, name: str, pod_names: bool) -> En
     service = labels.get(SERVICE_NAME_LABEL)
     if not service:
         return None  # not linked to a Service: nothing in DNS refers to it
-    _label(service, f"label {SERVICE_NAME_LABEL}")
+    service = sys.intern(_label(service, f"label {SERVICE_NAME_LABEL}"))
     if obj.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
         return None  # FQDN slices are not served (as CoreDNS)
     raws = obj.get("endpoints") or []
@@ -220,6 +221,7 @@ def _endpoints(obj: dict, namespace: str, name: str, pod_names: bool) -> Endpoin
         ready = _addresses(sub.get("addresses"), f"subsets[{i}].addresses", pod_names)
         not_ready = _addresses(sub.get("notReadyAddresses"), f"subsets[{i}].notReadyAddresses", pod_names)
         subsets.append(Subset(_ports(sub.get("ports"), f"subsets[{i}].ports"), ready, not_ready))
+    name = sys.intern(name)  # also the Service's name
     return EndpointSet(ENDPOINTS, namespace, name, name, tuple(subsets))
 
 
@@ -244,8 +246,10 @@ def from_object(obj: Any, kind: str | None = None, *, pod_names: bool = False) -
         raise ValueError("metadata.name is missing")
     if kind == NAMESPACE:
         return Namespace(name)
-    namespace = _label(meta.get("namespace") or "default", "metadata.namespace")
+    # Interned: a namespace is named by every object in it, and a Service by each of its slices.
+    namespace = sys.intern(_label(meta.get("namespace") or "default", "metadata.namespace"))
     if kind == SERVICE:
+        name = sys.intern(name)
         spec = obj.get("spec") or {}
         if not isinstance(spec, dict):
             raise ValueError("spec must be a mapping")
