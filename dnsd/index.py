@@ -12,37 +12,11 @@ below is an empty non-terminal (NODATA, not NXDOMAIN).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 from .records import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A, Record
 
 TYPES = (A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV)  # every type an rrset can have (EXISTS aside)
 _ORDER = (A, PTR, SRV, EXISTS, AAAA, CNAME, TXT, SOA, NS)  # the commonest first: has_data() stops at the first hit
-
-
-class RRsets:
-    """The ``(name, type) -> rrset`` mapping view over the per-type tables."""
-
-    __slots__ = ("_by_type",)
-
-    def __init__(self, by_type: dict[int, dict[str, tuple[object, ...]]]) -> None:
-        self._by_type = by_type
-
-    def __contains__(self, key: tuple[str, int]) -> bool:
-        table = self._by_type.get(key[1])
-        return table is not None and key[0] in table
-
-    def __getitem__(self, key: tuple[str, int]) -> tuple[object, ...]:
-        return self._by_type[key[1]][key[0]]
-
-    def get(self, key: tuple[str, int], default: Any = None) -> Any:
-        table = self._by_type.get(key[1])
-        return default if table is None else table.get(key[0], default)
-
-    def items(self) -> Iterator[tuple[tuple[str, int], tuple[object, ...]]]:
-        for rtype, table in self._by_type.items():
-            for name, rrset in table.items():
-                yield (name, rtype), rrset
 
 
 class Index:
@@ -54,7 +28,6 @@ class Index:
         # endpoints). Whether a name holds data is asked of each table in turn, commonest first.
         self._by_type: dict[int, dict[str, tuple[object, ...]]] = {t: {} for t in _ORDER}
         self._tables = tuple(self._by_type.values())
-        self.rrsets = RRsets(self._by_type)
         self._below: dict[str, int] = {}  # name -> how many of its children exist (data, or children of their own)
         self.record_count = 0  # records served (EXISTS markers excluded)
 

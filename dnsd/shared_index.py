@@ -1,7 +1,7 @@
 """The record index in one memory-mapped LMDB file: written by the main process, read by every worker.
 
 It answers through the same interface as index.Index (zone_of, has_data, exists, rrset,
-rrsets, records), so resolver.resolve reads either. With ``--workers N`` the cluster's
+records), so resolver.resolve reads either. With ``--workers N`` the cluster's
 answers then exist once, in the page cache, mapped by every process (PSS splits it
 between them), instead of once per worker in each Python heap.
 
@@ -95,27 +95,6 @@ def _encode(below: int, types: dict[int, tuple[object, ...]]) -> bytes:
                                        for t, rrs in types.items())))
 
 
-class _RRsets:
-    """The ``(name, type) -> rrset`` mapping view that resolver.resolve reads."""
-
-    __slots__ = ("_index",)
-
-    def __init__(self, index: SharedIndex) -> None:
-        self._index = index
-
-    def __contains__(self, key: tuple[str, int]) -> bool:
-        return key[1] in self._index.load(key[0])[1]
-
-    def __getitem__(self, key: tuple[str, int]) -> tuple[object, ...]:
-        rrs = self._index.load(key[0])[1].get(key[1])
-        if rrs is None:
-            raise KeyError(key)
-        return rrs
-
-    def get(self, key: tuple[str, int], default: Any = None) -> Any:
-        return self._index.load(key[0])[1].get(key[1], default)
-
-
 class SharedIndex:
     """A reader of the shared file (a worker). ``SharedIndexWriter`` adds ``apply``."""
 
@@ -124,7 +103,6 @@ class SharedIndex:
         # readahead off: lookups are random, and reading ahead only fills the page cache.
         self.env = lmdb.open(path, map_size=MAP_SIZE, readonly=False, create=write, readahead=False,
                              sync=False, metasync=False, writemap=write, map_async=write)
-        self.rrsets = _RRsets(self)
         self.record_count = 0
 
     def close(self) -> None:
