@@ -43,6 +43,9 @@ class Index:
                 return True
         return False
 
+    def has_children(self, name: str) -> bool:
+        return name in self._below
+
     def exists(self, name: str) -> bool:
         return name in self._below or self.has_data(name)
 

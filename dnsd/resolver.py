@@ -44,7 +44,8 @@ def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: boo
         return Answer(REFUSED, authoritative=False)
     if qtype in (AXFR, IXFR):
         return Answer(REFUSED)  # no zone transfers
-    if index.has_data(qname):
+    has_data = index.has_data(qname)
+    if has_data:
         rrset = index.rrset
         if qtype == ANY:
             found = [(t, rrs) for t in TYPES if (rrs := rrset(qname, t))]
@@ -66,7 +67,7 @@ def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: boo
     if not synced:
         return Answer(SERVFAIL, authoritative=False)  # never a cacheable negative before the first sync
     soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
-    if index.exists(qname) or qname == zone:
+    if has_data or index.has_children(qname) or qname == zone:  # it exists: NODATA
         return Answer(NOERROR, (), soa, negative=True)
     return Answer(NXDOMAIN, (), soa, negative=True)
 

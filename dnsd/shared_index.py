@@ -1,7 +1,7 @@
 """The record index in one memory-mapped LMDB file: written by the main process, read by every worker.
 
-It answers through the same interface as index.Index (zone_of, has_data, exists, rrset,
-records), so resolver.resolve reads either. With ``--workers N`` the cluster's
+It answers through the same interface as index.Index (zone_of, has_data, has_children,
+exists, rrset, records), so resolver.resolve reads either. With ``--workers N`` the cluster's
 answers then exist once, in the page cache, mapped by every process (PSS splits it
 between them), instead of once per worker in each Python heap.
 
@@ -121,6 +121,9 @@ class SharedIndex:
 
     def has_data(self, name: str) -> bool:
         return bool(self.load(name)[1])
+
+    def has_children(self, name: str) -> bool:
+        return self.load(name)[0] > 0
 
     def exists(self, name: str) -> bool:
         below, types = self.load(name)
