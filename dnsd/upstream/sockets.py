@@ -55,6 +55,9 @@ class Exchanges:
         self._spare: dict[int, list[socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
         self.behind = False
         self._used: set[int] = set()  # the families asked for: only those are refilled
+        # Called between two replies: the listeners answer the table hits that arrived meanwhile,
+        # so a cluster name never waits behind a run of upstream replies.
+        self.between: list[Callable[[], None]] = []
         loop.add_reader(self._epoll.fileno(), self._ready)
 
     def __len__(self) -> int:
@@ -109,10 +112,13 @@ class Exchanges:
         # listeners get their turn between, so a table hit never waits behind a burst of replies.
         events = self._epoll.poll(0, READY)
         self.behind = len(events) == READY  # more replies wait than one turn handles
+        between = self.between
         for fd, _ in events:
             ex = waiting.get(fd)
             if ex is not None:
                 self._read(ex)
+                for hook in between:
+                    hook()
 
     def _read(self, ex: _Exchange) -> None:
         sock = ex.sock
