@@ -6,6 +6,7 @@ They move bytes between sockets and the Responder; they decide nothing about DNS
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import ipaddress
@@ -63,6 +64,11 @@ class UdpListener:
         self.forwarder = forwarder
         self.allowed = allowed
         self.shed_after = shed_after if forwarder is not None else 0.0
+        # With a forwarder, misses wait in this queue (oldest first) and are answered by _work, at
+        # most BATCH per turn of the loop; hits_only() reads the socket between two pieces of
+        # forwarding work, answers the table hits at once and queues the misses.
+        self._queue: collections.deque[tuple[bytes, Any, float]] = collections.deque()  # (query, client, arrival)
+        self._scheduled = False  # _work is due in this turn of the loop
 
     def readable(self) -> None:
         backlogged = self.backlogged
@@ -73,13 +79,10 @@ class UdpListener:
         ancillary: list = []
         allowed = self.allowed
         misses: list[tuple[bytes, Any]] = []
-        last = perf_counter()
-        # Shedding: when the first query of this wake-up waited in the socket over shed_after (or
-        # upstream replies wait to be handled), the server may be saturated; then a query of this
-        # batch that would go upstream while many forwards are in flight gets REFUSED at once (an
-        # uncached forward costs ~100x a table hit: forwarded work is what delays everyone). A wait
-        # alone may be a CPU stolen by a neighbour, and few forwards in flight are not the cause.
-        shed_after, waited = self.shed_after, False
+        last = started = perf_counter()
+        # Shedding (see _work): the batch's misses are judged by the wait of its first query, in the
+        # socket (kernel timestamp) and then in the queue.
+        shed_after, arrived = self.shed_after, 0.0
         full = True
         for n in range(self.BATCH):
             try:
@@ -89,7 +92,7 @@ class UdpListener:
                     data, ancillary, _, addr = recvmsg(size, 32)
                     if ancillary and len(ancillary[0][2]) >= 16:
                         seconds, micros = unpack(ancillary[0][2])
-                        waited = wall() - seconds - micros * 1e-6 > shed_after
+                        arrived = last - (wall() - seconds - micros * 1e-6)
                 else:
                     data, addr = recvfrom(size)
             except (BlockingIOError, InterruptedError):
@@ -119,12 +122,55 @@ class UdpListener:
             observe(now - last)  # one clock read per query: receive, answer and send
             last = now
         if misses:
-            self._misses(misses, waited)
+            if self.forwarder is None:
+                self._misses(misses, False)  # no forwards: a miss costs ~10 hits, answered in place
+            else:
+                self._enqueue(misses, arrived or started)
         if full:
             self.backlogged = self._deep()  # a full batch: is much more waiting?
 
+    QUEUE = 8 * BATCH  # misses waiting in the queue at most; beyond, a batch's misses are answered in place
+
+    def _enqueue(self, misses: list[tuple[bytes, Any]], arrived: float) -> None:
+        queue = self._queue
+        if len(queue) >= self.QUEUE:
+            self._misses(misses, True)  # already deep: bounded memory (and shed, if saturated)
+            return
+        queue.extend([(data, addr, arrived) for data, addr in misses])
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._work)
+
+    def _work(self) -> None:
+        """The oldest BATCH queued misses, once per turn of the loop (as readable() answered a batch
+        before the queue): upstream replies and TCP get their turn between, at the same pace.
+
+        Shedding: when the first of them waited over shed_after since it arrived (or upstream replies
+        wait to be handled), the server may be saturated; then a miss that would go upstream while
+        many forwards are in flight gets REFUSED at once (an uncached forward costs ~100x a table
+        hit: forwarded work is what delays everyone). A wait alone may be a CPU stolen by a
+        neighbour, and few forwards in flight are not the cause."""
+        self._scheduled = False
+        queue = self._queue
+        if not queue:
+            return
+        waited = perf_counter() - queue[0][2] > self.shed_after
+        # A batch that waited is mostly shed (~30 us each; only while under 32 forwards are in flight does
+        # one go upstream): then the whole queue, else a true open-loop flood outgrows a batch per turn,
+        # fills the queue, and table hits wait in the socket again.
+        pop = queue.popleft
+        batch = []
+        for _ in range(len(queue) if waited and self.shed_after else min(len(queue), self.BATCH)):
+            data, addr, _arrived = pop()
+            batch.append((data, addr))
+        self._misses(batch, waited)
+        if queue and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._work)
+
     def _misses(self, misses: list[tuple[bytes, Any]], waited: bool) -> None:
         miss, send, counts, observe = self.responder.miss, self._send, self.listener.counts, self.listener.duration.observe
+        hits_only = self.hits_only if self.forwarder is not None else None
         last = perf_counter()
         for data, addr in misses:
             reply = miss(data, MIN_PAYLOAD, counts)
@@ -135,6 +181,47 @@ class UdpListener:
             now = perf_counter()
             observe(now - last)
             last = now
+            if hits_only is not None:
+                hits_only()
+
+    HITS_ONLY = 16  # datagrams read per hits_only() call
+
+    def hits_only(self) -> None:
+        """Between two pieces of forwarding work (misses, upstream replies): answer the table hits
+        waiting in the socket now and queue its misses for _work (a miss costs ~100 hits: a cluster
+        name must not wait for them). At most QUEUE wait; the rest stays in the socket."""
+        queue = self._queue
+        if len(queue) >= self.QUEUE:
+            return
+        fast, send, counts, recvfrom = self.responder.fast, self._send, self.listener.counts, self.sock.recvfrom
+        allowed, observe = self.allowed, self.listener.duration.observe
+        last = perf_counter()
+        for _ in range(self.HITS_ONLY):
+            try:
+                data, addr = recvfrom(self.READ)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.debug("UDP receive error: %s", exc)
+                break
+            if allowed is not None and not allowed(addr[0]):
+                reply = refused(data)
+                if reply is not None:
+                    send(reply, addr)
+                continue
+            reply = fast(data, MIN_PAYLOAD, counts)
+            if reply is None:
+                queue.append((data, addr, last))  # its wait in the socket is short: this runs often
+                if len(queue) >= self.QUEUE:
+                    break
+                continue
+            send(reply, addr)
+            now = perf_counter()
+            observe(now - last)
+            last = now
+        if queue and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._work)
 
     def _send(self, reply: bytes, addr: Any) -> None:
         try:
@@ -297,8 +384,10 @@ class DnsServer:
                 reuse_port=self.reuse_port or None, backlog=1024, limit=READ_LIMIT,
             ))
             # UDP is read only once TCP listens too: a client that got a UDP answer (or TC) can use TCP.
-            loop.add_reader(sock.fileno(), UdpListener(sock, self.responder, udp, self.forwarder, self.allowed,
-                                                       self.config.shed_after).readable)
+            reader = UdpListener(sock, self.responder, udp, self.forwarder, self.allowed, self.config.shed_after)
+            loop.add_reader(sock.fileno(), reader.readable)
+            if self.forwarder is not None:
+                self.forwarder.between(reader.hits_only)
             self.listeners += [udp, tcp]
             log.info("DNS on %s:%d (UDP and TCP)", address, self.config.port)
 

@@ -353,6 +353,10 @@ class Forwarder:
         self.stats.answered(to, reply.rcode, time.perf_counter() - started)
         return reply
 
+    def between(self, hook: Callable[[], None]) -> None:
+        """``hook`` runs between two upstream replies handled in one turn (a listener's hits)."""
+        self._exchanges().between.append(hook)
+
     def _exchanges(self) -> Exchanges:
         if self._udp is None:
             self._udp = Exchanges(asyncio.get_running_loop())

@@ -26,6 +26,10 @@ from .transport import UpstreamError, build_query, check
 
 SPARE = 64  # sockets kept open and bound per address family; refilled off the critical path
 READY = 8  # upstream replies handled per turn of the event loop (each ~100 us with its send, 2-CPU VM)
+# ... when the listeners answer their table hits between two replies (``between``): a turn may then
+# be longer without a cluster name waiting, and the forwards in flight fall as fast as the listener
+# queues new ones (with 8, a saturated flood forwarded ~40% less: the turns were as long, with fewer replies).
+READY_BETWEEN = 32
 Done = Callable[[Reply | None, str], None]  # (the reply, or None and why not)
 
 
@@ -55,6 +59,9 @@ class Exchanges:
         self._spare: dict[int, list[socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
         self.behind = False
         self._used: set[int] = set()  # the families asked for: only those are refilled
+        # Called between two replies: the listeners answer the table hits that arrived meanwhile,
+        # so a cluster name never waits behind a run of upstream replies.
+        self.between: list[Callable[[], None]] = []
         loop.add_reader(self._epoll.fileno(), self._ready)
 
     def __len__(self) -> int:
@@ -107,12 +114,16 @@ class Exchanges:
         waiting = self._waiting
         # At most READY replies per turn of the loop (the epoll stays readable for the rest): the
         # listeners get their turn between, so a table hit never waits behind a burst of replies.
-        events = self._epoll.poll(0, READY)
-        self.behind = len(events) == READY  # more replies wait than one turn handles
+        ready = READY_BETWEEN if self.between else READY
+        events = self._epoll.poll(0, ready)
+        self.behind = len(events) == ready  # more replies wait than one turn handles
+        between = self.between
         for fd, _ in events:
             ex = waiting.get(fd)
             if ex is not None:
                 self._read(ex)
+                for hook in between:
+                    hook()
 
     def _read(self, ex: _Exchange) -> None:
         sock = ex.sock
