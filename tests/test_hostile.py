@@ -464,7 +464,7 @@ def test_backlogged_socket_drops_stale_misses_and_answers_hits(monkeypatch: pyte
     """In-process, on a real socket: once a whole batch was waiting, a query that misses the table and
     waited over MAX_WAIT is dropped unanswered; a table hit is answered however long it waited."""
     from bench.fuzz_query import dataplane
-    from dnsd.listeners import MAX_WAIT, SO_TIMESTAMP, UdpListener
+    from dnsd.udp import MAX_WAIT, SO_TIMESTAMP, UdpListener
     from dnsd.metrics import Listener
 
     responder = dataplane().responder
