@@ -133,6 +133,10 @@ class UdpListener:
             self._misses(misses, True)  # already deep: bounded memory (and shed, if saturated)
             return
         queue.extend([(data, addr, arrived) for data, addr in misses])
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """_work in this turn of the loop, once however many batches were queued."""
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._work)
@@ -160,9 +164,8 @@ class UdpListener:
             data, addr, _arrived = pop()
             batch.append((data, addr))
         self._misses(batch, waited)
-        if queue and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._work)
+        if queue:
+            self._schedule()
 
     def _misses(self, misses: list[tuple[bytes, Any]], waited: bool) -> None:
         miss, send, counts, observe = self.responder.miss, self._send, self.listener.counts, self.listener.duration.observe
@@ -215,9 +218,8 @@ class UdpListener:
             now = perf_counter()
             observe(now - last)
             last = now
-        if queue and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._work)
+        if queue:
+            self._schedule()
 
     def _send(self, reply: bytes, addr: Any) -> None:
         try:
