@@ -22,8 +22,22 @@ from typing import NamedTuple, Protocol
 from .index import Index
 from .metrics import AUTOPATH_HIT
 from .parse import FORMERR, Query, error_reply, header_reply, parse
-from .records import REVERSE_ZONES, Record
-from .render import TCP_LIMIT, TXT_TTL, Entry, heads, label_tuple, make_entry, rdata_of, render, template, with_opt
+from .records import AAAA, CNAME, NS, PTR, REVERSE_ZONES, SOA, SRV, TXT, A, Record
+from .render import (
+    OPT_LEN,
+    TCP_LIMIT,
+    TXT_TTL,
+    Entry,
+    cut_reply,
+    heads,
+    label_tuple,
+    make_entry,
+    name_wire,
+    rdata_of,
+    render,
+    template,
+    with_opt,
+)
 from .resolver import ANY, AXFR, IXFR, Answer, resolve
 
 log = logging.getLogger("dnsd.wire")
@@ -34,12 +48,13 @@ DEFAULT_PAYLOAD = 1232  # what we advertise and the most we send over UDP: the D
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _SPECIAL_TYPES = frozenset((0, 41, 251, 252, 255))  # internal marker, OPT, IXFR, AXFR, ANY: the strict path's
-# Per-entry memory beyond its byte strings' lengths: the Entry tuple, two tail bytes objects, the
-# key, its cut dict, the table's slot, and the name index's string, set and slot. Measured with
-# tracemalloc over 4,000 A and SRV entries (tests/test_fuzz.py::test_table_size_estimate): ~780 bytes,
-# ~900 in all per entry; so the 32 MiB default holds ~37,000 answers.
-ENTRY_OVERHEAD = 780
-CUT_OVERHEAD = 120  # one truncated rendering: a bytes object and a dict slot
+# Per-entry memory beyond its key's and tail's lengths: the Entry tuple, the tail and key bytes
+# objects, the length int and the table's slot. Measured with tracemalloc over 4,000 A and SRV
+# entries (tests/test_fuzz.py::test_table_size_estimate).
+ENTRY_OVERHEAD = 295  # ~370 bytes per entry in all (was ~900 with a second tail and a name index)
+# The types whose keys invalidation tries for a changed name, rather than filing every key under
+# its name (a set per name cost ~330 bytes per entry): those a name of ours answers with data.
+_FOUND = tuple(struct.pack("!HH", t, 1) for t in (A, AAAA, SRV, PTR, CNAME, TXT, ANY, SOA, NS))
 
 # Old aliases (commands.py and other branches import them from here).
 _label, _rdata = label_tuple, rdata_of
@@ -95,8 +110,7 @@ class Forwarding(Protocol):
 
 
 def _entry_size(key: bytes, entry: Entry) -> int:
-    cut = sum(len(c) + CUT_OVERHEAD for c in entry.cut.values())
-    return ENTRY_OVERHEAD + len(key) + len(entry.plain_tail) + len(entry.edns_tail) + cut
+    return ENTRY_OVERHEAD + len(key) + len(entry.plain_tail)
 
 
 def _options_ok(query: bytes, i: int, end: int) -> bool:
@@ -112,7 +126,7 @@ class Responder:
 
     def __init__(
         self, index: Index, ttl: int, synced: Callable[[], bool], cache_size: int = 200_000,
-        cache_bytes: int = 32 << 20, max_payload: int = DEFAULT_PAYLOAD,
+        cache_bytes: int = 8 << 20, max_payload: int = DEFAULT_PAYLOAD,
         resolve: Callable[..., Answer] = resolve,
     ) -> None:
         self.index = index
@@ -128,7 +142,10 @@ class Responder:
         # Python, a dict ~0.05 us, on a path that takes ~1 us in all.
         self._table: dict[bytes, Entry] = {}
         self.table_bytes = 0
-        self._keys: dict[str, set[bytes]] = {}  # index name (text) -> its keys in the table
+        # Name (text) -> its keys, only for those invalidation cannot compute from the name (_FOUND):
+        # other types (an ExternalName's CNAME answers every type), names read back with escapes,
+        # and answers derived from other names (pods, autopath), filed under those names too.
+        self._keys: dict[str, set[bytes]] = {}
         self._depends: dict[bytes, tuple[str, ...]] = {}  # key -> other names it is filed under (Answer.depends)
         # (rcode, AA, authority) -> the name-independent reply; a handful (one per zone and rcode).
         self._templates: dict[tuple[int, bool, tuple[Record, ...]], Entry] = {}
@@ -142,15 +159,30 @@ class Responder:
         if self.forward is not None:
             names = tuple(names)
             self.forward.forget(names)
-        if not keys:
+        if not table:
             return
-        for name in names:
-            for key in keys.pop(name, ()):
-                entry = table.pop(key, None)
-                if entry is not None:
-                    self.table_bytes -= _entry_size(key, entry)
-                if self._depends:
-                    self._depends.pop(key, None)
+        if not isinstance(names, (set, frozenset)):
+            names = set(names)
+        for name in names & keys.keys() if keys else ():
+            for key in keys.pop(name):
+                self._drop(key)
+        if len(names) * len(_FOUND) > len(table):  # a relist: reading each key's name back is less work
+            gone = [key for key in table if labels_to_text(wire_labels(key[:-4])) in names]
+        else:
+            gone = [key for name in names for wire in (name_wire(name),) for t in _FOUND if (key := wire + t) in table]
+        for key in gone:
+            self._drop(key)
+
+    def _drop(self, key: bytes) -> None:
+        entry = self._table.pop(key, None)
+        if entry is not None:
+            self.table_bytes -= _entry_size(key, entry)
+        for name in self._depends.pop(key, ()) if self._depends else ():
+            filed = self._keys.get(name)
+            if filed is not None:
+                filed.discard(key)
+                if not filed:
+                    del self._keys[name]
 
     def clear(self) -> None:
         if self.forward is not None:
@@ -206,10 +238,11 @@ class Responder:
             return None  # lying option lengths and oversize datagrams: the strict path's FORMERR
         if limit == MIN_PAYLOAD:
             limit = max(MIN_PAYLOAD, min(self.max_payload, int.from_bytes(query[qend + 3 : qend + 5], "big")))
-        if entry.edns_len > limit:
+        if entry.plain_len + OPT_LEN > limit:
             return None
         counts[entry.stat] = counts.get(entry.stat, 0) + 1
-        return query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + entry.edns_tail
+        return (query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + entry.plain_tail
+                + entry.opt)
 
     # -- the strict path -------------------------------------------------------------
     def entry(self, qwire: bytes, qtype: int, minimal_any: bool = True) -> Entry | Answer:
@@ -261,23 +294,25 @@ class Responder:
             self._evict()
         table[key] = entry
         self.table_bytes += size
-        # Filed under its own name and every name it was derived from (pod and autopath answers).
-        for dep in (name, *depends):
-            self._keys.setdefault(dep, set()).add(key)
-        if depends:
-            self._depends[key] = depends
+        if depends or key[-4:] not in _FOUND or key[:-4] != name_wire(name):
+            # Filed under its own name and every name it was derived from (pod and autopath answers).
+            for dep in (name, *depends):
+                self._keys.setdefault(dep, set()).add(key)
+            if depends:
+                self._depends[key] = depends
 
     def _evict(self) -> None:
         """First in, first out: O(1), and hot names come straight back."""
         table = self._table
         old = next(iter(table))
         self.table_bytes -= _entry_size(old, table.pop(old))
-        for old_name in (labels_to_text(wire_labels(old[:-4])), *self._depends.pop(old, ())):
-            keys = self._keys.get(old_name)
-            if keys is not None:
-                keys.discard(old)
-                if not keys:
-                    del self._keys[old_name]
+        if self._keys:  # filed by name: rare (see __init__)
+            for old_name in (labels_to_text(wire_labels(old[:-4])), *self._depends.pop(old, ())):
+                keys = self._keys.get(old_name)
+                if keys is not None:
+                    keys.discard(old)
+                    if not keys:
+                        del self._keys[old_name]
 
     def _not_mine(self, name: str, qtype: int) -> bool:
         """Forwarded: under a stub domain; outside the served zones; a reverse name we hold nothing for."""
@@ -322,25 +357,24 @@ class Responder:
         if entry.__class__ is not Entry:
             return self._continuation(query, q, limit, entry)  # type: ignore[arg-type]
         assert isinstance(entry, Entry)
-        hd, tail = (entry.edns_heads, entry.edns_tail) if edns else (entry.plain_heads, entry.plain_tail)
         flags = (query[2] & 1) | ((query[3] >> 3) & 2)
-        reply = b"".join((query[:2], hd[flags], question, tail))
+        if edns:
+            reply = b"".join((query[:2], entry.edns_heads[flags], question, entry.plain_tail, entry.opt))
+        else:
+            reply = b"".join((query[:2], entry.plain_heads[flags], question, entry.plain_tail))
         if len(reply) > limit:
             # Cut to one of a few sizes (smaller than the client allows is legal: it gets TC and
             # retries over TCP), so the truncated renderings kept per entry stay few.
             size = max(s for s in (MIN_PAYLOAD, DEFAULT_PAYLOAD, self.max_payload, TCP_LIMIT) if s <= limit)
-            cut = entry.cut.get((size, edns))
-            if cut is None:  # rendering with truncation packs several times: keep the result
-                qwire = question[:-4].lower()
-                labels = wire_labels(qwire)
+
+            def make() -> bytes:  # rendering with truncation packs several times: kept (render.cut_reply)
+                labels = wire_labels(question[:-4].lower())
                 answer = self.resolve(self.index, labels_to_text(labels), qtype, self.synced(),
                                       minimal_any=limit != TCP_LIMIT)
-                cut = render(answer, labels, qtype, self.ttl, size - (11 if edns else 0))
-                cut = with_opt(cut, self.max_payload) if edns else cut
-                key = (qwire + question[-4:]).lower()  # as entry() builds it (type bytes too)
-                if self._table.get(key) is entry:
-                    entry.cut[(size, edns)] = cut
-                    self.table_bytes += len(cut) + CUT_OVERHEAD
+                cut = render(answer, labels, qtype, self.ttl, size - (OPT_LEN if edns else 0))
+                return with_opt(cut, self.max_payload) if edns else cut
+
+            cut = cut_reply(entry, size, edns, make)
             reply = b"".join((query[:2], heads(cut)[flags], question, cut[qend:]))
         stat = entry.stat if entry.stat[0] else (qtype, entry.stat[1])  # templates serve every type
         counts[stat] = counts.get(stat, 0) + 1
@@ -436,8 +470,10 @@ class Responder:
         entry = self._template(answer)
         stat = (qtype, answer.rcode)
         counts[stat] = counts.get(stat, 0) + 1
-        hd, tail = (entry.edns_heads, entry.edns_tail) if edns else (entry.plain_heads, entry.plain_tail)
-        return query[:2] + hd[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + tail
+        flags = (query[2] & 1) | ((query[3] >> 3) & 2)
+        if edns:
+            return query[:2] + entry.edns_heads[flags] + query[12:qend] + entry.plain_tail + entry.opt
+        return query[:2] + entry.plain_heads[flags] + query[12:qend] + entry.plain_tail
 
     def miss(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | Pending | None:
         """The strict path, guarded: a bug costs one SERVFAIL and a rate-limited log line, never the server."""

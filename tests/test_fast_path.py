@@ -105,4 +105,40 @@ def test_reply_table_is_bounded_and_still_correct() -> None:
         query = bytes(dnslib.DNSRecord.question(f"n{i}.default.svc.cluster.local", "A").pack())
         reply = dnslib.DNSRecord.parse(dp.responder.answer(query, MIN_PAYLOAD, counts))
         assert str(reply.rr[0].rdata) == f"10.96.1.{i}"
-    assert len(dp.responder._table) == 5 and sum(map(len, dp.responder._keys.values())) == 5
+    assert len(dp.responder._table) == 5 and not dp.responder._keys  # A answers: keys computed from the name
+
+
+@pytest.mark.parametrize("relist", [False, True])
+def test_a_change_drops_every_type_asked_of_the_name(relist: bool) -> None:
+    """Whatever type was asked (an ExternalName's CNAME answers MX too; uppercase spellings; EDNS),
+    a change to the name drops its kept replies: one Service changed, or every name at once (a relist
+    that touches more names than the table holds is matched by reading each key's name back)."""
+    from dnsd.model import Port, Service
+
+    dp = Dataplane(["cluster.local"], 5, None)
+    ports = (Port("http", 80, "tcp"),)
+    before = (Service("ns", "alias", "ExternalName", (), (), "old.example.org"),
+              Service("ns", "web", "ClusterIP", ("10.96.0.1",), ports))
+    after = (Service("ns", "alias", "ExternalName", (), (), "new.example.org"),
+             Service("ns", "web", "ClusterIP", ("10.96.0.2",), (Port("http", 81, "tcp"),)))
+    others = tuple(Service("ns", f"s{i}", "ClusterIP", (f"10.96.1.{i}",), ()) for i in range(1 if relist else 40))
+    dp.apply([Expect("t"), Replace("file:t", before + others), Synced("t")])
+    asked = [("ALIAS.ns.svc.cluster.local", "MX"), ("alias.ns.svc.cluster.local", "A"),
+             ("web.ns.svc.cluster.local", "A"), ("_http._tcp.web.ns.svc.cluster.local", "SRV"),
+             ("web.ns.svc.cluster.local", "ANY"), ("1.0.96.10.in-addr.arpa", "PTR")]
+    asked += [(f"s{i}.ns.svc.cluster.local", "A") for i in range(len(others))]
+    queries = []
+    for name, qtype in asked:
+        q = dnslib.DNSRecord.question(name, qtype)
+        queries.append(bytes(q.pack()))
+        q.add_ar(dnslib.EDNS0(udp_len=1232))
+        queries.append(bytes(q.pack()))
+    for query in queries:
+        dp.responder.answer(query)
+    assert all(dp.responder.fast(query, MIN_PAYLOAD, {}) is not None for query in queries)
+    dp.apply([Replace("file:t", after + others)])
+    for query in queries[:12]:
+        assert dp.responder.fast(query, MIN_PAYLOAD, {}) is None, dnslib.DNSRecord.parse(query).q
+    assert all(dp.responder.fast(query, MIN_PAYLOAD, {}) is not None for query in queries[12:])
+    reply = dnslib.DNSRecord.parse(dp.responder.answer(queries[0]))
+    assert str(reply.rr[0].rdata) == "new.example.org."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..render import Entry, heads, with_opt
+from ..render import OPT_LEN, Entry, cut_reply, heads, with_opt
 from ..wire import Pending
 from .message import parse, truncate
 
@@ -23,14 +23,18 @@ def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], 
     """The client's reply from an entry: its ID, flags and question spliced in, cut to its limit."""
     query, question = pending.query, pending.question
     flags = (query[2] & 1) | ((query[3] >> 3) & 2)
-    hd, tail = (entry.edns_heads, entry.edns_tail) if pending.edns else (entry.plain_heads, entry.plain_tail)
-    reply = b"".join((query[:2], hd[flags], question, tail))
+    if pending.edns:
+        reply = b"".join((query[:2], entry.edns_heads[flags], question, entry.plain_tail, entry.opt))
+    else:
+        reply = b"".join((query[:2], entry.plain_heads[flags], question, entry.plain_tail))
     if len(reply) > pending.limit:
-        cut = entry.cut.get((pending.limit, pending.edns))
-        if cut is None:
+
+        def make() -> bytes:
             plain = b"\x00\x00" + entry.plain_heads[0] + question.lower() + entry.plain_tail
-            cut = truncate(plain, parse(plain), pending.limit - (11 if pending.edns else 0))
-            cut = entry.cut[(pending.limit, pending.edns)] = with_opt(cut, payload) if pending.edns else cut
+            cut = truncate(plain, parse(plain), pending.limit - (OPT_LEN if pending.edns else 0))
+            return with_opt(cut, payload) if pending.edns else cut
+
+        cut = cut_reply(entry, pending.limit, pending.edns, make)
         reply = b"".join((query[:2], heads(cut)[flags], question, cut[12 + len(question):]))
     counts[entry.stat] = counts.get(entry.stat, 0) + 1
     return reply
