@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Iterable, Iterator
 from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 SERVICE = "Service"
 ENDPOINT_SLICE = "EndpointSlice"
@@ -110,6 +110,21 @@ def subset(ports: tuple[Port, ...], ready: Iterable[tuple[str, str]], not_ready:
     return Subset(ports, addresses, not_ready_addresses)
 
 
+_T = TypeVar("_T", Port, tuple[Port, ...])
+_SHARED_MAX = 4096  # a cluster with more distinct ports shares less: the table must not grow forever
+_shared_ports: dict[Port, Port] = {}
+_shared_port_lists: dict[tuple[Port, ...], tuple[Port, ...]] = {}
+
+
+def _share(value: _T, table: dict[_T, _T]) -> _T:
+    """One object for equal values: a cluster has a few ports and port lists, repeated in every
+    Service and slice (~4 MB of copies at 10k Services). Records are immutable: sharing is safe."""
+    shared = table.setdefault(value, value)
+    if len(table) > _SHARED_MAX:
+        table.clear()
+    return shared
+
+
 def service_key(obj: Service | EndpointSet) -> ServiceKey:
     return (obj.namespace, obj.name if isinstance(obj, Service) else obj.service)
 
@@ -148,7 +163,7 @@ def _port(raw: Any, where: str, *, allow_null: bool = False) -> Port | None:
     name = raw.get("name") or ""
     if name and (not isinstance(name, str) or not _PORT_NAME.match(name)):
         raise ValueError(f"{where}: port name {name!r} is not a valid DNS label")
-    return Port(sys.intern(name), number, _PROTOCOLS[proto])  # interned: a few names, repeated in every object
+    return _share(Port(sys.intern(name), number, _PROTOCOLS[proto]), _shared_ports)
 
 
 def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ...]:
@@ -157,7 +172,7 @@ def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ..
     if not isinstance(raws, list):
         raise ValueError(f"{where}: ports must be a list")
     ports = (_port(p, f"{where}[{i}]", allow_null=allow_null) for i, p in enumerate(raws))
-    return tuple(p for p in ports if p is not None)
+    return _share(tuple(p for p in ports if p is not None), _shared_port_lists)
 
 
 def _service(meta: dict, spec: dict, namespace: str, name: str) -> Service:
