@@ -11,7 +11,9 @@ import ipaddress
 import re
 import socket
 import sys
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator
+from itertools import repeat
+from typing import Any, NamedTuple, TypeVar
 
 SERVICE = "Service"
 ENDPOINT_SLICE = "EndpointSlice"
@@ -38,19 +40,26 @@ class Port(NamedTuple):
     protocol: str  # "tcp" | "udp" | "sctp"
 
 
-class Endpoint(NamedTuple):
-    """One address. ``hostname`` is the endpoint's own, or with ``pod_names`` its pod's name."""
-
-    address: str  # canonical text form
-    hostname: str  # "" when the endpoint has none
-
-
 class Subset(NamedTuple):
+    """Endpoints as parallel tuples rather than one (address, hostname) object each: at 100k
+    endpoints those objects were ~6 MB, and most endpoints have no hostname. Build with
+    ``subset()``, which keeps the form canonical (equal subsets compare equal: the store
+    compares old and new records); read with ``endpoints()``."""
+
     ports: tuple[Port, ...]
-    endpoints: tuple[Endpoint, ...]  # ready (or readiness unknown)
+    addresses: tuple[str, ...]  # ready (or readiness unknown), canonical text form
     # Kept apart: DNS shows them only for a Service with publishNotReadyAddresses. The empty
     # tuple is shared, so a subset with every endpoint ready costs no more than before.
-    not_ready: tuple[Endpoint, ...] = ()
+    not_ready: tuple[str, ...] = ()
+    # One per address, ``addresses`` then ``not_ready``, "" for an endpoint without; the shared
+    # empty tuple when no endpoint has one. A hostname is the endpoint's own, or with
+    # ``pod_names`` its pod's name.
+    hostnames: tuple[str, ...] = ()
+
+    def endpoints(self, not_ready: bool = False) -> Iterator[tuple[str, str]]:
+        """(address, hostname) of each ready endpoint, then with ``not_ready`` the others."""
+        addresses = self.addresses + self.not_ready if not_ready and self.not_ready else self.addresses
+        return zip(addresses, self.hostnames or repeat(""), strict=False)  # stops at the last address
 
 
 class Service(NamedTuple):
@@ -92,6 +101,30 @@ class Namespace(NamedTuple):
 Object = Service | EndpointSet | Namespace
 
 
+def subset(ports: tuple[Port, ...], ready: Iterable[tuple[str, str]], not_ready: Iterable[tuple[str, str]] = ()) -> Subset:
+    """A Subset of (address, hostname) endpoints, in the one form equal subsets share."""
+    addresses, hostnames = tuple(zip(*ready, strict=True)) or ((), ())
+    not_ready_addresses, not_ready_hostnames = tuple(zip(*not_ready, strict=True)) or ((), ())
+    if any(hostnames) or any(not_ready_hostnames):
+        return Subset(ports, addresses, not_ready_addresses, hostnames + not_ready_hostnames)
+    return Subset(ports, addresses, not_ready_addresses)
+
+
+_T = TypeVar("_T", Port, tuple[Port, ...])
+_SHARED_MAX = 4096  # a cluster with more distinct ports shares less: the table must not grow forever
+_shared_ports: dict[Port, Port] = {}
+_shared_port_lists: dict[tuple[Port, ...], tuple[Port, ...]] = {}
+
+
+def _share(value: _T, table: dict[_T, _T]) -> _T:
+    """One object for equal values: a cluster has a few ports and port lists, repeated in every
+    Service and slice (~4 MB of copies at 10k Services). Records are immutable: sharing is safe."""
+    shared = table.setdefault(value, value)
+    if len(table) > _SHARED_MAX:
+        table.clear()
+    return shared
+
+
 def service_key(obj: Service | EndpointSet) -> ServiceKey:
     return (obj.namespace, obj.name if isinstance(obj, Service) else obj.service)
 
@@ -130,7 +163,7 @@ def _port(raw: Any, where: str, *, allow_null: bool = False) -> Port | None:
     name = raw.get("name") or ""
     if name and (not isinstance(name, str) or not _PORT_NAME.match(name)):
         raise ValueError(f"{where}: port name {name!r} is not a valid DNS label")
-    return Port(sys.intern(name), number, _PROTOCOLS[proto])  # interned: a few names, repeated in every object
+    return _share(Port(sys.intern(name), number, _PROTOCOLS[proto]), _shared_ports)
 
 
 def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ...]:
@@ -139,7 +172,7 @@ def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ..
     if not isinstance(raws, list):
         raise ValueError(f"{where}: ports must be a list")
     ports = (_port(p, f"{where}[{i}]", allow_null=allow_null) for i, p in enumerate(raws))
-    return tuple(p for p in ports if p is not None)
+    return _share(tuple(p for p in ports if p is not None), _shared_port_lists)
 
 
 def _service(meta: dict, spec: dict, namespace: str, name: str) -> Service:
@@ -188,8 +221,8 @@ def _endpoint_slice(obj: dict, namespace: str, name: str, pod_names: bool) -> En
     raws = obj.get("endpoints") or []
     if not isinstance(raws, list):
         raise ValueError("endpoints must be a list")
-    endpoints: list[Endpoint] = []
-    not_ready: list[Endpoint] = []
+    endpoints: list[tuple[str, str]] = []
+    not_ready: list[tuple[str, str]] = []
     for i, ep in enumerate(raws):
         if not isinstance(ep, dict):
             raise ValueError(f"endpoints[{i}] must be a mapping")
@@ -199,17 +232,16 @@ def _endpoint_slice(obj: dict, namespace: str, name: str, pod_names: bool) -> En
             raise ValueError(f"endpoints[{i}] has no addresses")
         # ready unset means unknown: treated as ready; serving/terminating do not matter.
         ready = (ep.get("conditions") or {}).get("ready") is not False
-        (endpoints if ready else not_ready).extend(Endpoint(a, hostname) for a in addresses)
+        (endpoints if ready else not_ready).extend((a, hostname) for a in addresses)
     ports = _ports(obj.get("ports"), "ports", allow_null=True)
-    subset = Subset(ports, tuple(endpoints), tuple(not_ready))
-    return EndpointSet(ENDPOINT_SLICE, namespace, name, service, (subset,))
+    return EndpointSet(ENDPOINT_SLICE, namespace, name, service, (subset(ports, endpoints, not_ready),))
 
 
-def _addresses(raws: Any, where: str, pod_names: bool) -> tuple[Endpoint, ...]:
-    return tuple(
-        Endpoint(canonical_ip(addr.get("ip")), _hostname(addr, f"{where}[{j}]", pod_names))
+def _addresses(raws: Any, where: str, pod_names: bool) -> list[tuple[str, str]]:
+    return [
+        (canonical_ip(addr.get("ip")), _hostname(addr, f"{where}[{j}]", pod_names))
         for j, addr in enumerate(raws or [])
-    )
+    ]
 
 
 def _endpoints(obj: dict, namespace: str, name: str, pod_names: bool) -> EndpointSet:
@@ -220,7 +252,7 @@ def _endpoints(obj: dict, namespace: str, name: str, pod_names: bool) -> Endpoin
     for i, sub in enumerate(subsets_raw):
         ready = _addresses(sub.get("addresses"), f"subsets[{i}].addresses", pod_names)
         not_ready = _addresses(sub.get("notReadyAddresses"), f"subsets[{i}].notReadyAddresses", pod_names)
-        subsets.append(Subset(_ports(sub.get("ports"), f"subsets[{i}].ports"), ready, not_ready))
+        subsets.append(subset(_ports(sub.get("ports"), f"subsets[{i}].ports"), ready, not_ready))
     name = sys.intern(name)  # also the Service's name
     return EndpointSet(ENDPOINTS, namespace, name, name, tuple(subsets))
 

@@ -110,17 +110,16 @@ def _headless(endpoint_sets: Iterable[EndpointSet], base: str, reverse: bool, no
     for eps in endpoint_sets:
         for subset in eps.subsets:
             # publishNotReadyAddresses: not-ready endpoints are published like ready ones.
-            endpoints = subset.endpoints + subset.not_ready if not_ready and subset.not_ready else subset.endpoints
-            for ep in endpoints:
-                if ep.address in seen:
+            for address, hostname in subset.endpoints(not_ready):
+                if address in seen:
                     continue  # one address in several slices is answered once
-                seen.add(ep.address)
-                rtype = address_type(ep.address)
-                target = f"{ep.hostname or endpoint_label(ep.address)}.{base}"
-                out.append((base, rtype, ep.address))
-                out.append((target, rtype, ep.address))
+                seen.add(address)
+                rtype = address_type(address)
+                target = f"{hostname or endpoint_label(address)}.{base}"
+                out.append((base, rtype, address))
+                out.append((target, rtype, address))
                 if reverse:
-                    out.append((reverse_name(ep.address), PTR, target))
+                    out.append((reverse_name(address), PTR, target))
                 for p in subset.ports:
                     name = _srv_name(p, base) if p.name else ""
                     bare.append((name, p.port, target))
