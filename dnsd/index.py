@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from .records import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A, Record
+from .records import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A, Record, expand, size
 
 TYPES = (A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV)  # every type an rrset can have (EXISTS aside)
 _ORDER = (A, PTR, SRV, EXISTS, AAAA, CNAME, TXT, SOA, NS)  # the commonest first: has_data() stops at the first hit
@@ -53,13 +53,15 @@ class Index:
 
     def rrset(self, name: str, rtype: int) -> tuple[object, ...]:
         table = self._by_type.get(rtype)
-        return () if table is None else _rrset(table.get(name, ()))
+        if table is None:
+            return ()
+        return expand(_rrset(table.get(name, ()))) if rtype == SRV else _rrset(table.get(name, ()))
 
     def records(self) -> Iterator[Record]:
         for rtype, table in self._by_type.items():
             if rtype != EXISTS:
                 for name, held in table.items():
-                    for rdata in _rrset(held):
+                    for rdata in expand(_rrset(held)):
                         yield name, rtype, rdata
 
     def apply(self, old: Iterable[Record], new: Iterable[Record]) -> set[str]:
@@ -86,7 +88,7 @@ class Index:
             kept = tuple(r for r in current if r not in gone) if gone else current
             rrset = kept + tuple(sorted(fresh))  # sorted: the same data gives the same bytes in every process
             if rtype != EXISTS:
-                self.record_count += len(rrset) - len(current)
+                self.record_count += size(rrset) - size(current)
             if rrset:
                 # A name's first rrset, and no children: it starts existing (checked before it is added).
                 starts = not current and name not in below and not has_data(name)

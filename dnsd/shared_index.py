@@ -24,7 +24,7 @@ from typing import Any
 import lmdb
 
 from .index import TYPES, Index
-from .records import EXISTS, SOA, SRV, Record, SoaData, SrvData
+from .records import EXISTS, SOA, SRV, Record, SoaData, SrvData, SrvGroup, expand, size
 
 log = logging.getLogger("dnsd.shared_index")
 
@@ -32,6 +32,10 @@ MAP_SIZE = 4 << 30  # address space reserved, not memory: the file grows as data
 MAX_KEY = 511  # LMDB's default key size limit; longer (invalid) names simply do not exist
 FLUSH_EVERY = 20_000  # names held in Python during one write batch before they go to the transaction
 _SHAPES: dict[int, Any] = {SRV: SrvData, SOA: SoaData}  # rdata that marshal stores as plain tuples
+
+
+def _srv(fields: tuple[Any, ...]) -> SrvData | SrvGroup:
+    return SrvGroup(*fields) if fields[3].__class__ is tuple else SrvData(*fields)  # a group's 4th field: its targets
 _EMPTY: tuple[int, dict[int, tuple[object, ...]]] = (0, {})
 RELEASE_AFTER = 2_000  # names written by one batch above which the writer unmaps the file's pages (and may repack)
 MADV_DONTNEED = 4  # Linux
@@ -85,8 +89,11 @@ def _decode(value: bytes) -> tuple[int, dict[int, tuple[object, ...]]]:
     below, rrsets = marshal.loads(value)
     types: dict[int, tuple[object, ...]] = {}
     for rtype, rrs in rrsets:
-        shape = _SHAPES.get(rtype)
-        types[rtype] = tuple(shape(*r) for r in rrs) if shape else rrs
+        if rtype == SRV:
+            types[rtype] = tuple(_srv(r) for r in rrs)
+        else:
+            shape = _SHAPES.get(rtype)
+            types[rtype] = tuple(shape(*r) for r in rrs) if shape else rrs
     return below, types
 
 
@@ -130,7 +137,8 @@ class SharedIndex:
         return bool(below or types)
 
     def rrset(self, name: str, rtype: int) -> tuple[object, ...]:
-        return self.load(name)[1].get(rtype, ())
+        rrset = self.load(name)[1].get(rtype, ())
+        return expand(rrset) if rtype == SRV else rrset
 
     def records(self) -> Iterator[Record]:
         with self.env.begin() as txn:
@@ -143,7 +151,7 @@ class SharedIndex:
                 name = bytes(key[1:]).decode("utf-8", "surrogateescape")
                 for rtype, rrs in _decode(value)[1].items():
                     if rtype != EXISTS:
-                        for rdata in rrs:
+                        for rdata in expand(rrs):
                             yield name, rtype, rdata
 
     def read_meta(self) -> tuple[int, bool]:
@@ -271,7 +279,7 @@ class SharedIndexWriter(SharedIndex):
                 kept = tuple(r for r in current if r not in gone) if gone else current
                 rrset = kept + tuple(sorted(fresh))  # sorted: the same data gives the same bytes everywhere
                 if rtype != EXISTS:
-                    self.record_count += len(rrset) - len(current)
+                    self.record_count += size(rrset) - size(current)
                 if rrset:
                     types[rtype] = rrset
                 else:
