@@ -217,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-size", type=argtypes.positive, default=200_000,
                        help="rendered positive replies kept, one per (name, type) asked, split between the "
                             "workers (default 200000)")
-    serve.add_argument("--cache-bytes", type=argtypes.bytes, default=32 << 20, metavar="SIZE",
+    serve.add_argument("--cache-bytes", type=argtypes.bytes, default=4 << 20, metavar="SIZE",
                        help="memory the rendered replies may take, e.g. 64M, split between the workers: each keeps "
-                            "the names steered to it (default 32M)")
+                            "the names steered to it (default 4M: ~11,000 answers)")
     serve.add_argument("--udp-max-payload", type=argtypes.payload, default=1232, metavar="BYTES",
                        help="largest UDP reply, and the EDNS size advertised: 512-4096 (default 1232, as Knot); "
                             "bigger answers get TC and are retried over TCP")

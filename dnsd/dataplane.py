@@ -65,7 +65,7 @@ def big_batch(ops: Sequence[Op]) -> Iterator[None]:
 class Dataplane:
     def __init__(
         self, zones: Sequence[str], ttl: int, ns_address: str | None = None, cache_size: int = 200_000,
-        cache_bytes: int = 32 << 20, max_payload: int = 1232,
+        cache_bytes: int = 4 << 20, max_payload: int = 1232,
         index: Any = None, *, pods: bool = False, resolver: Callable[..., Answer] = resolve,
     ) -> None:
         """``index``: an index.Index by default; a shared_index.SharedIndexWriter with workers.

@@ -126,7 +126,7 @@ class Responder:
 
     def __init__(
         self, index: Index, ttl: int, synced: Callable[[], bool], cache_size: int = 200_000,
-        cache_bytes: int = 8 << 20, max_payload: int = DEFAULT_PAYLOAD,
+        cache_bytes: int = 4 << 20, max_payload: int = DEFAULT_PAYLOAD,
         resolve: Callable[..., Answer] = resolve,
     ) -> None:
         self.index = index
