@@ -1064,9 +1064,11 @@ def pss(pgid: int) -> list[dict[str, Any]]:
             rollup = Path(f"/proc/{p['pid']}/smaps_rollup").read_text()
         except OSError:
             continue
-        values = {k: int(v) / 1024 for k, v in re.findall(r"^(Pss|Rss):\s+(\d+) kB", rollup, re.M)}
+        values = {k: int(v) / 1024 for k, v in re.findall(r"^(Pss|Rss|Pss_Anon|Pss_File|Pss_Shmem):\s+(\d+) kB", rollup, re.M)}
+        # Anon is the heap; File the mapped code and the shared index file (shared pages split between their mappers)
         out.append({"pid": p["pid"], "role": p["role"], "pss_mb": round(values.get("Pss", 0.0), 1),
-                    "rss_mb": round(values.get("Rss", 0.0), 1)})
+                    "rss_mb": round(values.get("Rss", 0.0), 1), "pss_anon_mb": round(values.get("Pss_Anon", 0.0), 1),
+                    "pss_file_mb": round(values.get("Pss_File", 0.0) + values.get("Pss_Shmem", 0.0), 1)})
     return out
 
 
