@@ -30,7 +30,7 @@ log = logging.getLogger("dnsd.shared_index")
 
 MAP_SIZE = 4 << 30  # address space reserved, not memory: the file grows as data arrives (~30 MB at 100k endpoints)
 MAX_KEY = 511  # LMDB's default key size limit; longer (invalid) names simply do not exist
-FLUSH_EVERY = 20_000  # names held in Python during one write batch before they go to the transaction
+FLUSH_EVERY = 2_000  # names held in Python during one write batch before they go to the transaction
 _SHAPES: dict[int, Any] = {SRV: SrvData, SOA: SoaData}  # rdata that marshal stores as plain tuples
 
 
