@@ -55,8 +55,9 @@ _OPTS: dict[int, bytes] = {}
 _STATS: dict[tuple[int, int], tuple[int, int]] = {}
 # Truncated renderings (TC set) by (entry, size limit, EDNS). Keyed by the entry's value, so an
 # entry's cut is found for as long as equal data is served and a changed answer never meets an
-# old cut; rare (answers over 512 bytes to clients without EDNS), so a small LRU is plenty.
-_CUTS: LRUCache[tuple[Entry, int, bool], bytes] = LRUCache(maxsize=1024)
+# old cut; rare (answers over 512 bytes to clients without EDNS), so a small LRU is plenty: each
+# item (~1 KB with the entry it keeps alive) is paid again in every worker.
+_CUTS: LRUCache[tuple[Entry, int, bool], bytes] = LRUCache(maxsize=256)
 
 
 def heads(wire: bytes) -> tuple[bytes, bytes, bytes, bytes]:
