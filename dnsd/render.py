@@ -9,7 +9,7 @@ template per (zone, rcode), spliced like the fast path's replies (see wire.py).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from cachetools import LRUCache
@@ -92,6 +92,19 @@ def cut_reply(entry: Entry, size: int, edns: bool, make: Callable[[], bytes]) ->
     if cut is None:
         cut = _CUTS[key] = make()
     return cut
+
+
+def wire_labels(wire: bytes) -> tuple[bytes, ...]:
+    labels, i = [], 0
+    while wire[i]:
+        labels.append(wire[i + 1 : i + 1 + wire[i]])
+        i += 1 + wire[i]
+    return tuple(labels)
+
+
+def labels_to_text(labels: Iterable[bytes]) -> str:
+    """Index key of a question name; a label holding a dot is escaped so it can never match."""
+    return ".".join(lb.decode("latin-1").replace(".", "\\.") for lb in labels)
 
 
 def name_wire(name: str) -> bytes:
@@ -180,6 +193,6 @@ def render(answer: Answer, qlabels: tuple[bytes, ...], qtype: int, ttl: int, lim
 
 
 __all__ = [
-    "OPT_LEN", "TXT_TTL", "Entry", "cut_reply", "heads", "label_tuple", "make_entry", "name_wire", "rdata_of", "render",
-    "template", "with_opt",
+    "OPT_LEN", "TXT_TTL", "Entry", "cut_reply", "heads", "label_tuple", "labels_to_text", "make_entry", "name_wire",
+    "rdata_of", "render", "template", "wire_labels", "with_opt",
 ]

@@ -22,7 +22,7 @@ from typing import NamedTuple, Protocol
 from .index import Index
 from .metrics import AUTOPATH_HIT
 from .parse import FORMERR, Query, error_reply, header_reply, parse
-from .records import AAAA, CNAME, NS, PTR, REVERSE_ZONES, SOA, SRV, TXT, A, Record
+from .records import REVERSE_ZONES, Record
 from .render import (
     OPT_LEN,
     TCP_LIMIT,
@@ -31,13 +31,15 @@ from .render import (
     cut_reply,
     heads,
     label_tuple,
+    labels_to_text,
     make_entry,
-    name_wire,
     rdata_of,
     render,
     template,
+    wire_labels,
     with_opt,
 )
+from .replies import Replies
 from .resolver import ANY, AXFR, IXFR, Answer, resolve
 
 log = logging.getLogger("dnsd.wire")
@@ -48,29 +50,8 @@ DEFAULT_PAYLOAD = 1232  # what we advertise and the most we send over UDP: the D
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _SPECIAL_TYPES = frozenset((0, 41, 251, 252, 255))  # internal marker, OPT, IXFR, AXFR, ANY: the strict path's
-# Per-entry memory beyond its key's and tail's lengths: the Entry tuple, the tail and key bytes
-# objects, the length int and the table's slot. Measured with tracemalloc over 4,000 A and SRV
-# entries (tests/test_fuzz.py::test_table_size_estimate).
-ENTRY_OVERHEAD = 295  # ~370 bytes per entry in all (was ~900 with a second tail and a name index)
-# The types whose keys invalidation tries for a changed name, rather than filing every key under
-# its name (a set per name cost ~330 bytes per entry): those a name of ours answers with data.
-_FOUND = tuple(struct.pack("!HH", t, 1) for t in (A, AAAA, SRV, PTR, CNAME, TXT, ANY, SOA, NS))
-
 # Old aliases (commands.py and other branches import them from here).
 _label, _rdata = label_tuple, rdata_of
-
-
-def wire_labels(wire: bytes) -> tuple[bytes, ...]:
-    labels, i = [], 0
-    while wire[i]:
-        labels.append(wire[i + 1 : i + 1 + wire[i]])
-        i += 1 + wire[i]
-    return tuple(labels)
-
-
-def labels_to_text(labels: Iterable[bytes]) -> str:
-    """Index key of a question name; a label holding a dot is escaped so it can never match."""
-    return ".".join(lb.decode("latin-1").replace(".", "\\.") for lb in labels)
 
 
 def name_to_wire_labels(labels: tuple[bytes, ...]) -> bytes:
@@ -109,10 +90,6 @@ class Forwarding(Protocol):
     def forget_derived(self) -> None: ...  # every cached reply derived from our data (autopath)
 
 
-def _entry_size(key: bytes, entry: Entry) -> int:
-    return ENTRY_OVERHEAD + len(key) + len(entry.plain_tail)
-
-
 def _options_ok(query: bytes, i: int, end: int) -> bool:
     while i < end:
         if i + 4 > end:
@@ -134,19 +111,10 @@ class Responder:
         self.ttl = ttl
         self.synced = synced
         self.serial = 0
-        self.cache_size = cache_size
-        self.cache_bytes = cache_bytes
         self.max_payload = max_payload
-        # lowercased question (name, type, class) in wire form -> Entry; a plain dict, bounded
-        # first-in-first-out by entries and by bytes: a cachetools LRUCache lookup costs ~0.4 us in
-        # Python, a dict ~0.05 us, on a path that takes ~1 us in all.
-        self._table: dict[bytes, Entry] = {}
-        self.table_bytes = 0
-        # Name (text) -> its keys, only for those invalidation cannot compute from the name (_FOUND):
-        # other types (an ExternalName's CNAME answers every type), names read back with escapes,
-        # and answers derived from other names (pods, autopath), filed under those names too.
-        self._keys: dict[str, set[bytes]] = {}
-        self._depends: dict[bytes, tuple[str, ...]] = {}  # key -> other names it is filed under (Answer.depends)
+        self.replies = Replies(cache_size, cache_bytes)
+        # The table's dict itself, read directly: the fast path's one lookup (see replies.py).
+        self._table = self.replies.entries
         # (rcode, AA, authority) -> the name-independent reply; a handful (one per zone and rcode).
         self._templates: dict[tuple[int, bool, tuple[Record, ...]], Entry] = {}
         self.counts: dict[tuple[int, int], int] = {}  # (qtype, rcode) -> replies
@@ -155,43 +123,20 @@ class Responder:
         self._failure_logged = 0.0
 
     def invalidate(self, names: Iterable[str]) -> None:
-        table, keys = self._table, self._keys
         if self.forward is not None:
             names = tuple(names)
             self.forward.forget(names)
-        if not table:
-            return
-        if not isinstance(names, (set, frozenset)):
-            names = set(names)
-        for name in names & keys.keys() if keys else ():
-            for key in keys.pop(name):
-                self._drop(key)
-        if len(names) * len(_FOUND) > len(table):  # a relist: reading each key's name back is less work
-            gone = [key for key in table if labels_to_text(wire_labels(key[:-4])) in names]
-        else:
-            gone = [key for name in names for wire in (name_wire(name),) for t in _FOUND if (key := wire + t) in table]
-        for key in gone:
-            self._drop(key)
-
-    def _drop(self, key: bytes) -> None:
-        entry = self._table.pop(key, None)
-        if entry is not None:
-            self.table_bytes -= _entry_size(key, entry)
-        for name in self._depends.pop(key, ()) if self._depends else ():
-            filed = self._keys.get(name)
-            if filed is not None:
-                filed.discard(key)
-                if not filed:
-                    del self._keys[name]
+        self.replies.invalidate(names)
 
     def clear(self) -> None:
         if self.forward is not None:
             self.forward.forget_derived()
-        self._table.clear()
-        self._keys.clear()
-        self._depends.clear()
+        self.replies.clear()
         self._templates.clear()
-        self.table_bytes = 0
+
+    @property
+    def table_bytes(self) -> int:
+        return self.replies.bytes
 
     # -- the fast path -------------------------------------------------------------
     def fast(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
@@ -268,7 +213,7 @@ class Responder:
         rcode = answer.rcode | AUTOPATH_HIT if answer.autopath else answer.rcode  # counted on every reply
         entry = make_entry(plain, 12 + len(qwire) + 4, 0, (qtype, rcode), self.max_payload)
         if not full_any:
-            self._store(key, name, entry, answer.depends)
+            self.replies.store(key, name, entry, answer.depends)
         return entry
 
     def _template(self, answer: Answer) -> Entry:
@@ -283,36 +228,6 @@ class Responder:
                 soa = (zone, data, self.ttl)
             entry = self._templates[key] = template(answer.rcode, answer.authoritative, soa, self.max_payload)  # type: ignore[arg-type]
         return entry
-
-    def _store(self, key: bytes, name: str, entry: Entry, depends: tuple[str, ...] = ()) -> None:
-        table = self._table
-        old = table.pop(key, None)
-        if old is not None:
-            self.table_bytes -= _entry_size(key, old)
-        size = _entry_size(key, entry)
-        while table and (len(table) >= self.cache_size or self.table_bytes + size > self.cache_bytes):
-            self._evict()
-        table[key] = entry
-        self.table_bytes += size
-        if depends or key[-4:] not in _FOUND or key[:-4] != name_wire(name):
-            # Filed under its own name and every name it was derived from (pod and autopath answers).
-            for dep in (name, *depends):
-                self._keys.setdefault(dep, set()).add(key)
-            if depends:
-                self._depends[key] = depends
-
-    def _evict(self) -> None:
-        """First in, first out: O(1), and hot names come straight back."""
-        table = self._table
-        old = next(iter(table))
-        self.table_bytes -= _entry_size(old, table.pop(old))
-        if self._keys:  # filed by name: rare (see __init__)
-            for old_name in (labels_to_text(wire_labels(old[:-4])), *self._depends.pop(old, ())):
-                keys = self._keys.get(old_name)
-                if keys is not None:
-                    keys.discard(old)
-                    if not keys:
-                        del self._keys[old_name]
 
     def _not_mine(self, name: str, qtype: int) -> bool:
         """Forwarded: under a stub domain; outside the served zones; a reverse name we hold nothing for."""

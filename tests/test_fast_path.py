@@ -105,7 +105,7 @@ def test_reply_table_is_bounded_and_still_correct() -> None:
         query = bytes(dnslib.DNSRecord.question(f"n{i}.default.svc.cluster.local", "A").pack())
         reply = dnslib.DNSRecord.parse(dp.responder.answer(query, MIN_PAYLOAD, counts))
         assert str(reply.rr[0].rdata) == f"10.96.1.{i}"
-    assert len(dp.responder._table) == 5 and not dp.responder._keys  # A answers: keys computed from the name
+    assert len(dp.responder._table) == 5 and not dp.responder.replies._keys  # A answers: keys computed from the name
 
 
 @pytest.mark.parametrize("relist", [False, True])
