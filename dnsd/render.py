@@ -85,6 +85,14 @@ def make_entry(plain: bytes, qend: int, serial: int, stat: tuple[int, int], payl
     return Entry(heads(plain), plain[qend:], len(plain), heads(with_opt(plain[:12], payload)), opt, serial, stat)
 
 
+def splice(entry: Entry, query: bytes, question: bytes, edns: bool) -> bytes:
+    """The reply to ``query`` from ``entry``: the query's ID, RD and CD bits and ``question`` spliced in."""
+    flags = (query[2] & 1) | ((query[3] >> 3) & 2)
+    if edns:
+        return b"".join((query[:2], entry.edns_heads[flags], question, entry.plain_tail, entry.opt))
+    return b"".join((query[:2], entry.plain_heads[flags], question, entry.plain_tail))
+
+
 def cut_reply(entry: Entry, size: int, edns: bool, make: Callable[[], bytes]) -> bytes:
     """The truncated rendering of ``entry`` for ``size`` (``make()`` renders it the first time)."""
     key = (entry, size, edns)
@@ -194,5 +202,5 @@ def render(answer: Answer, qlabels: tuple[bytes, ...], qtype: int, ttl: int, lim
 
 __all__ = [
     "OPT_LEN", "TXT_TTL", "Entry", "cut_reply", "heads", "label_tuple", "labels_to_text", "make_entry", "name_wire",
-    "rdata_of", "render", "template", "wire_labels", "with_opt",
+    "rdata_of", "render", "splice", "template", "wire_labels", "with_opt",
 ]

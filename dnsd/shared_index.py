@@ -31,11 +31,13 @@ log = logging.getLogger("dnsd.shared_index")
 MAP_SIZE = 4 << 30  # address space reserved, not memory: the file grows as data arrives (~30 MB at 100k endpoints)
 MAX_KEY = 511  # LMDB's default key size limit; longer (invalid) names simply do not exist
 FLUSH_EVERY = 2_000  # names held in Python during one write batch before they go to the transaction
-_SHAPES: dict[int, Any] = {SRV: SrvData, SOA: SoaData}  # rdata that marshal stores as plain tuples
 
 
-def _srv(fields: tuple[Any, ...]) -> SrvData | SrvGroup:
+def _srv(*fields: Any) -> SrvData | SrvGroup:
     return SrvGroup(*fields) if fields[3].__class__ is tuple else SrvData(*fields)  # a group's 4th field: its targets
+
+
+_SHAPES: dict[int, Any] = {SRV: _srv, SOA: SoaData}  # rdata that marshal stores as plain tuples
 _EMPTY: tuple[int, dict[int, tuple[object, ...]]] = (0, {})
 RELEASE_AFTER = 2_000  # names written by one batch above which the writer unmaps the file's pages (and may repack)
 MADV_DONTNEED = 4  # Linux
@@ -89,11 +91,8 @@ def _decode(value: bytes) -> tuple[int, dict[int, tuple[object, ...]]]:
     below, rrsets = marshal.loads(value)
     types: dict[int, tuple[object, ...]] = {}
     for rtype, rrs in rrsets:
-        if rtype == SRV:
-            types[rtype] = tuple(_srv(r) for r in rrs)
-        else:
-            shape = _SHAPES.get(rtype)
-            types[rtype] = tuple(shape(*r) for r in rrs) if shape else rrs
+        shape = _SHAPES.get(rtype)
+        types[rtype] = tuple(shape(*r) for r in rrs) if shape else rrs
     return below, types
 
 

@@ -35,6 +35,7 @@ from .render import (
     make_entry,
     rdata_of,
     render,
+    splice,
     template,
     wire_labels,
     with_opt,
@@ -272,11 +273,7 @@ class Responder:
         if entry.__class__ is not Entry:
             return self._continuation(query, q, limit, entry)  # type: ignore[arg-type]
         assert isinstance(entry, Entry)
-        flags = (query[2] & 1) | ((query[3] >> 3) & 2)
-        if edns:
-            reply = b"".join((query[:2], entry.edns_heads[flags], question, entry.plain_tail, entry.opt))
-        else:
-            reply = b"".join((query[:2], entry.plain_heads[flags], question, entry.plain_tail))
+        reply = splice(entry, query, question, edns)
         if len(reply) > limit:
             # Cut to one of a few sizes (smaller than the client allows is legal: it gets TC and
             # retries over TCP), so the truncated renderings kept per entry stay few.
@@ -290,6 +287,7 @@ class Responder:
                 return with_opt(cut, self.max_payload) if edns else cut
 
             cut = cut_reply(entry, size, edns, make)
+            flags = (query[2] & 1) | ((query[3] >> 3) & 2)
             reply = b"".join((query[:2], heads(cut)[flags], question, cut[qend:]))
         stat = entry.stat if entry.stat[0] else (qtype, entry.stat[1])  # templates serve every type
         counts[stat] = counts.get(stat, 0) + 1
@@ -385,10 +383,7 @@ class Responder:
         entry = self._template(answer)
         stat = (qtype, answer.rcode)
         counts[stat] = counts.get(stat, 0) + 1
-        flags = (query[2] & 1) | ((query[3] >> 3) & 2)
-        if edns:
-            return query[:2] + entry.edns_heads[flags] + query[12:qend] + entry.plain_tail + entry.opt
-        return query[:2] + entry.plain_heads[flags] + query[12:qend] + entry.plain_tail
+        return splice(entry, query, query[12:qend], edns)
 
     def miss(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | Pending | None:
         """The strict path, guarded: a bug costs one SERVFAIL and a rate-limited log line, never the server."""

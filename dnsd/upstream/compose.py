@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..render import OPT_LEN, Entry, cut_reply, heads, with_opt
+from ..render import OPT_LEN, Entry, cut_reply, heads, splice, with_opt
 from ..wire import Pending
 from .message import parse, truncate
 
@@ -22,11 +22,7 @@ def text(qwire: bytes) -> str:
 def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], payload: int) -> bytes:
     """The client's reply from an entry: its ID, flags and question spliced in, cut to its limit."""
     query, question = pending.query, pending.question
-    flags = (query[2] & 1) | ((query[3] >> 3) & 2)
-    if pending.edns:
-        reply = b"".join((query[:2], entry.edns_heads[flags], question, entry.plain_tail, entry.opt))
-    else:
-        reply = b"".join((query[:2], entry.plain_heads[flags], question, entry.plain_tail))
+    reply = splice(entry, query, question, pending.edns)
     if len(reply) > pending.limit:
 
         def make() -> bytes:
@@ -35,6 +31,7 @@ def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], 
             return with_opt(cut, payload) if pending.edns else cut
 
         cut = cut_reply(entry, pending.limit, pending.edns, make)
+        flags = (query[2] & 1) | ((query[3] >> 3) & 2)
         reply = b"".join((query[:2], heads(cut)[flags], question, cut[12 + len(question):]))
     counts[entry.stat] = counts.get(entry.stat, 0) + 1
     return reply
