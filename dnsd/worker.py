@@ -25,13 +25,16 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .config import Config
-from .dataplane import resolver_for
+from .dataplane import release_heap, resolver_for
 from .listeners import DnsServer, Slots
 from .records import REVERSE_ZONES
 from .shared_index import SharedIndex
 from .wire import Responder
 
 log = logging.getLogger("dnsd.worker")
+# Seconds between full collections: the highest generation also empties CPython's free lists
+# (tuples a worker parsed and rendered with: ~1.1 MB of PSS per worker at 100k endpoints).
+TRIM_EVERY = 10
 CLEAR = None  # in place of the names: every rendered reply may be stale (a relist touched too many to list)
 
 
@@ -140,7 +143,12 @@ async def _serve(config: Config, path: str, conn: Connection, changes_sock: sock
     loop.add_reader(changes_sock.fileno(), receive)
     conn.send(("ready", os.getpid()))
     reported = None
+    ticks = 0
     while not stop.is_set():
+        ticks += 1
+        if ticks % TRIM_EVERY == 0:
+            gc.collect()  # 2-3 ms (freeing the free lists; ~3,000 objects outside the frozen ones)
+            release_heap()
         with contextlib.suppress(OSError):
             conn.send(("stats", stats(dns, changes.synced, forwarder)))
         reported = changes.synced
