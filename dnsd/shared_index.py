@@ -5,10 +5,11 @@ exists, rrset, records), so resolver.resolve reads either. With ``--workers N`` 
 answers then exist once, in the page cache, mapped by every process (PSS splits it
 between them), instead of once per worker in each Python heap.
 
-One LMDB key per name; its value is that name's count of existing children and its
-rrsets, marshalled (marshal, not pickle: loading a file that another process writes
-must never run code). LMDB gives readers a consistent snapshot per transaction while
-one writer commits, across processes, without a lock on the read path.
+One LMDB key per name: the name packed (``Names``: a suffix's code, the rest of the name);
+its value is that name's count of existing children and its rrsets, marshalled (marshal,
+not pickle: loading a file that another process writes must never run code). LMDB gives
+readers a consistent snapshot per transaction while one writer commits, across processes,
+without a lock on the read path.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import lmdb
 
 from .index import TYPES, Index
-from .records import EXISTS, SOA, SRV, Record, SoaData, SrvData, SrvGroup, expand, size
+from .records import EXISTS, REVERSE_ZONES, SOA, SRV, Record, SoaData, SrvData, SrvGroup, expand, size
 
 log = logging.getLogger("dnsd.shared_index")
 
@@ -41,9 +42,12 @@ _SHAPES: dict[int, Any] = {SRV: _srv, SOA: SoaData}  # rdata that marshal stores
 _EMPTY: tuple[int, dict[int, tuple[object, ...]]] = (0, {})
 RELEASE_AFTER = 2_000  # names written by one batch above which the writer unmaps the file's pages (and may repack)
 MADV_DONTNEED = 4  # Linux
-# One unnamed database: names under "n", the writer's published state under "m" (named databases
-# opened by a reader in a read transaction are not usable afterwards, and a write one would wait).
-SERIAL, SYNCED = b"m:serial", b"m:synced"
+# One unnamed database: names (packed, their first byte a code < 32), the writer's published state
+# under 0xFF, sorted last (named databases opened by a reader in a read transaction are not usable
+# afterwards, and a write one would wait).
+META = 0xFF
+SERIAL, SYNCED = b"\xffserial", b"\xffsynced"
+MAX_CODES = 31  # suffix codes are chr(1..31): control characters, which start no name and no address
 
 
 def _madvise() -> Any:
@@ -82,9 +86,43 @@ def unmap_pages(path: str) -> int:
     return released
 
 
-def _key(name: str) -> bytes | None:
-    key = b"n" + name.encode("utf-8", "surrogateescape")
-    return key if 1 < len(key) <= MAX_KEY else None
+class Names:
+    """Names packed against a table of suffixes: each served zone, and ``svc.`` under each cluster
+    zone. A packed name is the code of its longest suffix (one character) and the rest of the name;
+    code 0: no suffix, the whole name. At 100k endpoints the keys shrink from 6.2 MB to 3.9 MB.
+
+    The codes must be the same in every process (the writer packs, each worker unpacks): the table
+    is sorted by length, then by name, never in set order (which varies with the str hash seed).
+    """
+
+    def __init__(self, zones: Iterable[str]) -> None:
+        suffixes = set(zones) | {f"svc.{z}" for z in zones if z not in REVERSE_ZONES}
+        ordered = sorted(suffixes, key=lambda z: (-len(z), z))[:MAX_CODES]  # longest first: the most specific wins
+        # (".suffix", code, -len(".suffix")): more suffixes than codes only cost their names' length
+        self.table = tuple(("." + z, chr(code), -len(z) - 1) for code, z in enumerate(ordered, 1))
+        self.apex = {z: chr(code) for code, z in enumerate(ordered, 1)}
+        self.suffix_of = {"\0": ("", "")} | {chr(code): ("." + z, z) for code, z in enumerate(ordered, 1)}
+
+    def pack(self, name: str) -> str:
+        for dotted, code, cut in self.table:
+            if name.endswith(dotted) and (rest := name[:cut]):
+                return code + rest
+        return self.apex.get(name) or "\0" + name
+
+    def unpack(self, packed: str) -> str:
+        dotted, suffix = self.suffix_of[packed[0]]
+        rest = packed[1:]
+        return rest + dotted if rest else suffix
+
+    def key(self, name: str) -> bytes | None:
+        """The LMDB key of ``name``; None for a name that cannot be one (too long, or empty)."""
+        for dotted, code, cut in self.table:  # pack(), inlined: once per lookup
+            if name.endswith(dotted) and (rest := name[:cut]):
+                key = (code + rest).encode("utf-8", "surrogateescape")
+                break
+        else:
+            key = (self.apex.get(name) or "\0" + name).encode("utf-8", "surrogateescape")
+        return key if name and len(key) <= MAX_KEY else None
 
 
 def _decode(value: bytes) -> tuple[int, dict[int, tuple[object, ...]]]:
@@ -106,6 +144,7 @@ class SharedIndex:
 
     def __init__(self, path: str, zones: Sequence[str], *, write: bool = False) -> None:
         self.zones = tuple(sorted({z.lower().strip(".") for z in zones}, key=len, reverse=True))
+        self.names = Names(self.zones)
         # readahead off: lookups are random, and reading ahead only fills the page cache.
         self.env = lmdb.open(path, map_size=MAP_SIZE, readonly=False, create=write, readahead=False,
                              sync=False, metasync=False, writemap=write, map_async=write)
@@ -116,7 +155,7 @@ class SharedIndex:
 
     def load(self, name: str) -> tuple[int, dict[int, tuple[object, ...]]]:
         """(children that exist, {type: rrset}) of ``name``; (0, {}) if it has neither."""
-        key = _key(name)
+        key = self.names.key(name)
         if key is None:
             return _EMPTY
         with self.env.begin() as txn:
@@ -141,13 +180,10 @@ class SharedIndex:
 
     def records(self) -> Iterator[Record]:
         with self.env.begin() as txn:
-            cursor = txn.cursor()
-            if not cursor.set_range(b"n"):
-                return
-            for key, value in cursor:
-                if not key.startswith(b"n"):
-                    return
-                name = bytes(key[1:]).decode("utf-8", "surrogateescape")
+            for key, value in txn.cursor():
+                if key[0] == META:
+                    return  # sorted after every name
+                name = self.names.unpack(bytes(key).decode("utf-8", "surrogateescape"))
                 for rtype, rrs in _decode(value)[1].items():
                     if rtype != EXISTS:
                         for rdata in expand(rrs):
@@ -223,7 +259,7 @@ class SharedIndexWriter(SharedIndex):
         entry = self._pending.get(name)
         if entry is not None:
             return entry[0], entry[1]
-        key = _key(name)
+        key = self.names.key(name)
         value = None if key is None else self._txn.get(key)
         return _EMPTY if value is None else _decode(value)
 
@@ -238,8 +274,9 @@ class SharedIndexWriter(SharedIndex):
         txn = self._txn
         assert txn is not None
         self._written += len(self._pending)
+        key_of = self.names.key
         for name, (below, types) in self._pending.items():
-            key = _key(name)
+            key = key_of(name)
             if key is None:
                 continue
             if below or types:

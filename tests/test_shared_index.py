@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -152,3 +153,46 @@ def test_a_big_batch_is_repacked_and_its_pages_unmapped(tmp_path: Path) -> None:
     assert "10.0.0.1" not in big.rrset("s1.n1.svc.cluster.local", A)
     small.close()
     big.close()
+
+
+def test_names_at_the_apex_outside_the_zones_and_too_long(tmp_path: Path) -> None:
+    """Every name is its own key, however it relates to the suffixes keys are packed against."""
+    zones = ("cluster.local", "svc.cluster.local", "in-addr.arpa", "ip6.arpa")
+    names = ["cluster.local", "svc.cluster.local", "a.svc.cluster.local", "svc.a.svc.cluster.local", "in-addr.arpa",
+             "10.in-addr.arpa", "example.com", "local", ".cluster.local", "x..svc.cluster.local", "\x01",
+             "\x01svc.cluster.local", "\x00.svc.cluster.local", "é.svc.cluster.local", "\udcff.cluster.local",
+             "arpa", "ip6.arpa.cluster.local"]
+    records = [(name, A, f"10.0.0.{i}") for i, name in enumerate(names)]
+    memory, shared = Index(zones), SharedIndexWriter(str(tmp_path), zones)
+    memory.apply([], records)
+    shared.apply([], records)
+    assert sorted(shared.records()) == sorted(memory.records())
+    for name in [*names, "", "nope.cluster.local", "svc", "\x00"]:
+        assert shared.load(name)[1] == {A: memory.rrset(name, A)} if memory.rrset(name, A) else not shared.has_data(name)
+        assert shared.exists(name) == memory.exists(name), name
+    too_long = "a" * 600 + ".svc.cluster.local"  # longer than any LMDB key: it simply does not exist
+    shared.apply([], [(too_long, A, "10.0.0.1")])
+    assert not shared.exists(too_long)
+    assert shared.names.key(too_long) is None
+    shared.close()
+
+
+def test_another_process_numbers_the_suffixes_alike(tmp_path: Path) -> None:
+    """Keys are packed against a numbered table of suffixes: the worker's must be the writer's, whatever
+    its str hash seed (zones of equal length come out of a set in a different order)."""
+    zones = ("aa.local", "bb.local", "cc.local", "dd.local", "in-addr.arpa", "ip6.arpa")
+    writer = SharedIndexWriter(str(tmp_path), zones)
+    names = [f"web.ns.svc.{z}" for z in zones] + list(zones)
+    writer.apply([], [(name, A, f"10.0.0.{i}") for i, name in enumerate(names)])
+    reader = (
+        "from dnsd.shared_index import SharedIndex\n"
+        "from dnsd.records import A\n"
+        f"r = SharedIndex({str(tmp_path)!r}, {tuple(reversed(zones))!r})\n"
+        f"print([r.rrset(n, A) for n in {names!r}], sorted(n for n, _, _ in r.records()))\n"
+    )
+    expected = f"{[(f'10.0.0.{i}',) for i in range(len(names))]} {sorted(names)}"
+    for seed in ("1", "2", "3", "4"):
+        out = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert out.stdout.strip() == expected, seed
+    writer.close()
