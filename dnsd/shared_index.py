@@ -34,11 +34,6 @@ MAX_KEY = 511  # LMDB's default key size limit; longer (invalid) names simply do
 FLUSH_EVERY = 2_000  # names held in Python during one write batch before they go to the transaction
 
 
-def _srv(*fields: Any) -> SrvData | SrvGroup:
-    return SrvGroup(*fields) if fields[3].__class__ is tuple else SrvData(*fields)  # a group's 4th field: its targets
-
-
-_SHAPES: dict[int, Any] = {SRV: _srv, SOA: SoaData}  # rdata that marshal stores as plain tuples
 _EMPTY: tuple[int, dict[int, tuple[object, ...]]] = (0, {})
 RELEASE_AFTER = 2_000  # names written by one batch above which the writer unmaps the file's pages (and may repack)
 MADV_DONTNEED = 4  # Linux
@@ -125,17 +120,54 @@ class Names:
         return key if name and len(key) <= MAX_KEY else None
 
 
-def _decode(value: bytes) -> tuple[int, dict[int, tuple[object, ...]]]:
+def _up(name: str, labels: int) -> str:
+    """``name`` without its first ``labels`` labels."""
+    return name.split(".", labels)[labels] if labels else name
+
+
+def _srv_in(name: str, r: tuple[Any, ...]) -> SrvData | SrvGroup:
+    if len(r) == 5:  # a group, its targets relative to an ancestor of the owner
+        suffix = "." + _up(name, r[4])
+        return SrvGroup(r[0], r[1], r[2], tuple([t + suffix for t in r[3]]))
+    target = r[3]
+    if target.__class__ is int:  # the owner or its ancestor
+        return SrvData(r[0], r[1], r[2], _up(name, target))
+    return SrvGroup(*r) if target.__class__ is tuple else SrvData(*r)
+
+
+def _srv_out(name: str, r: SrvData | SrvGroup, shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Any, ...]:
+    """A headless Service's targets (``10-244-1-20.<svc>.<ns>.svc.<zone>``) end with the name of the
+    Service that owns the SRV names: stored without it, as its distance up from the owner in labels."""
+    labels = name.count(".")
+    if r.__class__ is SrvGroup:
+        for up in range(labels + 1):
+            suffix = "." + _up(name, up)
+            if all(t.endswith(suffix) for t in r.targets):
+                rel = tuple([t[: -len(suffix)] for t in r.targets])
+                # The same targets under several ports: one tuple, which marshal writes once (then a reference).
+                return (r.priority, r.weight, r.port, shared.setdefault(rel, rel), up)
+        return tuple(r)
+    for up in range(labels + 1):
+        if _up(name, up) == r.target:
+            return (r.priority, r.weight, r.port, up)
+    return tuple(r)
+
+
+def _decode(name: str, value: bytes) -> tuple[int, dict[int, tuple[object, ...]]]:
     below, rrsets = marshal.loads(value)
     types: dict[int, tuple[object, ...]] = {}
     for rtype, rrs in rrsets:
-        shape = _SHAPES.get(rtype)
-        types[rtype] = tuple(shape(*r) for r in rrs) if shape else rrs
+        if rtype == SRV:
+            types[rtype] = tuple([_srv_in(name, r) for r in rrs])
+        else:
+            types[rtype] = tuple([SoaData(*r) for r in rrs]) if rtype == SOA else rrs
     return below, types
 
 
-def _encode(below: int, types: dict[int, tuple[object, ...]]) -> bytes:
-    return marshal.dumps((below, tuple((t, tuple(tuple(r) if t in _SHAPES else r for r in rrs))  # type: ignore[arg-type]
+def _encode(name: str, below: int, types: dict[int, tuple[object, ...]]) -> bytes:
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+    return marshal.dumps((below, tuple((t, tuple([_srv_out(name, r, shared) for r in rrs]) if t == SRV  # type: ignore[arg-type]
+                                        else tuple(map(tuple, rrs)) if t == SOA else rrs)  # type: ignore[arg-type]
                                        for t, rrs in types.items())))
 
 
@@ -160,7 +192,7 @@ class SharedIndex:
             return _EMPTY
         with self.env.begin() as txn:
             value = txn.get(key)
-        return _EMPTY if value is None else _decode(value)
+        return _EMPTY if value is None else _decode(name, value)
 
     zone_of = Index.zone_of  # the same rule on the same ``zones``: the longest served zone that holds the name
 
@@ -184,7 +216,7 @@ class SharedIndex:
                 if key[0] == META:
                     return  # sorted after every name
                 name = self.names.unpack(bytes(key).decode("utf-8", "surrogateescape"))
-                for rtype, rrs in _decode(value)[1].items():
+                for rtype, rrs in _decode(name, value)[1].items():
                     if rtype != EXISTS:
                         for rdata in expand(rrs):
                             yield name, rtype, rdata
@@ -261,7 +293,7 @@ class SharedIndexWriter(SharedIndex):
             return entry[0], entry[1]
         key = self.names.key(name)
         value = None if key is None else self._txn.get(key)
-        return _EMPTY if value is None else _decode(value)
+        return _EMPTY if value is None else _decode(name, value)
 
     def _entry(self, name: str) -> list[Any]:
         entry = self._pending.get(name)
@@ -280,7 +312,7 @@ class SharedIndexWriter(SharedIndex):
             if key is None:
                 continue
             if below or types:
-                txn.put(key, _encode(below, types))
+                txn.put(key, _encode(name, below, types))
             else:
                 txn.delete(key)
         self._pending = {}

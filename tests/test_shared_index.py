@@ -13,8 +13,8 @@ from test_index import ANCESTORS, NAMES, ZONES
 from dnsd.commands import zone_lines
 from dnsd.config import bundled_zones
 from dnsd.dataplane import Dataplane
-from dnsd.index import Index
-from dnsd.records import EXISTS, PTR, REVERSE_ZONES, SRV, A, SrvData
+from dnsd.index import Index, _rrset
+from dnsd.records import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, TXT, A, SoaData, SrvData, SrvGroup
 from dnsd.resolver import resolve
 from dnsd.shared_index import SharedIndexWriter
 from dnsd.sources.manifests import ManifestSource
@@ -196,3 +196,59 @@ def test_another_process_numbers_the_suffixes_alike(tmp_path: Path) -> None:
                              cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "PYTHONHASHSEED": seed})
         assert out.stdout.strip() == expected, seed
     writer.close()
+
+
+def _random_rdata(rng: random.Random, rtype: int, name: str) -> object:
+    """Rdata of ``rtype`` as the index holds it, often shaped like what the file stores in short."""
+    pool = [name, name.partition(".")[2], "web.a.svc.cluster.local", "cluster.local", "svc.cluster.local",
+            "example.com", "", ".", "a..b", "\x01x", "\x00", "ns.dns.cluster.local"]
+    if rtype == SRV:
+        if len(name) % 2:  # one name's rrset holds groups or SrvData, never both
+            return SrvData(rng.choice((0, 1, 70000)), rng.randrange(101), rng.choice((53, 80, 65535)), rng.choice(pool))
+        base = rng.choice((name.split(".", 2)[-1], name, "elsewhere.b.svc.cluster.local", "", "svc.cluster.local"))
+        labels = rng.sample(["10-0-0-1", "10-0-0-2", "web-0", "", "x.y"], rng.randrange(5))
+        targets = [f"{label}.{base}" if rng.random() < 0.9 else rng.choice(pool) for label in labels]
+        return SrvGroup(0, rng.randrange(1, 101), rng.choice((80, 9090)), tuple(targets))
+    if rtype == SOA:
+        return SoaData("ns.dns.cluster.local", "hostmaster.cluster.local", rng.randrange(2**32), 7200, 1800, 86400, 30)
+    if rtype in (A, AAAA):
+        label = name.partition(".")[0]
+        return rng.choice((label.replace("-", "."), label.replace("-", ":"), "10.0.0.1", "fd00::1", "", "\x01"))
+    if rtype == EXISTS:
+        return ""
+    return rng.choice(pool)
+
+
+def test_every_kind_of_rdata_reads_back_as_written(tmp_path: Path) -> None:
+    """The file stores rdata in short (names relative to zones or to their owner, SRV groups' targets
+    without their common suffix): what a reader gets back is exactly what was written, classes included."""
+    rng = random.Random(5)
+    zones = ("cluster.local", *REVERSE_ZONES)
+    names = ["cluster.local", "svc.cluster.local", "a.svc.cluster.local", "web.a.svc.cluster.local",
+             "_http._tcp.web.a.svc.cluster.local", "_tcp.web.a.svc.cluster.local", "10-0-0-1.web.a.svc.cluster.local",
+             "web-0.web.a.svc.cluster.local", "1.0.0.10.in-addr.arpa", "in-addr.arpa", "example.com", "x",
+             "1.0.0.0.ip6.arpa", "fd00--1.web.a.svc.cluster.local"]
+    memory, shared = Index(zones), SharedIndexWriter(str(tmp_path), zones)
+    owners: dict[int, set] = {}
+    for step in range(1500):
+        owner = rng.randrange(8)
+        new = set()
+        for _ in range(rng.randrange(6)):
+            name, rtype = rng.choice(names), rng.choice((A, AAAA, PTR, CNAME, NS, TXT, SOA, SRV, SRV, EXISTS))
+            new.add((name, rtype, _random_rdata(rng, rtype, name)))
+        new = {r for r in new if not any(r[0] == o[0] and r[1] == o[1] and r[2] == o[2] for k, v in owners.items()
+                                         if k != owner for o in v)}  # owners never share a record
+        old = owners.get(owner, set())
+        assert shared.apply(old, new) <= memory.apply(old, new)
+        owners[owner] = new
+        if step % 50 == 0 or step > 1490:
+            for name in names:
+                below, types = shared.load(name)
+                for rtype in (A, AAAA, PTR, CNAME, NS, TXT, SOA, EXISTS):
+                    assert types.get(rtype, ()) == memory.rrset(name, rtype), (name, rtype)
+                held = _rrset(memory._by_type[SRV].get(name, ()))  # unexpanded: groups as groups
+                assert types.get(SRV, ()) == held and [*map(type, types.get(SRV, ()))] == [*map(type, held)], name
+                assert shared.rrset(name, SRV) == memory.rrset(name, SRV), name
+                assert shared.exists(name) == memory.exists(name), name
+    assert sorted(shared.records()) == sorted(memory.records())
+    shared.close()
