@@ -244,6 +244,7 @@ def test_every_kind_of_rdata_reads_back_as_written(tmp_path: Path) -> None:
         if step % 50 == 0 or step > 1490:
             for name in names:
                 below, types = shared.load(name)
+                assert below == memory._below.get(name, 0), name
                 for rtype in (A, AAAA, PTR, CNAME, NS, TXT, SOA, EXISTS):
                     assert types.get(rtype, ()) == memory.rrset(name, rtype), (name, rtype)
                 held = _rrset(memory._by_type[SRV].get(name, ()))  # unexpanded: groups as groups
