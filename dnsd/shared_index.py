@@ -39,7 +39,7 @@ _EMPTY: tuple[int, dict[int, tuple[object, ...]]] = (0, {})
 # that count << _BITS | a mask of the types it holds, then each one's rrset in _RTYPES order.
 _RTYPES = (*TYPES, EXISTS)
 _BITS, _MASK = len(_RTYPES), (1 << len(_RTYPES)) - 1
-_TYPES_OF = tuple(tuple(t for i, t in enumerate(_RTYPES) if mask >> i & 1) for mask in range(_MASK + 1))
+_BIT = {t: 1 << i for i, t in enumerate(_RTYPES)}
 _NAMED = frozenset((PTR, CNAME, NS))  # rdata that is a name: packed as keys are (an address's PTR: 18 bytes less)
 RELEASE_AFTER = 2_000  # names written by one batch above which the writer unmaps the file's pages (and may repack)
 MADV_DONTNEED = 4  # Linux
@@ -159,24 +159,6 @@ def _srv_out(name: str, r: SrvData | SrvGroup, shared: dict[tuple[str, ...], tup
     return tuple(r)
 
 
-def _decode(names: Names, name: str, value: bytes) -> tuple[int, dict[int, tuple[object, ...]]]:
-    data = marshal.loads(value)
-    if data.__class__ is int:
-        return data, {}
-    types: dict[int, tuple[object, ...]] = {}
-    for i, rtype in enumerate(_TYPES_OF[data[0] & _MASK], 1):
-        held = data[i]
-        if rtype == SRV:
-            types[rtype] = tuple([_srv_in(name, r) for r in held])
-        elif rtype == SOA:
-            types[rtype] = tuple([SoaData(*r) for r in held])
-        elif held.__class__ is tuple:
-            types[rtype] = tuple([names.unpack(r) for r in held]) if rtype in _NAMED else held
-        else:  # a lone record
-            types[rtype] = (names.unpack(held) if rtype in _NAMED else held,)
-    return data[0] >> _BITS, types
-
-
 def _encode(names: Names, name: str, below: int, types: dict[int, tuple[object, ...]]) -> bytes:
     if not types:
         return marshal.dumps(below)
@@ -213,29 +195,60 @@ class SharedIndex:
     def close(self) -> None:
         self.env.close()
 
-    def load(self, name: str) -> tuple[int, dict[int, tuple[object, ...]]]:
-        """(children that exist, {type: rrset}) of ``name``; (0, {}) if it has neither."""
+    def _data(self, name: str) -> Any:
+        """``name``'s value as marshal stored it (see _encode); None if the name does not exist."""
         key = self.names.key(name)
         if key is None:
-            return _EMPTY
+            return None
         with self.env.begin() as txn:
             value = txn.get(key)
-        return _EMPTY if value is None else _decode(self.names, name, value)
+        return None if value is None else marshal.loads(value)
+
+    def _rrset(self, name: str, rtype: int, held: Any) -> tuple[object, ...]:
+        """One rrset of ``name`` as _encode stored it, unpacked."""
+        if rtype in _NAMED:
+            unpack = self.names.unpack
+            return tuple([unpack(r) for r in held]) if held.__class__ is tuple else (unpack(held),)
+        if rtype == SRV:
+            return tuple([_srv_in(name, r) for r in held])
+        if rtype == SOA:
+            return tuple([SoaData(*r) for r in held])
+        return held if held.__class__ is tuple else (held,)
+
+    def load(self, name: str) -> tuple[int, dict[int, tuple[object, ...]]]:
+        """(children that exist, {type: rrset}) of ``name``; (0, {}) if it has neither."""
+        data = self._data(name)
+        return _EMPTY if data is None else self._unpack(name, data)
+
+    def _unpack(self, name: str, data: Any) -> tuple[int, dict[int, tuple[object, ...]]]:
+        if data.__class__ is not tuple:
+            return data, {}
+        mask, i, types = data[0], 0, {}
+        for rtype, bit in _BIT.items():
+            if mask & bit:
+                i += 1
+                types[rtype] = self._rrset(name, rtype, data[i])
+        return mask >> _BITS, types
 
     zone_of = Index.zone_of  # the same rule on the same ``zones``: the longest served zone that holds the name
 
+    # The resolver's questions read the value, and unpack only the rrset asked for.
     def has_data(self, name: str) -> bool:
-        return bool(self.load(name)[1])
+        return self._data(name).__class__ is tuple
 
     def has_children(self, name: str) -> bool:
-        return self.load(name)[0] > 0
+        data = self._data(name)
+        return (data if data.__class__ is int else data[0] >> _BITS if data.__class__ is tuple else 0) > 0
 
     def exists(self, name: str) -> bool:
-        below, types = self.load(name)
-        return bool(below or types)
+        return self._data(name) is not None  # nothing is stored for a name with no data and no children
 
     def rrset(self, name: str, rtype: int) -> tuple[object, ...]:
-        rrset = self.load(name)[1].get(rtype, ())
+        data = self._data(name)
+        bit = _BIT.get(rtype, 0)
+        if data.__class__ is not tuple or not data[0] & bit:
+            return ()
+        rrset = self._rrset(name, rtype, data[(data[0] & (bit - 1)).bit_count() + 1])  # after one per lower bit
         return expand(rrset) if rtype == SRV else rrset
 
     def records(self) -> Iterator[Record]:
@@ -244,7 +257,7 @@ class SharedIndex:
                 if key[0] == META:
                     return  # sorted after every name
                 name = self.names.unpack(bytes(key).decode("utf-8", "surrogateescape"))
-                for rtype, rrs in _decode(self.names, name, value)[1].items():
+                for rtype, rrs in self._unpack(name, marshal.loads(value))[1].items():
                     if rtype != EXISTS:
                         for rdata in expand(rrs):
                             yield name, rtype, rdata
@@ -313,15 +326,15 @@ class SharedIndexWriter(SharedIndex):
             self._txn.put(SERIAL, str(serial).encode())
             self._txn.put(SYNCED, b"1" if synced else b"0")
 
-    def load(self, name: str) -> tuple[int, dict[int, tuple[object, ...]]]:
+    def _data(self, name: str) -> Any:
         if self._txn is None:
-            return super().load(name)
+            return super()._data(name)
         entry = self._pending.get(name)
         if entry is not None:
-            return entry[0], entry[1]
+            return marshal.loads(_encode(self.names, name, *entry)) if entry[0] or entry[1] else None
         key = self.names.key(name)
         value = None if key is None else self._txn.get(key)
-        return _EMPTY if value is None else _decode(self.names, name, value)
+        return None if value is None else marshal.loads(value)
 
     def _entry(self, name: str) -> list[Any]:
         entry = self._pending.get(name)
