@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import marshal
 import os
@@ -25,7 +26,7 @@ from typing import Any
 import lmdb
 
 from .index import TYPES, Index
-from .records import CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, Record, SoaData, SrvData, SrvGroup, expand, size
+from .records import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, A, Record, SoaData, SrvData, SrvGroup, expand, size
 
 log = logging.getLogger("dnsd.shared_index")
 
@@ -35,11 +36,20 @@ FLUSH_EVERY = 2_000  # names held in Python during one write batch before they g
 
 
 _EMPTY: tuple[int, dict[int, tuple[object, ...]]] = (0, {})
-# A value: the name's count of children alone (an int) if it holds no rrsets; else a tuple of
+# A value: the name's count of children alone (an int) if it holds no rrsets; its one record (a str)
+# if it holds nothing else, a PTR or an A (most names: an address's, a pod's); else a tuple of
 # that count << _BITS | a mask of the types it holds, then each one's rrset in _RTYPES order.
 _RTYPES = (*TYPES, EXISTS)
 _BITS, _MASK = len(_RTYPES), (1 << len(_RTYPES)) - 1
 _BIT = {t: 1 << i for i, t in enumerate(_RTYPES)}
+
+
+@functools.cache  # a few masks occur (A+SRV, SOA+NS, ...)
+def _layout(mask: int) -> tuple[int, ...]:
+    """The types that ``mask`` holds, in _RTYPES order."""
+    return tuple(t for t, bit in _BIT.items() if mask & bit)
+
+
 _NAMED = frozenset((PTR, CNAME, NS))  # rdata that is a name: packed as keys are (an address's PTR: 18 bytes less)
 RELEASE_AFTER = 2_000  # names written by one batch above which the writer unmaps the file's pages (and may repack)
 MADV_DONTNEED = 4  # Linux
@@ -159,6 +169,11 @@ def _srv_out(name: str, r: SrvData | SrvGroup, shared: dict[tuple[str, ...], tup
     return tuple(r)
 
 
+def _address(name: str, rtype: int) -> str:
+    """The address that ``name``'s first label spells, as a pod's (``10-244-1-20.<svc>...``)."""
+    return name.partition(".")[0].replace("-", "." if rtype == A else ":")
+
+
 def _encode(names: Names, name: str, below: int, types: dict[int, tuple[object, ...]]) -> bytes:
     if not types:
         return marshal.dumps(below)
@@ -173,12 +188,19 @@ def _encode(names: Names, name: str, below: int, types: dict[int, tuple[object, 
             held.append(tuple([_srv_out(name, r, shared) for r in rrset]))  # type: ignore[arg-type]
         elif rtype == SOA:
             held.append(tuple(map(tuple, rrset)))  # type: ignore[arg-type]
-        else:
-            if rtype in _NAMED:
-                rrset = tuple([names.pack(r) for r in rrset])  # type: ignore[arg-type]
-            # One record (the commonest): itself, not in a 1-tuple, unless it is a tuple.
-            held.append(rrset[0] if len(rrset) == 1 and rrset[0].__class__ is not tuple else rrset)
-    return marshal.dumps((below << _BITS | mask, *held))
+        elif len(rrset) != 1 or rrset[0].__class__ is tuple:
+            held.append(tuple([names.pack(r) for r in rrset]) if rtype in _NAMED else rrset)  # type: ignore[arg-type]
+        elif rtype in _NAMED:
+            held.append(names.pack(rrset[0]))  # type: ignore[arg-type]
+        elif rtype in (A, AAAA) and rrset[0] == _address(name, rtype):
+            held.append("")  # the address its name spells (a pod's): ~12 bytes less
+        else:  # one record (the commonest): itself, not in a 1-tuple ("" as an address: in one)
+            held.append(rrset if rtype in (A, AAAA) and rrset[0] == "" else rrset[0])
+    if below or len(held) != 1 or held[0].__class__ is not str:
+        return marshal.dumps((below << _BITS | mask, *held))
+    if mask == _BIT[PTR] or (mask == _BIT[A] and (not held[0] or held[0][0] >= " ")):
+        return marshal.dumps(held[0])  # a packed name starts with a code (< " "), an address does not
+    return marshal.dumps((mask, *held))
 
 
 class SharedIndex:
@@ -213,7 +235,9 @@ class SharedIndex:
             return tuple([_srv_in(name, r) for r in held])
         if rtype == SOA:
             return tuple([SoaData(*r) for r in held])
-        return held if held.__class__ is tuple else (held,)
+        if held.__class__ is tuple:
+            return held
+        return (held or _address(name, rtype),) if rtype in (A, AAAA) else (held,)
 
     def load(self, name: str) -> tuple[int, dict[int, tuple[object, ...]]]:
         """(children that exist, {type: rrset}) of ``name``; (0, {}) if it has neither."""
@@ -221,20 +245,26 @@ class SharedIndex:
         return _EMPTY if data is None else self._unpack(name, data)
 
     def _unpack(self, name: str, data: Any) -> tuple[int, dict[int, tuple[object, ...]]]:
-        if data.__class__ is not tuple:
+        cls = data.__class__
+        if cls is str:
+            return 0, self._lone(name, data)
+        if cls is int:
             return data, {}
-        mask, i, types = data[0], 0, {}
-        for rtype, bit in _BIT.items():
-            if mask & bit:
-                i += 1
-                types[rtype] = self._rrset(name, rtype, data[i])
+        mask = data[0]
+        types = {rtype: self._rrset(name, rtype, held) for rtype, held in zip(_layout(mask & _MASK), data[1:], strict=True)}
         return mask >> _BITS, types
+
+    def _lone(self, name: str, data: str) -> dict[int, tuple[object, ...]]:
+        if data[:1] < " " and data:
+            return {PTR: (self.names.unpack(data),)}
+        return {A: (data or _address(name, A),)}
 
     zone_of = Index.zone_of  # the same rule on the same ``zones``: the longest served zone that holds the name
 
     # The resolver's questions read the value, and unpack only the rrset asked for.
     def has_data(self, name: str) -> bool:
-        return self._data(name).__class__ is tuple
+        data = self._data(name)
+        return data is not None and data.__class__ is not int
 
     def has_children(self, name: str) -> bool:
         data = self._data(name)
@@ -245,8 +275,11 @@ class SharedIndex:
 
     def rrset(self, name: str, rtype: int) -> tuple[object, ...]:
         data = self._data(name)
+        cls = data.__class__
+        if cls is str:
+            return self._lone(name, data).get(rtype, ())
         bit = _BIT.get(rtype, 0)
-        if data.__class__ is not tuple or not data[0] & bit:
+        if cls is not tuple or not data[0] & bit:
             return ()
         rrset = self._rrset(name, rtype, data[(data[0] & (bit - 1)).bit_count() + 1])  # after one per lower bit
         return expand(rrset) if rtype == SRV else rrset
