@@ -141,14 +141,25 @@ def _up(name: str, labels: int) -> str:
     return name.split(".", labels)[labels] if labels else name
 
 
-def _srv_in(name: str, r: tuple[Any, ...]) -> SrvData | SrvGroup:
-    if len(r) == 5:  # a group, its targets relative to an ancestor of the owner
-        suffix = "." + _up(name, r[4])
-        return SrvGroup(r[0], r[1], r[2], tuple([t + suffix for t in r[3]]))
-    target = r[3]
-    if target.__class__ is int:  # the owner or its ancestor
-        return SrvData(r[0], r[1], r[2], _up(name, target))
-    return SrvGroup(*r) if target.__class__ is tuple else SrvData(*r)
+_new = tuple.__new__  # builds a NamedTuple as its own __new__ does, without a Python call
+
+
+def _srvs(name: str, held: tuple[tuple[Any, ...], ...]) -> tuple[SrvData | SrvGroup, ...]:
+    out: list[SrvData | SrvGroup] = []
+    rel: Any = None
+    up, targets = -1, ()
+    for r in held:
+        if len(r) == 5:  # a group, its targets relative to an ancestor of the owner
+            if r[3] is not rel or r[4] != up:  # the same targets under several ports: stored once, built once
+                rel, up = r[3], r[4]
+                suffix = "." + _up(name, up)
+                targets = tuple([t + suffix for t in rel])
+            out.append(_new(SrvGroup, (r[0], r[1], r[2], targets)))
+        elif r[3].__class__ is int:  # the target: the owner or its ancestor
+            out.append(_new(SrvData, (r[0], r[1], r[2], _up(name, r[3]))))
+        else:
+            out.append(_new(SrvGroup if r[3].__class__ is tuple else SrvData, r))
+    return tuple(out)
 
 
 def _srv_out(name: str, r: SrvData | SrvGroup, shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Any, ...]:
@@ -222,8 +233,7 @@ class SharedIndex:
         key = self.names.key(name)
         if key is None:
             return None
-        with self.env.begin() as txn:
-            value = txn.get(key)
+        value = self.env.begin().get(key)  # the read transaction ends as it is dropped (~0.2 us less than with)
         return None if value is None else marshal.loads(value)
 
     def _rrset(self, name: str, rtype: int, held: Any) -> tuple[object, ...]:
@@ -232,9 +242,9 @@ class SharedIndex:
             unpack = self.names.unpack
             return tuple([unpack(r) for r in held]) if held.__class__ is tuple else (unpack(held),)
         if rtype == SRV:
-            return tuple([_srv_in(name, r) for r in held])
+            return _srvs(name, held)
         if rtype == SOA:
-            return tuple([SoaData(*r) for r in held])
+            return tuple([_new(SoaData, r) for r in held])
         if held.__class__ is tuple:
             return held
         return (held or _address(name, rtype),) if rtype in (A, AAAA) else (held,)
@@ -250,8 +260,9 @@ class SharedIndex:
             return 0, self._lone(name, data)
         if cls is int:
             return data, {}
-        mask = data[0]
-        types = {rtype: self._rrset(name, rtype, held) for rtype, held in zip(_layout(mask & _MASK), data[1:], strict=True)}
+        mask, types = data[0], {}
+        for i, rtype in enumerate(_layout(mask & _MASK), 1):
+            types[rtype] = self._rrset(name, rtype, data[i])
         return mask >> _BITS, types
 
     def _lone(self, name: str, data: str) -> dict[int, tuple[object, ...]]:
