@@ -149,34 +149,40 @@ def _srvs(name: str, held: tuple[tuple[Any, ...], ...]) -> tuple[SrvData | SrvGr
     rel: Any = None
     up, targets = -1, ()
     for r in held:
-        if len(r) == 5:  # a group, its targets relative to an ancestor of the owner
-            if r[3] is not rel or r[4] != up:  # the same targets under several ports: stored once, built once
-                rel, up = r[3], r[4]
-                suffix = "." + _up(name, up)
-                targets = tuple([t + suffix for t in rel])
-            out.append(_new(SrvGroup, (r[0], r[1], r[2], targets)))
-        elif r[3].__class__ is int:  # the target: the owner or its ancestor
-            out.append(_new(SrvData, (r[0], r[1], r[2], _up(name, r[3]))))
-        else:
+        if len(r) == 4:  # as it is
             out.append(_new(SrvGroup if r[3].__class__ is tuple else SrvData, r))
+            continue
+        f = r[0]  # port | weight << 16 | priority << 32
+        if len(r) == 2:  # the target: the owner or its ancestor
+            out.append(_new(SrvData, (f >> 32, f >> 16 & 0xFFFF, f & 0xFFFF, _up(name, r[1]))))
+            continue
+        if r[1] is not rel or r[2] != up:  # the same targets under several ports: stored once, built once
+            rel, up = r[1], r[2]
+            suffix = "." + _up(name, up)
+            targets = tuple([t + suffix for t in rel])
+        out.append(_new(SrvGroup, (f >> 32, f >> 16 & 0xFFFF, f & 0xFFFF, targets)))
     return tuple(out)
 
 
 def _srv_out(name: str, r: SrvData | SrvGroup, shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Any, ...]:
     """A headless Service's targets (``10-244-1-20.<svc>.<ns>.svc.<zone>``) end with the name of the
-    Service that owns the SRV names: stored without it, as its distance up from the owner in labels."""
-    labels = name.count(".")
+    Service that owns the SRV names: stored without it, as its distance up from the owner in labels,
+    and priority, weight and port (16 bits each) as one int: (fields, targets, up) or (fields, up).
+    Anything else as it is, (priority, weight, port, target or targets)."""
+    if not all(f.__class__ is int and 0 <= f <= 0xFFFF for f in r[:3]):
+        return tuple(r)
+    fields, labels = r.port | r.weight << 16 | r.priority << 32, name.count(".")
     if r.__class__ is SrvGroup:
         for up in range(labels + 1):
             suffix = "." + _up(name, up)
             if all(t.endswith(suffix) for t in r.targets):
                 rel = tuple([t[: -len(suffix)] for t in r.targets])
                 # The same targets under several ports: one tuple, which marshal writes once (then a reference).
-                return (r.priority, r.weight, r.port, shared.setdefault(rel, rel), up)
+                return (fields, shared.setdefault(rel, rel), up)
         return tuple(r)
     for up in range(labels + 1):
         if _up(name, up) == r.target:
-            return (r.priority, r.weight, r.port, up)
+            return (fields, up)
     return tuple(r)
 
 
