@@ -173,7 +173,7 @@ def test_names_at_the_apex_outside_the_zones_and_too_long(tmp_path: Path) -> Non
     too_long = "a" * 600 + ".svc.cluster.local"  # longer than any LMDB key: it simply does not exist
     shared.apply([], [(too_long, A, "10.0.0.1")])
     assert not shared.exists(too_long)
-    assert shared.names.key(too_long) is None
+    assert shared.format.key(too_long) is None
     shared.close()
 
 
