@@ -26,11 +26,13 @@ from .index import TYPES
 from .records import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, A, SoaData, SrvData, SrvGroup
 
 MAX_KEY = 511  # LMDB's default key size limit; longer (invalid) names simply do not exist
-MAX_CODES = 31  # suffix codes are chr(1..31): control characters, which start no name and no address
+MAX_CODES = 15  # suffix codes are chr(1..15), and + SPELLED: control characters, which start no name and no address
+SPELLED = 16  # added to a packed name's code: the name begins with the label its owner's address spells
 RTYPES = (*TYPES, EXISTS)
 BITS = len(RTYPES)
 _MASK = (1 << BITS) - 1
 _BIT = {t: 1 << i for i, t in enumerate(RTYPES)}
+_SPELLED = chr(SPELLED)
 _NAMED = frozenset((PTR, CNAME, NS))  # rdata that is a name: packed as keys are
 _new = tuple.__new__  # builds a NamedTuple as its own __new__ does, without a Python call
 
@@ -49,6 +51,15 @@ def _up(name: str, labels: int) -> str:
 def _address(name: str, rtype: int) -> str:
     """The address that ``name``'s first label spells, as a pod's (``10-244-1-20.<svc>...``)."""
     return name.partition(".")[0].replace("-", "." if rtype == A else ":")
+
+
+def _spelled(owner: str) -> str | None:
+    """The label that the IPv4 address of the reverse name ``owner`` gives a pod (``10-244-1-20``,
+    as CoreDNS names those without a hostname): their PTR targets begin with it."""
+    if not owner.endswith(".in-addr.arpa"):
+        return None
+    octets = owner[:-13].split(".")
+    return "-".join(reversed(octets)) if len(octets) == 4 else None
 
 
 def _srv_out(name: str, r: SrvData | SrvGroup, shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Any, ...]:
@@ -110,7 +121,9 @@ class Format:
         # (".suffix", code, -len(".suffix")): more suffixes than codes only cost their names' length
         self.table = tuple(("." + z, chr(code), -len(z) - 1) for code, z in enumerate(ordered, 1))
         self.apex = {z: chr(code) for code, z in enumerate(ordered, 1)}
-        self.suffix_of = {"\0": ("", "")} | {chr(code): ("." + z, z) for code, z in enumerate(ordered, 1)}
+        self.suffix_of = {"\0": ("", ""), chr(SPELLED): ("", "")}
+        for code, z in enumerate(ordered, 1):
+            self.suffix_of[chr(code)] = self.suffix_of[chr(code + SPELLED)] = ("." + z, z)
 
     def pack(self, name: str) -> str:
         for dotted, code, cut in self.table:
@@ -122,6 +135,22 @@ class Format:
         dotted, suffix = self.suffix_of[packed[0]]
         rest = packed[1:]
         return rest + dotted if rest else suffix
+
+    def pack_in(self, owner: str, name: str) -> str:
+        """``name`` packed, as rdata of ``owner``: without the first label if ``owner`` spells it."""
+        label = _spelled(owner)
+        if label is None or not name.startswith(label + "."):
+            return self.pack(name)
+        packed = self.pack(name[len(label) + 1 :])
+        return chr(ord(packed[0]) + SPELLED) + packed[1:]  # ~14 bytes less for a pod's PTR
+
+    def unpack_in(self, owner: str, packed: str) -> str:
+        dotted, suffix = self.suffix_of[packed[0]]
+        rest = packed[1:]
+        if packed[0] < _SPELLED:
+            return rest + dotted if rest else suffix
+        d, c, b, a, _ = owner.split(".", 4)  # _spelled(owner), which pack_in found: d.c.b.a.in-addr.arpa
+        return f"{a}-{b}-{c}-{d}.{rest}{dotted}" if rest else f"{a}-{b}-{c}-{d}.{suffix}"
 
     def key(self, name: str) -> bytes | None:
         """The LMDB key of ``name``; None for a name that cannot be one (too long, or empty)."""
@@ -151,9 +180,9 @@ class Format:
             elif rtype == SOA:
                 held.append(tuple(map(tuple, rrset)))  # type: ignore[arg-type]
             elif len(rrset) != 1 or rrset[0].__class__ is tuple:
-                held.append(tuple([self.pack(r) for r in rrset]) if rtype in _NAMED else rrset)  # type: ignore[arg-type]
+                held.append(tuple([self.pack_in(name, r) for r in rrset]) if rtype in _NAMED else rrset)  # type: ignore[arg-type]
             elif rtype in _NAMED:
-                held.append(self.pack(rrset[0]))  # type: ignore[arg-type]
+                held.append(self.pack_in(name, rrset[0]))  # type: ignore[arg-type]
             elif rtype in (A, AAAA) and rrset[0] == _address(name, rtype):
                 held.append("")  # the address its name spells (a pod's): ~12 bytes less
             else:  # one record (the commonest): itself, not in a 1-tuple ("" as an address: in one)
@@ -167,8 +196,10 @@ class Format:
     def decode(self, name: str, data: Any) -> tuple[int, dict[int, tuple[object, ...]]]:
         """(children that exist, {type: rrset}) from ``name``'s value, unmarshalled."""
         cls = data.__class__
-        if cls is str:
-            return 0, self._lone(name, data)
+        if cls is str:  # a lone PTR (a packed name, which begins with a code) or A
+            if data[:1] < " " and data:
+                return 0, {PTR: (self.unpack_in(name, data),)}
+            return 0, {A: (data or _address(name, A),)}
         if cls is int:
             return data, {}
         mask, types = data[0], {}
@@ -179,8 +210,10 @@ class Format:
     def rrset(self, name: str, rtype: int, data: Any) -> tuple[object, ...]:
         """One rrset from ``name``'s value, unmarshalled (SRV groups not expanded); () if none."""
         cls = data.__class__
-        if cls is str:
-            return self._lone(name, data).get(rtype, ())
+        if cls is str:  # as in decode()
+            if data[:1] < " " and data:
+                return (self.unpack_in(name, data),) if rtype == PTR else ()
+            return (data or _address(name, A),) if rtype == A else ()
         bit = _BIT.get(rtype, 0)
         if cls is not tuple or not data[0] & bit:
             return ()
@@ -188,8 +221,8 @@ class Format:
 
     def _rrset(self, name: str, rtype: int, held: Any) -> tuple[object, ...]:
         if rtype in _NAMED:
-            unpack = self.unpack
-            return tuple([unpack(r) for r in held]) if held.__class__ is tuple else (unpack(held),)
+            unpack = self.unpack_in
+            return tuple([unpack(name, r) for r in held]) if held.__class__ is tuple else (unpack(name, held),)
         if rtype == SRV:
             return _srvs(name, held)
         if rtype == SOA:
@@ -197,11 +230,6 @@ class Format:
         if held.__class__ is tuple:
             return held
         return (held or _address(name, rtype),) if rtype in (A, AAAA) else (held,)
-
-    def _lone(self, name: str, data: str) -> dict[int, tuple[object, ...]]:
-        if data[:1] < " " and data:
-            return {PTR: (self.unpack(data),)}
-        return {A: (data or _address(name, A),)}
 
 
 __all__ = ["BITS", "MAX_KEY", "Format"]

@@ -201,7 +201,11 @@ def test_another_process_numbers_the_suffixes_alike(tmp_path: Path) -> None:
 def _random_rdata(rng: random.Random, rtype: int, name: str) -> object:
     """Rdata of ``rtype`` as the index holds it, often shaped like what the file stores in short."""
     pool = [name, name.partition(".")[2], "web.a.svc.cluster.local", "cluster.local", "svc.cluster.local",
-            "example.com", "", ".", "a..b", "\x01x", "\x00", "ns.dns.cluster.local"]
+            "example.com", "", ".", "a..b", "\x01x", "\x00", "ns.dns.cluster.local",
+            # what 1.0.0.10.in-addr.arpa's PTR to a pod begins with (stored without it), and near misses
+            "10-0-0-1.web.a.svc.cluster.local", "10-0-0-1.", "10-0-0-1", "10-0-0-1.svc.cluster.local",
+            "10-0-0-1.x.example.com", "10-0-0-10.web.a.svc.cluster.local", "1-0-0-10.web.a.svc.cluster.local",
+            "10-0-0.web.a.svc.cluster.local", "10-0-0-1-1.web.a.svc.cluster.local"]
     if rtype == SRV:
         if len(name) % 2:  # one name's rrset holds groups or SrvData, never both
             return SrvData(rng.choice((0, 1, 70000)), rng.randrange(101), rng.choice((53, 80, 65535)), rng.choice(pool))
@@ -227,6 +231,7 @@ def test_every_kind_of_rdata_reads_back_as_written(tmp_path: Path) -> None:
     names = ["cluster.local", "svc.cluster.local", "a.svc.cluster.local", "web.a.svc.cluster.local",
              "_http._tcp.web.a.svc.cluster.local", "_tcp.web.a.svc.cluster.local", "10-0-0-1.web.a.svc.cluster.local",
              "web-0.web.a.svc.cluster.local", "1.0.0.10.in-addr.arpa", "in-addr.arpa", "example.com", "x",
+             "0.0.10.in-addr.arpa", "1.1.0.0.10.in-addr.arpa",
              "1.0.0.0.ip6.arpa", "fd00--1.web.a.svc.cluster.local"]
     memory, shared = Index(zones), SharedIndexWriter(str(tmp_path), zones)
     owners: dict[int, set] = {}
