@@ -169,11 +169,10 @@ class Format:
         if not types:
             return marshal.dumps(below)
         mask, held = 0, []
-        for rtype, bit in _BIT.items():
-            rrset = types.get(rtype)
-            if rrset is None:
-                continue
-            mask |= bit
+        for rtype in types:
+            mask |= _BIT[rtype]
+        for rtype in _layout(mask):
+            rrset = types[rtype]
             if rtype == SRV:
                 shared: dict[tuple[str, ...], tuple[str, ...]] = {}
                 held.append(tuple([_srv_out(name, r, shared) for r in rrset]))  # type: ignore[arg-type]
