@@ -184,8 +184,8 @@ class Format:
                 held.append(self.pack_in(name, rrset[0]))  # type: ignore[arg-type]
             elif rtype in (A, AAAA) and rrset[0] == _address(name, rtype):
                 held.append("")  # the address its name spells (a pod's): ~12 bytes less
-            else:  # one record (the commonest): itself, not in a 1-tuple ("" as an address: in one)
-                held.append(rrset if rtype in (A, AAAA) and rrset[0] == "" else rrset[0])
+            else:  # one record (the commonest): itself, not in a 1-tuple (an address that is no str: in one)
+                held.append(rrset if rtype in (A, AAAA) and not rrset[0] else rrset[0])
         if below or len(held) != 1 or held[0].__class__ is not str:
             return marshal.dumps((below << BITS | mask, *held))
         if mask == _BIT[PTR] or (mask == _BIT[A] and (not held[0] or held[0][0] >= " ")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import random
 import subprocess
@@ -14,6 +15,7 @@ from dnsd.commands import zone_lines
 from dnsd.config import bundled_zones
 from dnsd.dataplane import Dataplane
 from dnsd.index import Index, _rrset
+from dnsd.index_format import Format
 from dnsd.records import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, TXT, A, SoaData, SrvData, SrvGroup
 from dnsd.resolver import resolve
 from dnsd.shared_index import SharedIndexWriter
@@ -264,3 +266,32 @@ def test_every_kind_of_rdata_reads_back_as_written(tmp_path: Path) -> None:
                 assert shared.exists(name) == memory.exists(name), name
     assert sorted(shared.records()) == sorted(memory.records())
     shared.close()
+
+
+def test_the_format_reads_back_the_shapes_it_shortens() -> None:
+    """Format alone, on the values it stores in short and on their near misses (rdata the index never
+    holds from Kubernetes, but may from elsewhere, must still read back as written)."""
+    fmt = Format(("cluster.local", *REVERSE_ZONES))
+    pod, ptr = "10-0-0-1.web.a.svc.cluster.local", "1.0.0.10.in-addr.arpa"
+    group = SrvGroup(0, 50, 80, ("10-0-0-1.web.a.svc.cluster.local", "web-0.web.a.svc.cluster.local"))
+    cases = [
+        (pod, 0, {A: ("10.0.0.1",)}), (pod, 0, {A: ("10.0.0.2",)}), (pod, 0, {A: ("",)}), (pod, 0, {A: (0,)}),
+        (pod, 0, {A: (b"",)}), (pod, 0, {A: ("\x01",)}), (pod, 0, {A: (("10.0.0.1",),)}), (pod, 2, {A: ("10.0.0.1",)}),
+        ("fd00--1.web.a.svc.cluster.local", 0, {AAAA: ("fd00::1",)}), (pod, 0, {A: ("10.0.0.1", "")}),
+        (ptr, 0, {PTR: (pod,)}), (ptr, 0, {PTR: ("10-0-0-1.",)}), (ptr, 0, {PTR: ("10-0-0-1.example.com", pod)}),
+        (ptr, 3, {PTR: (pod,)}), ("web.a.svc.cluster.local", 1, {A: ("10.0.0.1",), SRV: (group, group._replace(port=81))}),
+        ("_http._tcp.web.a.svc.cluster.local", 0, {SRV: (SrvData(0, 100, 80, "web.a.svc.cluster.local"),)}),
+        ("_http._tcp.web.a.svc.cluster.local", 0, {SRV: (SrvData(1 << 16, 100, 80, "web.a.svc.cluster.local"),)}),
+        ("web.a.svc.cluster.local", 0, {SRV: (group._replace(targets=()),)}), ("a.svc.cluster.local", 4, {}),
+        ("cluster.local", 0, {SOA: (SoaData("ns.dns.cluster.local", "h.cluster.local", 1, 2, 3, 4, 5),),
+                              NS: ("ns.dns.cluster.local",)}),
+        ("svc.cluster.local", 0, {EXISTS: ("",)}), ("x.example.com", 0, {CNAME: ("y.example.com",), TXT: ("t",)}),
+    ]
+    for name, below, types in cases:
+        data = marshal.loads(fmt.encode(name, below, types))
+        assert fmt.decode(name, data) == (below, types), (name, types)
+        assert [*map(type, fmt.decode(name, data)[1].get(SRV, ()))] == [*map(type, types.get(SRV, ()))]
+        for rtype in (A, AAAA, PTR, SRV, SOA, NS, CNAME, TXT, EXISTS):
+            assert fmt.rrset(name, rtype, data) == types.get(rtype, ()), (name, rtype)
+    assert len(fmt.encode(ptr, 0, {PTR: (pod,)})) < 20  # "web.a" and two codes, not the whole name
+    assert len(fmt.encode(pod, 0, {A: ("10.0.0.1",)})) < 5
