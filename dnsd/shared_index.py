@@ -82,6 +82,7 @@ class SharedIndex:
     def __init__(self, path: str, zones: Sequence[str], *, write: bool = False) -> None:
         self.zones = tuple(sorted({z.lower().strip(".") for z in zones}, key=len, reverse=True))
         self.format = Format(self.zones)
+        self._last: tuple[str | None, bytes | None] = (None, None)  # the last name looked up, and its key
         # readahead off: lookups are random, and reading ahead only fills the page cache.
         self.env = lmdb.open(path, map_size=MAP_SIZE, readonly=False, create=write, readahead=False,
                              sync=False, metasync=False, writemap=write, map_async=write)
@@ -92,7 +93,12 @@ class SharedIndex:
 
     def _data(self, name: str) -> Any:
         """``name``'s value, unmarshalled (index_format.py); None if the name does not exist."""
-        key = self.format.key(name)
+        last = self._last  # the resolver asks of one name several times (has_data, then rrset): its key once
+        if last[0] is name:
+            key = last[1]
+        else:
+            key = self.format.key(name)
+            self._last = (name, key)
         if key is None:
             return None
         value = self.env.begin().get(key)  # the read transaction ends as it is dropped (~0.2 us less than with)
