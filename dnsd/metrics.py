@@ -1,4 +1,4 @@
-"""Metrics: plain counters on the query path, turned into Prometheus families on scrape.
+"""Metrics: plain counters on the query path (Prometheus families are built from them on scrape: exporter.py).
 
 Serving processes only bump ints in dicts and lists (cheap, no locks); a scrape,
 or a worker's once-a-second report to the supervisor, reads them. Names follow
@@ -7,15 +7,12 @@ CoreDNS where the meaning matches, so existing dashboards work.
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from dnslib import QTYPE, RCODE
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 # As CoreDNS: exponential from 0.25 ms, doubling, 16 buckets.
 DURATION_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
@@ -114,71 +111,3 @@ def totals(snapshots: Iterable[dict[str, Any]], programming: Histogram) -> Total
                 out.responses[rkey] = out.responses.get(rkey, 0) + n
             out.durations.setdefault((server, proto), Histogram(DURATION_BUCKETS)).merge(dcounts, dtotal)
     return out
-
-
-def _histogram(name: str, doc: str, labels: list[str], series: Iterable[tuple[list[str], Histogram]]):
-    family = HistogramMetricFamily(name, doc, labels=labels)
-    for values, hist in series:
-        cumulative, buckets = 0, []
-        for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        family.add_metric(values, buckets, hist.total)
-    return family
-
-
-class DnsdCollector(Collector):
-    """Builds every family at scrape time from ``read()``: (Totals, source status dict)."""
-
-    def __init__(self, read: Callable[[], tuple[Totals, dict[str, Any]]]) -> None:
-        self.read = read
-
-    def collect(self):
-        t, status = self.read()
-        requests = CounterMetricFamily("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.",
-                                       labels=["server", "zone", "view", "proto", "family", "type"])
-        for (server, proto, family, qtype), n in sorted(t.requests.items()):
-            requests.add_metric([server, ".", "", proto, family, qtype], n)
-        yield requests
-        responses = CounterMetricFamily("coredns_dns_responses", "Counter of response status codes.",
-                                        labels=["server", "zone", "view", "rcode", "plugin"])
-        for (server, rcode), n in sorted(t.responses.items()):
-            responses.add_metric([server, ".", "", rcode, "kubernetes"], n)
-        yield responses
-        yield _histogram("coredns_dns_request_duration_seconds", "Histogram of the time (in seconds) each request took.",
-                         ["server", "zone", "view", "proto"],
-                         (([s, ".", "", p], h) for (s, p), h in sorted(t.durations.items())))
-        autopath = CounterMetricFamily("coredns_autopath_success", "Counter of requests that did autopath.",
-                                       labels=["server"])
-        for server, n in sorted(t.autopath.items()):
-            autopath.add_metric([server], n)
-        yield autopath
-        yield GaugeMetricFamily("dnsd_records", "Resource records served.", value=t.records)
-        yield GaugeMetricFamily("dnsd_services", "Services known.", value=t.services)
-        yield _histogram("dnsd_programming_duration_seconds",
-                         "Time from a source change to updated answers, per applied batch.", [], [([], t.programming)])
-        synced = GaugeMetricFamily("dnsd_source_synced", "1 once the source completed its first full sync.",
-                                   labels=["origin"])
-        healthy = GaugeMetricFamily("dnsd_source_healthy", "1 while the source's watch works.", labels=["origin"])
-        age = GaugeMetricFamily("dnsd_watch_last_event_age_seconds",
-                                "Seconds since the last successful list or watch event (incl. bookmarks).",
-                                labels=["origin"])
-        errors = CounterMetricFamily("dnsd_source_errors",
-                                     "Failed API requests and broken streams, by resource and reason.",
-                                     labels=["resource", "reason"])
-        now = time.time()
-        for origin, st in sorted(status.items()):
-            for why, n in sorted((st.get("errors") or {}).items()):
-                errors.add_metric([origin.removeprefix("k8s:"), why], n)
-            synced.add_metric([origin], 1.0 if st.get("synced") else 0.0)
-            healthy.add_metric([origin], 1.0 if st.get("healthy") else 0.0)
-            if st.get("last_event") is not None:
-                age.add_metric([origin], max(0.0, now - st["last_event"]))
-        yield synced
-        yield healthy
-        yield age
-        yield errors
-        if t.forward is not None:
-            from .upstream.stats import families
-
-            yield from families(t.forward)

@@ -25,21 +25,21 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
-from typing import Any
-
-from prometheus_client.registry import CollectorRegistry
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .dataplane import Dataplane, from_config
-from .http import HttpServer
 from .listeners import DnsServer, Slots
-from .metrics import PROGRAMMING_BUCKETS, DnsdCollector, Histogram, Totals, snapshot, totals
+from .metrics import PROGRAMMING_BUCKETS, Histogram, Totals, snapshot, totals
 from .records import REVERSE_ZONES
 from .shared_index import SharedIndexWriter
 from .steering import steer
 from .store import Op
 from .worker import CLEAR, frame
 from .zygote import Forked, Zygote
+
+if TYPE_CHECKING:
+    from .http import HttpServer
 
 log = logging.getLogger("dnsd.server")
 
@@ -268,6 +268,12 @@ def _start_http(
     endpoint = config.http_endpoint
     if endpoint is None:
         return None
+    # Imported here, after the zygote is forked: the workers never run them (exporter.py).
+    from prometheus_client.registry import CollectorRegistry
+
+    from .exporter import DnsdCollector
+    from .http import HttpServer
+
     registry = CollectorRegistry()
     registry.register(DnsdCollector(read))
     http = HttpServer(endpoint, ready, registry)

@@ -1,14 +1,12 @@
 """Forwarding and cache counters: bumped as plain ints, summed across workers, exported under
-CoreDNS's metric names (``forward`` and ``cache`` plugins) so existing dashboards work."""
+CoreDNS's metric names (``forward`` and ``cache`` plugins, exporter.py) so existing dashboards work."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-from ..metrics import DURATION_BUCKETS, Histogram, _histogram, rcode_name
+from ..metrics import DURATION_BUCKETS, Histogram
 
 
 class ForwardStats:
@@ -73,41 +71,3 @@ def merge(snapshots: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
             else:
                 out[field] = out.get(field, 0) + value
     return out
-
-
-def families(t: dict[str, Any]) -> Iterator[Any]:
-    def counter(name: str, doc: str, labels: list[str], items: Iterable[tuple[list[str], float]]):
-        family = CounterMetricFamily(name, doc, labels=labels)
-        for values, n in items:
-            family.add_metric(values, n)
-        return family
-
-    yield counter("coredns_forward_requests", "Counter of requests made per upstream.", ["to"],
-                  (([to], n) for to, n in sorted(t.get("requests", {}).items())))
-    yield counter("coredns_forward_responses", "Counter of responses received per upstream.", ["to", "rcode"],
-                  (([to, rcode_name(rc)], n) for (to, rc), n in sorted(t.get("responses", {}).items())))
-    yield _histogram("coredns_forward_request_duration_seconds", "Histogram of the time each request took.",
-                     ["to", "rcode"], (([to, rcode_name(rc)], h) for (to, rc), h in sorted(t["durations"].items())))
-    yield counter("coredns_forward_healthcheck_failures", "Counter of the number of failed healthchecks.", ["to"],
-                  (([to], n) for to, n in sorted(t.get("healthcheck_failures", {}).items())))
-    yield counter("coredns_forward_max_concurrent_rejects", "Counter of queries rejected over max_concurrent.", [],
-                  [([], t.get("rejects", 0))])
-    yield counter("dnsd_forward_shed", "Queries for upstreams answered REFUSED because UDP queries were waiting "
-                  "over --shed-after (saturation).", [], [([], t.get("shed", 0))])
-    yield counter("dnsd_forward_dropped_replies", "Upstream replies dropped: wrong address, ID, question, or garbage.",
-                  ["reason"], (([r], n) for r, n in sorted(t.get("dropped", {}).items())))
-    yield counter("dnsd_forward_loops_detected", "Upstreams refused because they are dnsd itself (a forwarding loop).",
-                  [], [([], t.get("loops", 0))])
-    yield counter("coredns_cache_hits", "The count of cache hits.", ["server", "type", "zones", "view"],
-                  (([".", kind, ".", ""], n) for kind, n in sorted(t.get("hits", {}).items())))
-    yield counter("coredns_cache_misses", "The count of cache misses.", ["server", "zones", "view"],
-                  [([".", ".", ""], t.get("misses", 0))])
-    entries = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.",
-                                labels=["server", "type", "zones", "view"])
-    for kind, n in sorted(t.get("entries", {}).items()):
-        entries.add_metric([".", kind, ".", ""], n)
-    yield entries
-    yield counter("coredns_cache_served_stale", "The number of requests served from stale cache entries.",
-                  ["server", "zones", "view"], [([".", ".", ""], t.get("stale", 0))])
-    yield counter("coredns_cache_prefetch", "The number of times the cache has prefetched a cached item.",
-                  ["server", "zones", "view"], [([".", ".", ""], t.get("prefetch", 0))])
