@@ -12,6 +12,7 @@ inherit a held lock): a worker that dies is forked again by the zygote.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .config import Config
+from .dataplane import release_heap
 
 
 class Forked:
@@ -103,6 +105,11 @@ def _serve(sock: socket.socket, config: Config, directory: str, tcp_counts: Any)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel at once
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the main process re-reads the files (a HUP to the group too)
+        # What the main process had freed but kept (free lists, glibc's free chunks) would stay in
+        # the zygote and in every worker's image: ~0.7 MB of PSS in all with 4 workers.
+        gc.collect()
+        gc.freeze()
+        release_heap()
         while True:
             message, fds, _, _ = socket.recv_fds(sock, 64, 2)
             if not message:
