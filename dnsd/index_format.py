@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .index import TYPES
-from .records import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, A, SoaData, SrvData, SrvGroup
+from .records import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, A, SoaData, SrvData, SrvGroup, endpoint_label
 
 MAX_KEY = 511  # LMDB's default key size limit; longer (invalid) names simply do not exist
 MAX_CODES = 15  # suffix codes are chr(1..15), and + SPELLED: control characters, which start no name and no address
@@ -59,7 +59,7 @@ def _spelled(owner: str) -> str | None:
     if not owner.endswith(".in-addr.arpa"):
         return None
     octets = owner[:-13].split(".")
-    return "-".join(reversed(octets)) if len(octets) == 4 else None
+    return endpoint_label(".".join(reversed(octets))) if len(octets) == 4 else None
 
 
 def _srv_out(name: str, r: SrvData | SrvGroup, shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Any, ...]:
