@@ -41,16 +41,18 @@ class Port(NamedTuple):
 
 
 class Subset(NamedTuple):
-    """Endpoints as parallel tuples rather than one (address, hostname) object each: at 100k
+    """Endpoints as parallel sequences rather than one (address, hostname) object each: at 100k
     endpoints those objects were ~6 MB, and most endpoints have no hostname. Build with
     ``subset()``, which keeps the form canonical (equal subsets compare equal: the store
     compares old and new records); read with ``endpoints()``."""
 
     ports: tuple[Port, ...]
-    addresses: tuple[str, ...]  # ready (or readiness unknown), canonical text form
-    # Kept apart: DNS shows them only for a Service with publishNotReadyAddresses. The empty
-    # tuple is shared, so a subset with every endpoint ready costs no more than before.
-    not_ready: tuple[str, ...] = ()
+    # Ready (or readiness unknown) addresses in canonical text form, separated by spaces: one
+    # string per subset, not one per address (100k address strings and their tuples' slots were
+    # ~7 MB; only a headless Service's records use them, and they are built from this on change).
+    addresses: str
+    # Kept apart: DNS shows them only for a Service with publishNotReadyAddresses.
+    not_ready: str = ""
     # One per address, ``addresses`` then ``not_ready``, "" for an endpoint without; the shared
     # empty tuple when no endpoint has one. A hostname is the endpoint's own, or with
     # ``pod_names`` its pod's name.
@@ -58,8 +60,8 @@ class Subset(NamedTuple):
 
     def endpoints(self, not_ready: bool = False) -> Iterator[tuple[str, str]]:
         """(address, hostname) of each ready endpoint, then with ``not_ready`` the others."""
-        addresses = self.addresses + self.not_ready if not_ready and self.not_ready else self.addresses
-        return zip(addresses, self.hostnames or repeat(""), strict=False)  # stops at the last address
+        text = f"{self.addresses} {self.not_ready}" if not_ready and self.not_ready else self.addresses
+        return zip(text.split(), self.hostnames or repeat(""), strict=False)  # stops at the last address
 
 
 class Service(NamedTuple):
@@ -105,9 +107,10 @@ def subset(ports: tuple[Port, ...], ready: Iterable[tuple[str, str]], not_ready:
     """A Subset of (address, hostname) endpoints, in the one form equal subsets share."""
     addresses, hostnames = tuple(zip(*ready, strict=True)) or ((), ())
     not_ready_addresses, not_ready_hostnames = tuple(zip(*not_ready, strict=True)) or ((), ())
+    packed = " ".join(addresses), " ".join(not_ready_addresses)
     if any(hostnames) or any(not_ready_hostnames):
-        return Subset(ports, addresses, not_ready_addresses, hostnames + not_ready_hostnames)
-    return Subset(ports, addresses, not_ready_addresses)
+        return Subset(ports, *packed, hostnames + not_ready_hostnames)
+    return Subset(ports, *packed)
 
 
 _T = TypeVar("_T", Port, tuple[Port, ...])

@@ -56,7 +56,7 @@ def test_a_hostname_change_is_a_change() -> None:
     assert names(store) == {f"10-0-0-1.db.shop.svc.{Z}": "10.0.0.1", f"10-0-0-2.db.shop.svc.{Z}": "10.0.0.2"}
     # Without any hostname, one form whatever built it: no ("", "") to compare unequal to ().
     (sub,) = gone.subsets
-    assert sub == subset(sub.ports, [("10.0.0.1", "")], [("10.0.0.2", "")]) == Subset(sub.ports, ("10.0.0.1",), ("10.0.0.2",))
+    assert sub == subset(sub.ports, [("10.0.0.1", "")], [("10.0.0.2", "")]) == Subset(sub.ports, "10.0.0.1", "10.0.0.2")
 
 
 def test_records_survive_pickling() -> None:
@@ -64,3 +64,9 @@ def test_records_survive_pickling() -> None:
     copies = pickle.loads(pickle.dumps(objects, pickle.HIGHEST_PROTOCOL))
     assert copies == objects and [type(c) for c in copies] == [Service, EndpointSet]
     assert list(copies[1].subsets[0].endpoints(not_ready=True)) == [("10.0.0.1", ""), ("10.0.0.2", "db-1")]
+
+
+def test_subset_with_only_not_ready_endpoints() -> None:
+    sub = subset((), [], [("10.0.0.2", "db-1"), ("fd00::1", "")])
+    assert list(sub.endpoints()) == []
+    assert list(sub.endpoints(not_ready=True)) == [("10.0.0.2", "db-1"), ("fd00::1", "")]
