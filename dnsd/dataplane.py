@@ -43,6 +43,27 @@ def release_heap() -> None:
         _TRIM(0)
 
 
+class HeapTrim:
+    """A full collection and ``release_heap`` every ``every`` ticks (a tick is about a second) in a
+    process that answers: only a collection of the highest generation empties CPython's free lists
+    (tuples parsed and rendered with: ~1.1-1.3 MB per answering process after every name at 100k
+    endpoints). Spaced so it never takes over 0.1% of the time: 2-7 ms with the data frozen,
+    longer with a full forwarding cache (~4 ms per 100,000 objects)."""
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = every
+        self.ticks = 0
+        self.due = every
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.ticks >= self.due:
+            started = time.perf_counter()
+            gc.collect()
+            release_heap()
+            self.due = self.ticks + max(self.every, round((time.perf_counter() - started) * 1000))
+
+
 @contextlib.contextmanager
 def big_batch(ops: Sequence[Op]) -> Iterator[None]:
     """Around applying ``ops``: when they (re)list many objects, no collection midway (a relist

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
-from .dataplane import Dataplane, from_config
+from .dataplane import Dataplane, HeapTrim, from_config
 from .listeners import DnsServer, Slots
 from .metrics import PROGRAMMING_BUCKETS, Histogram, Totals, snapshot, totals
 from .steering import steer
@@ -207,8 +207,10 @@ async def _serve(config: Config, zygote: Zygote | None = None) -> int:
         log.info("dnsd serving %s with %d workers", ", ".join(config.domains), config.workers)
     else:
         log.info("dnsd serving %s", ", ".join(config.domains))
+    trim = asyncio.create_task(_trim_heap())
     await stop.wait()
     log.info("shutting down")
+    trim.cancel()
     if pool:
         pool.close()
     await dns.close()
@@ -218,6 +220,14 @@ async def _serve(config: Config, zygote: Zygote | None = None) -> int:
     if http:
         http.stop()
     return 0
+
+
+async def _trim_heap() -> None:
+    """The main process answers too: it empties its free lists and trims its heap as a worker does."""
+    trim = HeapTrim()
+    while True:
+        await asyncio.sleep(1)
+        trim.tick()
 
 
 async def _call(fn: Callable[[], Any]) -> Any:

@@ -21,21 +21,17 @@ import pickle
 import signal
 import socket
 import struct
-import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .config import Config
-from .dataplane import release_heap, resolver_for
+from .dataplane import HeapTrim, resolver_for
 from .listeners import DnsServer, Slots
 from .records import REVERSE_ZONES
 from .shared_index import SharedIndex
 from .wire import Responder
 
 log = logging.getLogger("dnsd.worker")
-# Seconds between full collections: the highest generation also empties CPython's free lists
-# (tuples a worker parsed and rendered with: ~1.1 MB of PSS per worker at 100k endpoints).
-TRIM_EVERY = 10
 CLEAR = None  # in place of the names: every rendered reply may be stale (a relist touched too many to list)
 
 
@@ -144,15 +140,9 @@ async def _serve(config: Config, path: str, conn: Connection, changes_sock: sock
     loop.add_reader(changes_sock.fileno(), receive)
     conn.send(("ready", os.getpid()))
     reported = None
-    ticks, trim_at = 0, TRIM_EVERY
+    trim = HeapTrim()
     while not stop.is_set():
-        ticks += 1
-        if ticks >= trim_at:
-            started = time.perf_counter()
-            gc.collect()  # 2-3 ms with ~3,000 objects outside the frozen ones; more with a full forwarding cache
-            release_heap()
-            # Never over 0.1% of the worker's time (a tick is about a second).
-            trim_at = ticks + max(TRIM_EVERY, round((time.perf_counter() - started) * 1000))
+        trim.tick()
         with contextlib.suppress(OSError):
             conn.send(("stats", stats(dns, changes.synced, forwarder)))
         reported = changes.synced

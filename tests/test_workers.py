@@ -133,3 +133,41 @@ def test_the_zygote_holds_no_module_only_the_main_process_runs() -> None:
             "             or m in ('dnsd.exporter', 'dnsd.http', 'urllib.request')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_answering_processes_collect_fully_every_few_seconds_never_over_a_thousandth(monkeypatch) -> None:
+    import gc
+
+    from dnsd import dataplane
+
+    full, trims = [], []
+    clock = iter(range(0, 10**6, 5))  # each collection "takes" 5 ms
+    monkeypatch.setattr(dataplane.time, "perf_counter", lambda: next(clock) / 1000)
+    monkeypatch.setattr(dataplane, "release_heap", lambda: trims.append(1))
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    gc.callbacks.append(seen)
+    gc.disable()  # only the collections HeapTrim asks for
+    try:
+        trim = dataplane.HeapTrim(every=10)
+        for _ in range(9):
+            trim.tick()
+        assert not full and not trims  # not before the tenth second
+        trim.tick()
+        assert len(full) == 1 and len(trims) == 1
+        for _ in range(9):
+            trim.tick()
+        assert len(full) == 1  # 5 ms took it: the next waits 10 s, not 5 s
+        trim.tick()
+        assert len(full) == 2
+    finally:
+        gc.enable()
+        gc.callbacks.remove(seen)
+    slow = dataplane.HeapTrim(every=10)
+    clock = iter(range(0, 10**6, 50))  # 50 ms: the next one waits 50 ticks (0.1%)
+    for _ in range(10):
+        slow.tick()
+    assert slow.due == 60
