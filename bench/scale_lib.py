@@ -577,6 +577,13 @@ def system_busy() -> float:
     return (fields[0] + fields[1] + fields[2]) / CLK_TCK
 
 
+def _has_children(pid: int) -> bool:
+    try:
+        return any(task.joinpath("children").read_text().strip() for task in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+
+
 def memory(pgid: int) -> list[dict[str, Any]]:
     """VmRSS and VmHWM (peak RSS) of every process in the group, with a role from its command line."""
     out = []
@@ -592,9 +599,9 @@ def memory(pgid: int) -> list[dict[str, Any]]:
             role = "dnsd" if "spawn" not in cmdline else "?"
         elif "resource_tracker" in cmdline:
             role = "resource_tracker"
-        elif ppid == pgid and "spawn_main" not in cmdline:
-            role = "zygote"  # forked from dnsd at start; forks the workers, which share its pages
-        elif "spawn_main" in cmdline or "multiprocessing" in cmdline or ppid != pgid:
+        elif ppid == pgid and _has_children(pid):
+            role = "zygote"  # forked from dnsd at start; forks the first workers, then exits
+        elif ppid == pgid or "spawn_main" in cmdline or "multiprocessing" in cmdline:
             role = "worker"
         else:
             role = "other"

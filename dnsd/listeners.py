@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import ipaddress
 import logging
+import mmap
+import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -64,12 +67,67 @@ def _size_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
+class SharedCounts:
+    """One TCP connection count per worker, in a small file every serving process maps (a worker
+    started fresh for a dead one opens it by its path, one forked shares the mapping), changed
+    under an flock of that file."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 4 * size:
+                os.ftruncate(fd, 4 * size)
+            self._map = mmap.mmap(fd, 4 * size)
+        finally:
+            os.close(fd)
+        self._counts = memoryview(self._map).cast("i")
+        self._lock = _FileLock(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SharedCounts, (self.path, self.size)  # for a fresh worker: the path, not the mapping
+
+    def get_lock(self) -> _FileLock:
+        return self._lock
+
+    def __getitem__(self, number: int) -> int:
+        return self._counts[number]
+
+    def __setitem__(self, number: int, value: int) -> None:
+        self._counts[number] = value
+
+    def __iter__(self) -> Any:
+        return iter(self._counts)
+
+
+class _FileLock:
+    """An exclusive flock of ``path`` through a descriptor this process opened itself: flock is held
+    per open file, so a forked child sharing its parent's would not exclude it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+        self.pid = 0
+
+    def __enter__(self) -> None:
+        if self.pid != os.getpid():
+            if self.fd >= 0:
+                os.close(self.fd)  # the parent's, inherited
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            self.pid = os.getpid()
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
 class Slots:
     """The TCP connection limit of the whole server: one count per worker in shared memory.
 
-    ``counts`` is a ``multiprocessing.Array`` (one int per worker, with its lock) when several
-    processes serve, else a plain list. Each worker changes only its own count, under the lock,
-    so a restarted worker's count can be reset by the supervisor without guessing.
+    ``counts`` is a SharedCounts when several processes serve, else a plain list. Each worker
+    changes only its own count, under the lock, so a restarted worker's count can be reset by
+    the supervisor without guessing.
     """
 
     def __init__(self, limit: int, counts: Any = None, number: int = 0) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import multiprocessing
+import os
 import shutil
 import signal
 import threading
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .dataplane import Dataplane, HeapTrim, from_config
-from .listeners import DnsServer, Slots
+from .listeners import DnsServer, SharedCounts, Slots
 from .metrics import PROGRAMMING_BUCKETS, Histogram, Totals, snapshot, totals
 from .steering import steer
 from .store import Op
@@ -116,11 +116,11 @@ def run(config: Config) -> int:
     _tune_gc()
     zygote = None
     if config.workers > 1:
-        # One TCP connection count per worker in shared memory (the limit holds for the whole server);
-        # created before the zygote, so every forked worker inherits it.
-        tcp_counts = multiprocessing.get_context("fork").Array("i", config.workers)
+        directory = shared_directory(config.shared_dir)
+        # One TCP connection count per worker in shared memory (the limit holds for the whole server).
+        tcp_counts = SharedCounts(os.path.join(directory, "tcp-connections"), config.workers)
         # Now, while dnsd is one thread and holds no data: workers forked from it share these pages.
-        zygote = Zygote(config, shared_directory(config.shared_dir), tcp_counts)
+        zygote = Zygote(config, directory, tcp_counts)
     try:
         return asyncio.run(_serve(config, zygote))
     finally:

@@ -1,5 +1,5 @@
-"""The workers of ``--workers N``: the index file they share, their processes (forked by the
-zygote), the changes sent to them, and a new one for each that dies.
+"""The workers of ``--workers N``: the index file they share, their processes (the first forked
+by the zygote), the changes sent to them, and a new one for each that dies (respawn.py).
 
 The main process owns one WorkerPool (server.py); it writes the index file and answers too.
 """
@@ -22,6 +22,7 @@ from typing import Any
 
 from .config import Config
 from .records import REVERSE_ZONES
+from .respawn import Spawned, spawn
 from .shared_index import SharedIndexWriter
 from .worker import CLEAR, frame
 from .zygote import Forked, Zygote
@@ -64,7 +65,8 @@ class _Worker:
     slowly only makes its own buffer grow, never blocks the loop.
     """
 
-    def __init__(self, process: Forked, conn: Connection, changes: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, process: Forked | Spawned, conn: Connection, changes: socket.socket,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.process = process
         self.conn = conn
         self.changes = changes
@@ -110,8 +112,8 @@ class WorkerPool:
     The main process writes the index file (shared_index.py) and answers queries itself;
     each worker reads the file and keeps its own hot replies (steering.py sends each name
     to one worker). After each change the workers get the names it touched and the
-    serial: never the data itself. Workers are forked by the zygote (zygote.py). A worker
-    that dies is forked again and reads the current data from the file.
+    serial: never the data itself. The first workers are forked by the zygote (zygote.py),
+    which then exits. A worker that dies is started fresh and reads the current data from the file.
     """
 
     CLEAR_OVER = 2000  # more touched names than this: workers drop every reply instead of a long list
@@ -119,8 +121,9 @@ class WorkerPool:
     def __init__(self, config: Config, zygote: Zygote, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.loop = loop
-        self.zygote = zygote
+        self.zygote: Zygote | None = zygote
         self.directory = zygote.directory
+        self.tcp_counts = zygote.tcp_counts
         self.index = SharedIndexWriter(self.directory, tuple(config.domains) + REVERSE_ZONES)
         self.workers: dict[int, _Worker] = {}
         self.stats: dict[int, dict[str, Any]] = {}
@@ -151,16 +154,23 @@ class WorkerPool:
                 error = f"cannot be forked: {exc}"
             if error:
                 return f"worker {number}: {error}"
+        self._close_zygote()  # its workers run: from now on it would only hold pages they all copied
         self.monitor.start()
         return None
 
+    def _close_zygote(self) -> None:
+        zygote, self.zygote = self.zygote, None
+        if zygote:
+            zygote.close()
+
     def _spawn(self, number: int) -> _Worker:
-        counts = self.zygote.tcp_counts
+        counts = self.tcp_counts
         with counts.get_lock():
             counts[number] = 0  # a restarted worker's connections died with it
         with self.lock:
             # Anything committed from now on reaches it as a message; what came before, it reads from the file.
-            w = self.workers[number] = _Worker(*self.zygote.fork(number), self.loop)
+            started = self.zygote.fork(number) if self.zygote else spawn(self.config, self.directory, counts, number)
+            w = self.workers[number] = _Worker(*started, self.loop)
         return w
 
     def _await_ready(self, number: int, w: _Worker, timeout: float = 60.0) -> str | None:
@@ -201,8 +211,8 @@ class WorkerPool:
         time.sleep(0.5)  # a worker that dies at once must not spin the main process
         try:
             error = self._await_ready(number, self._spawn(number))
-        except OSError as exc:  # the zygote is gone: the others and the main process go on answering
-            error = f"cannot be forked again ({exc}); serving with one worker less"
+        except OSError as exc:  # the others and the main process go on answering
+            error = f"cannot be started again ({exc}); serving with one worker less"
         if error:
             log.error("worker %d: %s", number, error)
 
@@ -217,6 +227,6 @@ class WorkerPool:
             if w.process.is_alive():
                 w.process.kill()
             w.close()
-        self.zygote.close()
+        self._close_zygote()
         self.index.close()
         shutil.rmtree(self.directory, ignore_errors=True)

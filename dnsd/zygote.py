@@ -1,17 +1,23 @@
-"""A small process that forks the workers, itself forked from dnsd before any data or thread exists.
+"""A small process that forks the first workers, itself forked from dnsd before any data or thread exists.
 
 Forked, not spawned: the zygote and every worker it forks share the interpreter and the
 modules dnsd had imported at that moment with the main process, page for page, until
 one of them writes to a page (the GC is frozen first, so a collection does not). That
 makes a worker cost its own few MB instead of a fresh interpreter's ~20 MB, and unlike
-multiprocessing's fork server no resource tracker process comes along (~7 MB). The main
-process itself never forks once its threads run (a child of a threaded process can
-inherit a held lock): a worker that dies is forked again by the zygote.
+multiprocessing's fork server no resource tracker process comes along (~7 MB).
+
+The zygote exits once those workers run (WorkerPool.start): CPython writes the reference
+count of every object it reads, so each worker copies the pages it runs through, and the
+zygote would keep its own copy of every page they had all copied (~7 MB with 4 workers).
+Its workers are then the main process's children (a child subreaper adopts them). The main
+process never forks once its threads run (a child of a threaded process can inherit a held
+lock): a worker that dies is started fresh (respawn.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import signal
@@ -23,19 +29,39 @@ from typing import Any
 from .config import Config
 from .dataplane import release_heap
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> bool:
+    """Make this process the one its descendants' orphans go to (Linux), not init: the workers
+    outlive their zygote, and only dnsd can reap them (as PID 1 of a container it must anyway)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (AttributeError, OSError):
+        return False
+
 
 class Forked:
-    """A worker forked by the zygote (not our child: we learn of its end from its pipe)."""
+    """A worker forked by the zygote: its child, then ours once the zygote is gone."""
 
     def __init__(self, pid: int, name: str) -> None:
         self.pid = pid
         self.name = name
-        self.exitcode: int | None = None  # the zygote reaps it: not known here
+        self.exitcode: int | None = None
 
     def is_alive(self) -> bool:
+        if self.exitcode is not None:
+            return False
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # still the zygote's, which reaps it at once
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            return True
+        if pid:
+            self.exitcode = os.waitstatus_to_exitcode(status)
             return False
         return True
 
@@ -60,6 +86,7 @@ class Zygote:
     """
 
     def __init__(self, config: Config, directory: str, tcp_counts: Any) -> None:
+        adopt_orphans()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:  # the zygote
@@ -117,7 +144,7 @@ def _serve(sock: socket.socket, config: Config, directory: str, tcp_counts: Any)
             pid = os.fork()
             if pid == 0:
                 sock.close()
-                _run_worker(config, directory, fds, int(message), tcp_counts)
+                run_worker(config, directory, fds, int(message), tcp_counts)
             for fd in fds:
                 os.close(fd)
             sock.sendall(f"{pid}\n".encode())
@@ -126,7 +153,8 @@ def _serve(sock: socket.socket, config: Config, directory: str, tcp_counts: Any)
     os._exit(code)
 
 
-def _run_worker(config: Config, directory: str, fds: list[int], number: int, tcp_counts: Any) -> Any:
+def run_worker(config: Config, directory: str, fds: list[int], number: int, tcp_counts: Any) -> Any:
+    """In the worker's own process (forked or fresh): serve until told to stop, then exit."""
     code = 0
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -29,8 +29,9 @@ def children(pid: int) -> list[int]:
 
 
 def workers_of(pid: int) -> list[int]:
-    """Worker processes: the children of dnsd's zygote (its only child, forked at start)."""
-    return [w for zygote in children(pid) for w in children(zygote)]
+    """Worker processes: dnsd's children once its zygote (which forks the first ones) is gone."""
+    kids = children(pid)
+    return [w for kid in kids for w in children(kid)] + [kid for kid in kids if not children(kid)]
 
 
 def test_killed_worker_is_replaced_with_current_data(start_dnsd, manifest_dir: Path) -> None:
@@ -50,7 +51,36 @@ def test_killed_worker_is_replaced_with_current_data(start_dnsd, manifest_dir: P
             break
         time.sleep(0.1)
     assert got == {(f"a.w.svc.{Z}. A 10.96.0.2",)}
+    # The new worker is started fresh, not forked (the zygote is gone once the first workers run),
+    # and counts its TCP connections in the same shared file as the others.
+    assert any("dnsd.respawn" in Path(f"/proc/{pid}/cmdline").read_text() for pid in workers_of(server.proc.pid))
+    for _ in range(10):
+        assert answers(server.query(f"a.w.svc.{Z}", tcp=True)) == [f"a.w.svc.{Z}. A 10.96.0.2"]
     assert server.stop() == 0
+
+
+def test_tcp_counts_are_shared_with_a_fresh_process_and_locked_across_processes(tmp_path: Path) -> None:
+    import pickle
+
+    from dnsd.listeners import SharedCounts
+
+    counts = SharedCounts(str(tmp_path / "tcp-connections"), 3)
+    code = ("import pickle, sys, time\n"
+            "counts = pickle.load(sys.stdin.buffer)\n"
+            "started = time.monotonic()\n"
+            "with counts.get_lock():\n"
+            "    counts[2] += 5\n"
+            "print(sum(counts), round(time.monotonic() - started, 2))\n")
+    with counts.get_lock():  # held: the other process waits for it
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=False, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        child.stdin.write(pickle.dumps(counts))
+        child.stdin.close()
+        time.sleep(0.5)
+        assert counts[2] == 0
+    total, waited = child.stdout.read().split()
+    assert child.wait(10) == 0
+    assert counts[2] == 5 and int(total) == 5 and float(waited) >= 0.3
 
 
 # == how many workers by default ================================================================
