@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .config import Config
+from .zygote import run_worker, worker_ends
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where dnsd itself is imported from
 
@@ -53,30 +54,21 @@ class Spawned:
 
 def spawn(config: Config, directory: str, tcp_counts: Any, number: int) -> tuple[Spawned, Connection, socket.socket]:
     """A new worker ``number``, and the main process's ends of its reports and changes (as Zygote.fork)."""
-    reports, reports_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    changes, changes_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    fds = (reports_theirs.fileno(), changes_theirs.fileno())
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([_ROOT, path] if path else [_ROOT])}
-    try:
+
+    def start(fds: tuple[int, int]) -> Spawned:
         process = subprocess.Popen([sys.executable, "-c", "from dnsd.respawn import main; main()"],
                                    stdin=subprocess.PIPE, pass_fds=fds, env=env)
         assert process.stdin is not None
         with process.stdin:
             process.stdin.write(pickle.dumps((config, directory, tcp_counts, number, fds)))
-    except OSError:
-        reports.close()
-        changes.close()
-        raise
-    finally:
-        reports_theirs.close()
-        changes_theirs.close()
-    return Spawned(process, f"dnsd-worker-{number}"), Connection(reports.detach()), changes
+        return Spawned(process, f"dnsd-worker-{number}")
+
+    return worker_ends(start)
 
 
 def main() -> None:
     """The fresh process: what to serve comes on stdin (from spawn, the same program: trusted)."""
     config, directory, tcp_counts, number, fds = pickle.load(sys.stdin.buffer)
-    from .zygote import run_worker
-
     run_worker(config, directory, list(fds), number, tcp_counts)

@@ -23,13 +23,15 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import Config
 from .dataplane import release_heap
 
 PR_SET_CHILD_SUBREAPER = 36
+_P = TypeVar("_P")
 
 
 def adopt_orphans() -> bool:
@@ -79,6 +81,24 @@ class Forked:
             time.sleep(0.02)
 
 
+def worker_ends(start: Callable[[tuple[int, int]], _P]) -> tuple[_P, Connection, socket.socket]:
+    """Two socket pairs for a new worker: ``start`` hands it its ends (reports, changes) and returns
+    its process; ours are its reports (a Connection, read by a thread) and its changes (a socket
+    written from the event loop, see worker.frame)."""
+    reports, reports_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    changes, changes_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        process = start((reports_theirs.fileno(), changes_theirs.fileno()))
+    except OSError:
+        reports.close()
+        changes.close()
+        raise
+    finally:
+        reports_theirs.close()
+        changes_theirs.close()
+    return process, Connection(reports.detach()), changes
+
+
 class Zygote:
     """Start with ``Zygote(...)`` while dnsd is still one thread; then ``fork(number)``.
 
@@ -99,26 +119,19 @@ class Zygote:
         self.tcp_counts = tcp_counts
 
     def fork(self, number: int) -> tuple[Forked, Connection, socket.socket]:
-        """A new worker ``number``, and the main process's ends: its reports (a Connection, read by
-        a thread) and its changes (a socket written from the event loop, see worker.frame)."""
-        reports, reports_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        changes, changes_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            socket.send_fds(self.sock, [str(number).encode()], [reports_theirs.fileno(), changes_theirs.fileno()])
+        """A new worker ``number``, and the main process's ends of its reports and changes."""
+
+        def ask(fds: tuple[int, int]) -> Forked:
+            socket.send_fds(self.sock, [str(number).encode()], list(fds))
             reply = b""
             while not reply.endswith(b"\n"):
                 chunk = self.sock.recv(64)
                 if not chunk:
                     raise OSError("the worker zygote is gone")
                 reply += chunk
-        except OSError:
-            reports.close()
-            changes.close()
-            raise
-        finally:
-            reports_theirs.close()
-            changes_theirs.close()
-        return Forked(int(reply), f"dnsd-worker-{number}"), Connection(reports.detach()), changes
+            return Forked(int(reply), f"dnsd-worker-{number}")
+
+        return worker_ends(ask)
 
     def close(self) -> None:
         self.sock.close()  # the zygote exits when it reads the end of its socket
