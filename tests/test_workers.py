@@ -67,20 +67,22 @@ def test_tcp_counts_are_shared_with_a_fresh_process_and_locked_across_processes(
     counts = SharedCounts(str(tmp_path / "tcp-connections"), 3)
     code = ("import pickle, sys, time\n"
             "counts = pickle.load(sys.stdin.buffer)\n"
+            "print('locking', flush=True)\n"
             "started = time.monotonic()\n"
             "with counts.get_lock():\n"
             "    counts[2] += 5\n"
             "print(sum(counts), round(time.monotonic() - started, 2))\n")
     with counts.get_lock():  # held: the other process waits for it
         child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=False, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
-        child.stdin.write(pickle.dumps(counts))
+                                 text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        child.stdin.buffer.write(pickle.dumps(counts))
         child.stdin.close()
+        assert child.stdout.readline() == "locking\n"
         time.sleep(0.5)
         assert counts[2] == 0
     total, waited = child.stdout.read().split()
     assert child.wait(10) == 0
-    assert counts[2] == 5 and int(total) == 5 and float(waited) >= 0.3
+    assert counts[2] == 5 and int(total) == 5 and float(waited) >= 0.4
 
 
 # == how many workers by default ================================================================
