@@ -145,21 +145,16 @@ class Format:
         return chr(ord(packed[0]) + SPELLED) + packed[1:]  # ~14 bytes less for a pod's PTR
 
     def unpack_in(self, owner: str, packed: str) -> str:
+        if packed[0] < _SPELLED:
+            return self.unpack(packed)
         dotted, suffix = self.suffix_of[packed[0]]
         rest = packed[1:]
-        if packed[0] < _SPELLED:
-            return rest + dotted if rest else suffix
         d, c, b, a, _ = owner.split(".", 4)  # _spelled(owner), which pack_in found: d.c.b.a.in-addr.arpa
         return f"{a}-{b}-{c}-{d}.{rest}{dotted}" if rest else f"{a}-{b}-{c}-{d}.{suffix}"
 
     def key(self, name: str) -> bytes | None:
         """The LMDB key of ``name``; None for a name that cannot be one (too long, or empty)."""
-        for dotted, code, cut in self.table:  # pack(), inlined: once per lookup
-            if name.endswith(dotted) and (rest := name[:cut]):
-                key = (code + rest).encode("utf-8", "surrogateescape")
-                break
-        else:
-            key = (self.apex.get(name) or "\0" + name).encode("utf-8", "surrogateescape")
+        key = self.pack(name).encode("utf-8", "surrogateescape")
         return key if name and len(key) <= MAX_KEY else None
 
     def name(self, key: bytes) -> str:
@@ -195,10 +190,9 @@ class Format:
     def decode(self, name: str, data: Any) -> tuple[int, dict[int, tuple[object, ...]]]:
         """(children that exist, {type: rrset}) from ``name``'s value, unmarshalled."""
         cls = data.__class__
-        if cls is str:  # a lone PTR (a packed name, which begins with a code) or A
-            if data[:1] < " " and data:
-                return 0, {PTR: (self.unpack_in(name, data),)}
-            return 0, {A: (data or _address(name, A),)}
+        if cls is str:
+            rtype, rrset = self._lone(name, data)
+            return 0, {rtype: rrset}
         if cls is int:
             return data, {}
         mask, types = data[0], {}
@@ -209,14 +203,19 @@ class Format:
     def rrset(self, name: str, rtype: int, data: Any) -> tuple[object, ...]:
         """One rrset from ``name``'s value, unmarshalled (SRV groups not expanded); () if none."""
         cls = data.__class__
-        if cls is str:  # as in decode()
-            if data[:1] < " " and data:
-                return (self.unpack_in(name, data),) if rtype == PTR else ()
-            return (data or _address(name, A),) if rtype == A else ()
+        if cls is str:
+            held, rrset = self._lone(name, data)
+            return rrset if held == rtype else ()
         bit = _BIT.get(rtype, 0)
         if cls is not tuple or not data[0] & bit:
             return ()
         return self._rrset(name, rtype, data[(data[0] & (bit - 1)).bit_count() + 1])  # after one per lower bit
+
+    def _lone(self, name: str, data: str) -> tuple[int, tuple[object, ...]]:
+        """A value that is one record: a PTR (a packed name, which begins with a code) or an A."""
+        if data[:1] < " " and data:
+            return PTR, (self.unpack_in(name, data),)
+        return A, (data or _address(name, A),)
 
     def _rrset(self, name: str, rtype: int, held: Any) -> tuple[object, ...]:
         if rtype in _NAMED:

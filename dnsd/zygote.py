@@ -34,13 +34,12 @@ PR_SET_CHILD_SUBREAPER = 36
 _P = TypeVar("_P")
 
 
-def adopt_orphans() -> bool:
+def adopt_orphans() -> None:
     """Make this process the one its descendants' orphans go to (Linux), not init: the workers
-    outlive their zygote, and only dnsd can reap them (as PID 1 of a container it must anyway)."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (AttributeError, OSError):
-        return False
+    outlive their zygote, and only dnsd can reap them (as PID 1 of a container it must anyway).
+    Where it fails, init adopts them and Forked.is_alive still sees them go."""
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 class Forked:
