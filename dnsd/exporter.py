@@ -17,6 +17,13 @@ from prometheus_client.registry import Collector
 from .metrics import Histogram, Totals, rcode_name
 
 
+def counter_family(name: str, doc: str, labels: list[str], items: Iterable[tuple[list[str], float]]):
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, n in items:
+        family.add_metric(values, n)
+    return family
+
+
 def histogram_family(name: str, doc: str, labels: list[str], series: Iterable[tuple[list[str], Histogram]]):
     family = HistogramMetricFamily(name, doc, labels=labels)
     for values, hist in series:
@@ -36,28 +43,22 @@ class DnsdCollector(Collector):
 
     def collect(self):
         t, status = self.read()
-        requests = CounterMetricFamily("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.",
-                                       labels=["server", "zone", "view", "proto", "family", "type"])
-        for (server, proto, family, qtype), n in sorted(t.requests.items()):
-            requests.add_metric([server, ".", "", proto, family, qtype], n)
-        yield requests
-        responses = CounterMetricFamily("coredns_dns_responses", "Counter of response status codes.",
-                                        labels=["server", "zone", "view", "rcode", "plugin"])
-        for (server, rcode), n in sorted(t.responses.items()):
-            responses.add_metric([server, ".", "", rcode, "kubernetes"], n)
-        yield responses
+        yield counter_family("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.",
+                             ["server", "zone", "view", "proto", "family", "type"],
+                             (([server, ".", "", proto, family, qtype], n)
+                              for (server, proto, family, qtype), n in sorted(t.requests.items())))
+        yield counter_family("coredns_dns_responses", "Counter of response status codes.",
+                             ["server", "zone", "view", "rcode", "plugin"],
+                             (([server, ".", "", rcode, "kubernetes"], n) for (server, rcode), n in sorted(t.responses.items())))
         yield histogram_family("coredns_dns_request_duration_seconds", "Histogram of the time (in seconds) each request took.",
-                         ["server", "zone", "view", "proto"],
-                         (([s, ".", "", p], h) for (s, p), h in sorted(t.durations.items())))
-        autopath = CounterMetricFamily("coredns_autopath_success", "Counter of requests that did autopath.",
-                                       labels=["server"])
-        for server, n in sorted(t.autopath.items()):
-            autopath.add_metric([server], n)
-        yield autopath
+                               ["server", "zone", "view", "proto"],
+                               (([s, ".", "", p], h) for (s, p), h in sorted(t.durations.items())))
+        yield counter_family("coredns_autopath_success", "Counter of requests that did autopath.", ["server"],
+                             (([server], n) for server, n in sorted(t.autopath.items())))
         yield GaugeMetricFamily("dnsd_records", "Resource records served.", value=t.records)
         yield GaugeMetricFamily("dnsd_services", "Services known.", value=t.services)
         yield histogram_family("dnsd_programming_duration_seconds",
-                         "Time from a source change to updated answers, per applied batch.", [], [([], t.programming)])
+                               "Time from a source change to updated answers, per applied batch.", [], [([], t.programming)])
         synced = GaugeMetricFamily("dnsd_source_synced", "1 once the source completed its first full sync.",
                                    labels=["origin"])
         healthy = GaugeMetricFamily("dnsd_source_healthy", "1 while the source's watch works.", labels=["origin"])
@@ -84,18 +85,13 @@ class DnsdCollector(Collector):
 
 
 def forward_families(t: dict[str, Any]) -> Iterator[Any]:
-    def counter(name: str, doc: str, labels: list[str], items: Iterable[tuple[list[str], float]]):
-        family = CounterMetricFamily(name, doc, labels=labels)
-        for values, n in items:
-            family.add_metric(values, n)
-        return family
-
+    counter = counter_family
     yield counter("coredns_forward_requests", "Counter of requests made per upstream.", ["to"],
                   (([to], n) for to, n in sorted(t.get("requests", {}).items())))
     yield counter("coredns_forward_responses", "Counter of responses received per upstream.", ["to", "rcode"],
                   (([to, rcode_name(rc)], n) for (to, rc), n in sorted(t.get("responses", {}).items())))
     yield histogram_family("coredns_forward_request_duration_seconds", "Histogram of the time each request took.",
-                     ["to", "rcode"], (([to, rcode_name(rc)], h) for (to, rc), h in sorted(t["durations"].items())))
+                           ["to", "rcode"], (([to, rcode_name(rc)], h) for (to, rc), h in sorted(t["durations"].items())))
     yield counter("coredns_forward_healthcheck_failures", "Counter of the number of failed healthchecks.", ["to"],
                   (([to], n) for to, n in sorted(t.get("healthcheck_failures", {}).items())))
     yield counter("coredns_forward_max_concurrent_rejects", "Counter of queries rejected over max_concurrent.", [],
