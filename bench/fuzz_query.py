@@ -29,10 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dnsd.dataplane import Dataplane  # noqa: E402
-from dnsd.sources.manifests import expand, load_file, parse  # noqa: E402
-from dnsd.store import Expect, Replace, Synced  # noqa: E402
-from dnsd.wire import TCP_LIMIT, Responder  # noqa: E402
+from dnsd.answer.responder import Responder  # noqa: E402
+from dnsd.cluster.sources.manifests import expand, load_file, parse  # noqa: E402
+from dnsd.cluster.store import Expect, Replace, Synced  # noqa: E402
+from dnsd.dns.const import TCP_LIMIT  # noqa: E402
+from dnsd.process.dataplane import Dataplane  # noqa: E402
 
 TYPES = (1, 2, 5, 6, 12, 16, 28, 33, 255, 0, 41, 99, 252, 251)
 SERVFAIL = 2

@@ -37,14 +37,14 @@ def main() -> int:
     from dnslib import QTYPE
 
     import dnsd
-    from dnsd.dataplane import Dataplane
-    from dnsd.resolver import resolve
-    from dnsd.sources.manifests import load_file
-    from dnsd.store import Expect, Replace, Synced
+    from dnsd.cluster.sources.manifests import load_file
+    from dnsd.cluster.store import Expect, Replace, Synced
+    from dnsd.process.dataplane import Dataplane
+    from dnsd.zone.resolver import resolve
 
     resolver = resolve
     if args.autopath:
-        from dnsd.autopath import Autopath
+        from dnsd.zone.searchpath import Autopath
 
         resolver = Autopath(["cluster.local"], ("example.org",))
     cluster = gen_cluster.generate(1000, 10_000, seed=1)

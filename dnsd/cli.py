@@ -9,9 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import argtypes
-from .config import Config, usable_cpus
-from .upstream import servers
+from dnsd import argtypes, servers
+from dnsd.config import Config, usable_cpus
 
 ENV_PREFIX = "DNSD_"
 
@@ -300,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "check":
-        from .commands import check
+        from dnsd.commands import check
 
         return check(args.paths, pod_names=args.endpoint_pod_names)
     try:
@@ -310,11 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (argparse.ArgumentTypeError, ValueError) as exc:
         build_parser().error(str(exc))
     if args.command == "records":
-        from .commands import records
+        from dnsd.commands import records
 
         return records(config)
     if config.workers > 1 and config.shared_dir and (problem := argtypes.directory_problem(config.shared_dir)):
         build_parser().error(f"--shared-dir: {problem}")
-    from .server import run
+    from dnsd.process.main import run
 
     return run(config)

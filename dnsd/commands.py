@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 from dnslib import RR
 
-from .config import Config
-from .dataplane import Dataplane
-from .records import EXISTS, TXT
-from .render import TXT_TTL, label_tuple, rdata_of
-from .sources.manifests import expand, load_file
-from .store import Op
+from dnsd.answer.render import TXT_TTL, rdata_of
+from dnsd.cluster.sources.manifests import expand, load_file
+from dnsd.cluster.store import Op
+from dnsd.config import Config
+from dnsd.dns.const import EXISTS, TXT
+from dnsd.dns.names import label_tuple
+from dnsd.zone.pipeline import Pipeline
 
 
 def check(paths: Sequence[str], pod_names: bool = False) -> int:
@@ -34,7 +35,7 @@ def check(paths: Sequence[str], pod_names: bool = False) -> int:
     return 1 if problems else 0
 
 
-def zone_lines(dataplane: Dataplane) -> list[str]:
+def zone_lines(dataplane: Pipeline) -> list[str]:
     lines = []
     for name, rtype, rdata in dataplane.index.records():
         if rtype == EXISTS:
@@ -45,7 +46,7 @@ def zone_lines(dataplane: Dataplane) -> list[str]:
 
 
 def records(config: Config, sync_timeout: float = 60.0) -> int:
-    dataplane = Dataplane(config.domains, config.ttl, None, pods=config.pods == "insecure")
+    dataplane = Pipeline(config.domains, config.ttl, None, pods=config.pods == "insecure")
     lock = threading.Lock()
 
     def emit(ops: list[Op]) -> None:
@@ -53,11 +54,11 @@ def records(config: Config, sync_timeout: float = 60.0) -> int:
             dataplane.apply(ops)
 
     manifests, use_api = config.sources()
-    from .sources.manifests import ManifestSource
+    from dnsd.cluster.sources.manifests import ManifestSource
 
     ManifestSource(manifests, emit, pod_names=config.endpoint_pod_names).load()
     if use_api:
-        from .sources.kubernetes import KubernetesSource
+        from dnsd.cluster.sources.kubernetes.source import KubernetesSource
 
         source = KubernetesSource(
             emit, kubeconfig=config.kubeconfig, namespaces=config.namespaces,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .upstream.servers import StubDomain, Upstream
+from dnsd.servers import StubDomain, Upstream
 
 
 def bundled_zones() -> Path:
@@ -111,6 +111,11 @@ class Config:
         """(replies, bytes) one serving process may keep: --cache-size and --cache-bytes split between
         the workers, since each keeps only the names steered to it (steering.py)."""
         return max(1, self.cache_size // self.workers), max(1 << 20, self.cache_bytes // self.workers)
+
+    @property
+    def forwards(self) -> bool:
+        """Names outside the served zones (or under a stub domain) go upstream."""
+        return bool(self.upstreams or self.stub_domains)
 
     @property
     def ns_address(self) -> str | None:

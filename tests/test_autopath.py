@@ -9,13 +9,11 @@ import dnslib
 import pytest
 from conftest import Dnsd, answers, rcode, wait_for
 
-from dnsd.autopath import Autopath, candidates, search_domains
-from dnsd.dataplane import Dataplane
-from dnsd.model import Namespace, Service
-from dnsd.records import CNAME, A
-from dnsd.resolver import NOERROR, NXDOMAIN
-from dnsd.store import Replace, Synced
-from dnsd.wire import MIN_PAYLOAD
+from dnsd.cluster.model import Namespace, Service
+from dnsd.cluster.store import Replace, Synced
+from dnsd.dns.const import CNAME, MIN_PAYLOAD, NOERROR, NXDOMAIN, A
+from dnsd.process.dataplane import Dataplane
+from dnsd.zone.searchpath import Autopath, candidates, search_domains
 
 Z = "cluster.local"
 SEARCH = ("example.org", "corp.internal")

@@ -15,8 +15,8 @@ from conftest import Dnsd, answers, rcode, wait_for
 from dnslib import MX, QTYPE, RR, A, DNSRecord
 from fake_upstream import FakeUpstream
 
-from dnsd.upstream.autopath import with_cname
 from dnsd.upstream.message import normalise, parse
+from dnsd.upstream.steps import with_cname
 
 Z = "cluster.local"
 CLUSTER = """

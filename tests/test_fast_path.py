@@ -9,10 +9,10 @@ import pytest
 from conftest import ZONES
 from test_answers import EDGE
 
-from dnsd.dataplane import Dataplane
-from dnsd.sources.manifests import expand, load_file, parse
-from dnsd.store import Expect, Replace, Synced
-from dnsd.wire import MIN_PAYLOAD, TCP_LIMIT
+from dnsd.cluster.sources.manifests import expand, load_file, parse
+from dnsd.cluster.store import Expect, Replace, Synced
+from dnsd.dns.const import MIN_PAYLOAD, TCP_LIMIT
+from dnsd.process.dataplane import Dataplane
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_fast_path_is_byte_identical_to_full_path(dataplane: Dataplane, limit: i
 
 
 def test_change_invalidates_rendered_replies(dataplane: Dataplane) -> None:
-    from dnsd.model import Service
+    from dnsd.cluster.model import Service
 
     responder = dataplane.responder
     counts: dict = {}
@@ -95,7 +95,7 @@ def test_change_invalidates_rendered_replies(dataplane: Dataplane) -> None:
 
 
 def test_reply_table_is_bounded_and_still_correct() -> None:
-    from dnsd.model import Service
+    from dnsd.cluster.model import Service
 
     dp = Dataplane(["cluster.local"], 5, None, cache_size=5)
     services = tuple(Service("default", f"n{i}", "ClusterIP", (f"10.96.1.{i}",), ()) for i in range(20))
@@ -113,7 +113,7 @@ def test_a_change_drops_every_type_asked_of_the_name(relist: bool) -> None:
     """Whatever type was asked (an ExternalName's CNAME answers MX too; uppercase spellings; EDNS),
     a change to the name drops its kept replies: one Service changed, or every name at once (a relist
     that touches more names than the table holds is matched by reading each key's name back)."""
-    from dnsd.model import Port, Service
+    from dnsd.cluster.model import Port, Service
 
     dp = Dataplane(["cluster.local"], 5, None)
     ports = (Port("http", 80, "tcp"),)

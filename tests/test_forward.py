@@ -337,7 +337,7 @@ def test_allow_from_limits_who_may_ask(start_dnsd: Callable[..., Dnsd], upstream
 
 
 def test_resolv_conf_nameservers_are_the_upstreams(tmp_path) -> None:
-    from dnsd.upstream.servers import read_resolv_conf
+    from dnsd.servers import read_resolv_conf
 
     conf = tmp_path / "resolv.conf"
     conf.write_text("# test\nsearch example.com\nnameserver 127.0.0.9\nnameserver fe80::1%eth0 ; scoped\n"

@@ -19,7 +19,7 @@ import dns.message
 import pytest
 from conftest import Dnsd
 
-from dnsd.udp import UdpListener
+from dnsd.net.udp import UdpListener
 
 CLUSTER = "web.default.svc.cluster.local"
 MISSES = 4 * UdpListener.BATCH  # unique external names, all waiting in dnsd's socket at once

@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench.fuzz_query import check, dataplane, mutate, seeds
-from dnsd.dataplane import Dataplane
-from dnsd.model import Port, Service
-from dnsd.store import Expect, Replace, Synced
-from dnsd.wire import MIN_PAYLOAD, TCP_LIMIT
+from dnsd.cluster.model import Port, Service
+from dnsd.cluster.store import Expect, Replace, Synced
+from dnsd.dns.const import MIN_PAYLOAD, TCP_LIMIT
+from dnsd.process.dataplane import Dataplane
 
 ROOT = Path(__file__).resolve().parent.parent
 DP = dataplane()

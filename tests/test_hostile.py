@@ -464,8 +464,8 @@ def test_backlogged_socket_drops_stale_misses_and_answers_hits(monkeypatch: pyte
     """In-process, on a real socket: once a whole batch was waiting, a query that misses the table and
     waited over MAX_WAIT is dropped unanswered; a table hit is answered however long it waited."""
     from bench.fuzz_query import dataplane
-    from dnsd.metrics import Listener
-    from dnsd.udp import MAX_WAIT, SO_TIMESTAMP, UdpListener
+    from dnsd.net.udp import MAX_WAIT, SO_TIMESTAMP, UdpListener
+    from dnsd.observe.metrics import Listener
 
     responder = dataplane().responder
     assert responder.answer(raw_query(WEB)) is not None  # WEB A is in the table now

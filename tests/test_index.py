@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from dnsd.index import Index
-from dnsd.records import EXISTS, PTR, A
+from dnsd.dns.const import EXISTS, PTR, A
+from dnsd.zone.index import Index
 
 ZONES = ("cluster.local", "in-addr.arpa")
 NAMES = [

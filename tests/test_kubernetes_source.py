@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from k8s_api import FakeKubeAPI, endpoint_slice, endpoints, namespace, service
 
-from dnsd.model import ENDPOINTS, Port, Service
-from dnsd.sources import kube_reflector
-from dnsd.sources import kubernetes as k8s
-from dnsd.sources.kubernetes import KubernetesSource
-from dnsd.store import Delete, Expect, Op, Replace, Store, Synced, Upsert
+from dnsd.cluster.model import ENDPOINTS, Port, Service
+from dnsd.cluster.sources.kubernetes import reflector as kube_reflector
+from dnsd.cluster.sources.kubernetes import source as k8s
+from dnsd.cluster.sources.kubernetes.source import KubernetesSource
+from dnsd.cluster.store import Delete, Expect, Op, Replace, Store, Synced, Upsert
 
 ORIGINS = ("k8s:services", "k8s:endpointslices", "k8s:namespaces")
 BOOKMARK_INTERVAL = 0.2  # the source's read_timeout must exceed it
@@ -705,7 +705,7 @@ def test_retry_after_is_honoured(api: FakeKubeAPI, sink: Sink, make_source) -> N
 
 def test_credentials_reload_on_401_and_every_refresh(api: FakeKubeAPI, tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    from dnsd.sources.kube_client import Credentials
+    from dnsd.cluster.sources.kubernetes.client import Credentials
 
     caplog.set_level(logging.INFO, "dnsd.kubernetes")
     token = tmp_path / "token"
@@ -813,7 +813,7 @@ def test_a_server_that_ignores_streamed_lists_gets_paginated_ones(sink: Sink, tm
 ])
 @pytest.mark.parametrize("indent", [None, 2])
 def test_each_item_matches_json_loads(page: dict, indent: int | None) -> None:
-    from dnsd.sources.kube_client import each_item
+    from dnsd.cluster.sources.kubernetes.client import each_item
 
     items: list = []
     rest = each_item(json.dumps(page, indent=indent, ensure_ascii=False).encode(), items.append)
@@ -824,7 +824,7 @@ def test_each_item_matches_json_loads(page: dict, indent: int | None) -> None:
 @pytest.mark.parametrize("body", [b"", b"[]", b"{", b'{"items":[1,}', b'{"items":[1 2]}', b'{"a" 1}', b'{"a":1} x',
                                   b"\xff"])
 def test_each_item_refuses_what_is_not_a_list_page(body: bytes) -> None:
-    from dnsd.sources.kube_client import each_item
+    from dnsd.cluster.sources.kubernetes.client import each_item
 
     with pytest.raises(ValueError):
         each_item(body, lambda item: None)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from dnsd.model import EndpointSet, Service, Subset, from_object, subset
-from dnsd.records import A, service_records
-from dnsd.store import Replace, Store, Upsert
+from dnsd.cluster.model import EndpointSet, Service, Subset, from_object, subset
+from dnsd.cluster.store import Replace, Store, Upsert
+from dnsd.dns.const import A
+from dnsd.zone.records import service_records
 
 Z = "cluster.local"
 SERVICE: dict[str, Any] = {

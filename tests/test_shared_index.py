@@ -11,16 +11,17 @@ from pathlib import Path
 
 from test_index import ANCESTORS, NAMES, ZONES
 
+from dnsd.cluster.sources.manifests import ManifestSource
+from dnsd.cluster.store import Synced
 from dnsd.commands import zone_lines
 from dnsd.config import bundled_zones
-from dnsd.dataplane import Dataplane
-from dnsd.index import Index, _rrset
-from dnsd.index_format import Format
-from dnsd.records import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, TXT, A, SoaData, SrvData, SrvGroup
-from dnsd.resolver import resolve
-from dnsd.shared_index import SharedIndexWriter
-from dnsd.sources.manifests import ManifestSource
-from dnsd.store import Synced
+from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A
+from dnsd.process.dataplane import Dataplane
+from dnsd.zone.index import Index, _rrset
+from dnsd.zone.lmdb_codec import Format
+from dnsd.zone.lmdb_index import SharedIndexWriter
+from dnsd.zone.records import REVERSE_ZONES, SoaData, SrvData, SrvGroup
+from dnsd.zone.resolver import resolve
 
 
 def test_random_patches_match_the_memory_index(tmp_path: Path) -> None:
@@ -79,8 +80,8 @@ def test_another_process_reads_each_committed_batch(tmp_path: Path) -> None:
     writer.publish(42, True)
     reader = (
         "import sys\n"
-        "from dnsd.shared_index import SharedIndex\n"
-        "from dnsd.records import A, SRV\n"
+        "from dnsd.zone.lmdb_index import SharedIndex\n"
+        "from dnsd.zone.records import A, SRV\n"
         f"r = SharedIndex({str(tmp_path)!r}, {ZONES!r})\n"
         "print(r.read_meta(), r.rrset('web.a.svc.cluster.local', A), r.exists('a.svc.cluster.local'),\n"
         "      r.rrset('_http._tcp.web.a.svc.cluster.local', SRV)[0].port, r.exists('b.svc.cluster.local'))\n"
@@ -187,8 +188,8 @@ def test_another_process_numbers_the_suffixes_alike(tmp_path: Path) -> None:
     names = [f"web.ns.svc.{z}" for z in zones] + list(zones)
     writer.apply([], [(name, A, f"10.0.0.{i}") for i, name in enumerate(names)])
     reader = (
-        "from dnsd.shared_index import SharedIndex\n"
-        "from dnsd.records import A\n"
+        "from dnsd.zone.lmdb_index import SharedIndex\n"
+        "from dnsd.zone.records import A\n"
         f"r = SharedIndex({str(tmp_path)!r}, {tuple(reversed(zones))!r})\n"
         f"print([r.rrset(n, A) for n in {names!r}], sorted(n for n, _, _ in r.records()))\n"
     )

@@ -9,7 +9,7 @@ import dns.message
 import pytest
 from conftest import free_port
 
-from dnsd.steering import steer, worker_of
+from dnsd.process.steering import steer, worker_of
 
 NAMES = [f"svc-{i}.ns-{i % 7}.svc.cluster.local" for i in range(40)] + ["a.b", "x", ".", "web.default.svc.cluster.local"]
 

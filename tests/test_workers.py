@@ -53,7 +53,7 @@ def test_killed_worker_is_replaced_with_current_data(start_dnsd, manifest_dir: P
     assert got == {(f"a.w.svc.{Z}. A 10.96.0.2",)}
     # The new worker is started fresh, not forked (the zygote is gone once the first workers run),
     # and counts its TCP connections in the same shared file as the others.
-    assert any("dnsd.respawn" in Path(f"/proc/{pid}/cmdline").read_text() for pid in workers_of(server.proc.pid))
+    assert any("dnsd.process.spawn" in Path(f"/proc/{pid}/cmdline").read_text() for pid in workers_of(server.proc.pid))
     for _ in range(10):
         assert answers(server.query(f"a.w.svc.{Z}", tcp=True)) == [f"a.w.svc.{Z}. A 10.96.0.2"]
     assert server.stop() == 0
@@ -62,7 +62,7 @@ def test_killed_worker_is_replaced_with_current_data(start_dnsd, manifest_dir: P
 def test_tcp_counts_are_shared_with_a_fresh_process_and_locked_across_processes(tmp_path: Path) -> None:
     import pickle
 
-    from dnsd.listeners import SharedCounts
+    from dnsd.net.listeners import SharedCounts
 
     counts = SharedCounts(str(tmp_path / "tcp-connections"), 3)
     code = ("import pickle, sys, time\n"
@@ -139,12 +139,12 @@ def test_workers_share_one_index_file_in_the_shared_dir(start_dnsd, tmp_path: Pa
 
 
 def test_lean_workers_do_not_import_the_kubernetes_client() -> None:
-    # What a worker runs is dnsd.worker. The zygote is forked before the sources import the API
-    # client (~17 MB), so a worker has it only if dnsd.worker pulls it in: it must not.
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import dnsd.worker"],
+    # What a worker runs is dnsd.process.worker. The zygote is forked before the sources import the API
+    # client (~17 MB), so a worker has it only if dnsd.process.worker pulls it in: it must not.
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import dnsd.process.worker"],
                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent).stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line}
-    assert "dnsd.worker" in imported
+    assert "dnsd.process.worker" in imported
     assert not {m for m in imported if m.startswith(("kubernetes", "urllib3", "dnsd.sources"))}
 
 
@@ -160,9 +160,9 @@ def test_the_zygote_holds_no_module_only_the_main_process_runs() -> None:
     process runs there (the Prometheus client, the HTTP server) would be copied on write by the main
     process and kept by the zygote and the workers besides (~2 MB with 4 workers, README "Memory")."""
     code = ("import sys\n"
-            "import dnsd.cli, dnsd.server, dnsd.worker, dnsd.upstream.forwarder\n"
+            "import dnsd.cli, dnsd.process.main, dnsd.process.worker, dnsd.upstream.forwarder\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prometheus_client', 'http', 'email')\n"
-            "             or m in ('dnsd.exporter', 'dnsd.http', 'urllib.request')))\n")
+            "             or m in ('dnsd.observe.exporter', 'dnsd.observe.http', 'urllib.request')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -170,12 +170,12 @@ def test_the_zygote_holds_no_module_only_the_main_process_runs() -> None:
 def test_answering_processes_collect_fully_every_few_seconds_never_over_a_thousandth(monkeypatch) -> None:
     import gc
 
-    from dnsd import dataplane
+    from dnsd import runtime
 
     full, trims = [], []
     clock = iter(range(0, 10**6, 5))  # each collection "takes" 5 ms
-    monkeypatch.setattr(dataplane.time, "perf_counter", lambda: next(clock) / 1000)
-    monkeypatch.setattr(dataplane, "release_heap", lambda: trims.append(1))
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: next(clock) / 1000)
+    monkeypatch.setattr(runtime, "release_heap", lambda: trims.append(1))
 
     def seen(phase: str, info: dict) -> None:
         if phase == "start" and info["generation"] == 2:
@@ -184,7 +184,7 @@ def test_answering_processes_collect_fully_every_few_seconds_never_over_a_thousa
     gc.callbacks.append(seen)
     gc.disable()  # only the collections HeapTrim asks for
     try:
-        trim = dataplane.HeapTrim(every=10)
+        trim = runtime.HeapTrim(every=10)
         for _ in range(9):
             trim.tick()
         assert not full and not trims  # not before the tenth second
@@ -198,7 +198,7 @@ def test_answering_processes_collect_fully_every_few_seconds_never_over_a_thousa
     finally:
         gc.enable()
         gc.callbacks.remove(seen)
-    slow = dataplane.HeapTrim(every=10)
+    slow = runtime.HeapTrim(every=10)
     clock = iter(range(0, 10**6, 50))  # 50 ms: the next one waits 50 ticks (0.1%)
     for _ in range(10):
         slow.tick()

@@ -17,8 +17,9 @@ from typing import Any
 
 from cachetools import Cache, TLRUCache
 
-from ..render import Entry, make_entry
-from .message import NOERROR, Reply, aged, cache_ttl, ttl_offset
+from dnsd.dns.const import NOERROR
+from dnsd.dns.reply import Entry, make_entry
+from dnsd.upstream.message import Reply, aged, cache_ttl, ttl_offset
 
 STALE_TTL = 30  # RFC 8767 4: the TTL of a stale answer
 PREFETCH_PERCENT = 10  # refresh when less than this share of the TTL is left (CoreDNS prefetch default)

@@ -1,22 +1,10 @@
-"""Pure helpers of the forwarder: a client's reply from a cached entry, names between wire and text form."""
+"""A client's reply from a cached or forwarded entry: its ID, flags and question spliced in, cut to its limit."""
 
 from __future__ import annotations
 
-from ..render import OPT_LEN, Entry, cut_reply, heads, splice, with_opt
-from ..wire import Pending
-from .message import parse, truncate
-
-
-def wire_name(name: str) -> bytes:
-    return b"".join(bytes((len(lb),)) + lb for lb in name.encode().split(b".") if lb) + b"\x00"
-
-
-def text(qwire: bytes) -> str:
-    labels, i = [], 0
-    while qwire[i]:
-        labels.append(qwire[i + 1 : i + 1 + qwire[i]].decode("latin-1"))
-        i += 1 + qwire[i]
-    return ".".join(labels)
+from dnsd.dns.query import Pending
+from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, splice, with_opt
+from dnsd.upstream.message import parse, truncate
 
 
 def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], payload: int) -> bytes:
@@ -37,4 +25,4 @@ def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], 
     return reply
 
 
-__all__ = ["compose", "text", "wire_name"]
+__all__ = ["compose"]

@@ -19,22 +19,22 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..render import Entry, make_entry
-from ..wire import Pending
-from . import autopath, transport
-from .cache import ForwardCache
-from .compose import compose, text, wire_name
-from .message import SERVFAIL, Reply, normalise
-from .pool import HEALTH_QUESTION, Pool, State
-from .servers import StubDomain, Upstream
-from .sockets import Exchanges
-from .stats import ForwardStats, snapshot
+from dnsd.dns.const import AXFR, HINFO, IXFR, REFUSED, SERVFAIL
+from dnsd.dns.names import name_wire, wire_text
+from dnsd.dns.query import Pending
+from dnsd.dns.reply import Entry, make_entry
+from dnsd.servers import StubDomain, Upstream
+from dnsd.upstream import steps as autopath
+from dnsd.upstream import transport
+from dnsd.upstream.cache import ForwardCache
+from dnsd.upstream.compose import compose
+from dnsd.upstream.message import Reply, normalise
+from dnsd.upstream.pool import HEALTH_QUESTION, Pool, State
+from dnsd.upstream.sockets import Exchanges
+from dnsd.upstream.stats import ForwardStats, snapshot
 
 log = logging.getLogger("dnsd.upstream")
-REFUSED = 5
-HINFO = 13
 LOOP_SUFFIX = "dnsd-loop-probe.invalid"  # probes: <token>.<upstream number>.dnsd-loop-probe.invalid HINFO
-AXFR, IXFR = 252, 251
 # Questions in flight from which a listener whose queries wait (--shed-after) sheds new forwards:
 # ~2.5 ms of reply handling queued at ~80 us each; fewer, and the wait is not the forwards' doing.
 SATURATED = 32
@@ -181,7 +181,7 @@ class Forwarder:
             if not future.done():  # an asker that gave up (cancelled) is simply not answered
                 future.set_result(entry)
 
-        self._begin(qwire, qtype, name if name is not None else text(qwire), deliver)
+        self._begin(qwire, qtype, name if name is not None else wire_text(qwire), deliver)
         return await future
 
     async def refetch(self, key: bytes, qwire: bytes, qtype: int, name: str) -> bool:
@@ -377,7 +377,7 @@ class Forwarder:
         async def refresh() -> None:
             try:
                 qwire, qtype = key[:-4], struct.unpack("!H", key[-4:-2])[0]
-                await self._fetch(key, qwire, qtype, text(qwire), False)
+                await self._fetch(key, qwire, qtype, wire_text(qwire), False)
             finally:
                 self.cache.done_refreshing(key)
 
@@ -409,7 +409,7 @@ class Forwarder:
             for number, state in enumerate(list(self._states.values())):
                 if state.looped or state.upstream.tls_name:  # a DoT server is never dnsd (no TLS listener)
                     continue
-                question = wire_name(f"{self.token}.{number}.{LOOP_SUFFIX}") + struct.pack("!HH", HINFO, 1)
+                question = name_wire(f"{self.token}.{number}.{LOOP_SUFFIX}") + struct.pack("!HH", HINFO, 1)
                 self._spawn(self._quiet_probe(state.upstream, question))
             await asyncio.sleep(0.2)
 

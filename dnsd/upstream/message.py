@@ -10,8 +10,9 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-OPT, SOA = 41, 6
-NOERROR, SERVFAIL, NXDOMAIN = 0, 2, 3
+from dnsd.dns.const import NOERROR, NXDOMAIN, OPT, SOA
+from dnsd.dns.names import skip_name
+
 _U16 = struct.Struct("!H")
 _RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
@@ -31,23 +32,6 @@ class Reply(NamedTuple):
     records: tuple[Record, ...]
 
 
-def _skip_name(wire: bytes, i: int) -> int:
-    for _ in range(128):
-        length = wire[i]
-        if length == 0:
-            return i + 1
-        if length & 0xC0 == 0xC0:
-            if i + 2 > len(wire):
-                raise ValueError("name cut short")
-            return i + 2
-        if length & 0xC0:
-            raise ValueError("bad label type")
-        i += 1 + length
-        if i >= len(wire):
-            raise ValueError("name cut short")
-    raise ValueError("name too long")
-
-
 def parse(wire: bytes) -> Reply:
     """Walk a reply with exactly one question; ValueError on anything malformed."""
     if len(wire) < 12:
@@ -56,7 +40,7 @@ def parse(wire: bytes) -> Reply:
     if qd != 1:
         raise ValueError(f"{qd} questions")
     try:
-        qend = _skip_name(wire, 12) + 4
+        qend = skip_name(wire, 12) + 4
         if qend > len(wire):
             raise ValueError("question cut short")
         records: list[Record] = []
@@ -64,7 +48,7 @@ def parse(wire: bytes) -> Reply:
         for section, count in enumerate((an, ns, ar)):
             for _ in range(count):
                 start = i
-                i = _skip_name(wire, i)
+                i = skip_name(wire, i)
                 rtype, _, ttl, rdlength = _RR.unpack_from(wire, i)
                 i += 10 + rdlength
                 if i > len(wire):
@@ -76,10 +60,6 @@ def parse(wire: bytes) -> Reply:
         raise ValueError("trailing bytes")
     rcode = wire[3] & 0x0F
     return Reply(wire, qend, rcode, tuple(records))
-
-
-def question_end(query: bytes) -> int:
-    return _skip_name(query, 12) + 4
 
 
 def normalise(reply: Reply) -> Reply:
@@ -99,7 +79,7 @@ def normalise(reply: Reply) -> Reply:
 
 
 def ttl_offset(wire: bytes, record: Record) -> int:
-    return _skip_name(wire, record.start) + 4
+    return skip_name(wire, record.start) + 4
 
 
 def cache_ttl(reply: Reply, max_ttl: int) -> int:

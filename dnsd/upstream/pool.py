@@ -11,7 +11,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from .servers import Upstream
+from dnsd.servers import Upstream
 
 log = logging.getLogger("dnsd.upstream")
 POLICIES = ("random", "round_robin", "sequential")

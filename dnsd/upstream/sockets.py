@@ -20,9 +20,9 @@ import select
 import socket
 from collections.abc import Callable
 
-from .message import Reply, parse
-from .servers import Upstream
-from .transport import UpstreamError, build_query, check
+from dnsd.servers import Upstream
+from dnsd.upstream.message import Reply, parse
+from dnsd.upstream.transport import UpstreamError, build_query, check
 
 SPARE = 64  # sockets kept open and bound per address family; refilled off the critical path
 READY = 8  # upstream replies handled per turn of the event loop (each ~100 us with its send, 2-CPU VM)

@@ -3,10 +3,9 @@ CoreDNS's metric names (``forward`` and ``cache`` plugins, exporter.py) so exist
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from ..metrics import DURATION_BUCKETS, Histogram
+from dnsd.observe.metrics import DURATION_BUCKETS, Histogram
 
 
 class ForwardStats:
@@ -50,24 +49,3 @@ def snapshot(stats: ForwardStats, cache: Any) -> dict[str, Any]:
         "entries": {"success": success, "denial": denial},
         "stale": cache.stale_served, "prefetch": cache.prefetches,
     }
-
-
-def merge(snapshots: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Sum of every worker's forward snapshot (None when forwarding is off)."""
-    out: dict[str, Any] | None = None
-    for snap in snapshots:
-        if not snap:
-            continue
-        if out is None:
-            out = {"durations": {}}
-        for field, value in snap.items():
-            if field == "durations":
-                for key, (counts, total) in value.items():
-                    out["durations"].setdefault(key, Histogram(DURATION_BUCKETS)).merge(counts, total)
-            elif isinstance(value, dict):
-                into = out.setdefault(field, {})
-                for key, n in value.items():
-                    into[key] = into.get(key, 0) + n
-            else:
-                out[field] = out.get(field, 0) + value
-    return out

@@ -14,8 +14,8 @@ import ssl
 import struct
 from collections.abc import Callable
 
-from .message import Reply, parse
-from .servers import Upstream
+from dnsd.servers import Upstream
+from dnsd.upstream.message import Reply, parse
 
 EDNS_PAYLOAD = 1232  # what we advertise upstream: big answers come by UDP up to this, then by TCP
 _OPT = b"\x00" + struct.pack("!HHIH", 41, EDNS_PAYLOAD, 0, 0)

@@ -1,0 +1,211 @@
+"""The cluster as dnsd knows it, merged from every source.
+
+Sources speak to the store only through ``apply(ops)``: a batch of plain, picklable
+operations, so the same stream can feed this process's store or be forwarded to
+worker processes. Each op names its *origin* (one manifest file, or one watched API
+resource); when two origins hold the same object the higher-priority one wins
+(the Kubernetes API beats manifest files). After a batch the store reports which
+Services and namespaces changed, and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from dnsd.cluster.model import (
+    ENDPOINT_SLICE,
+    ENDPOINTS,
+    NAMESPACE,
+    SERVICE,
+    EndpointSet,
+    Key,
+    Namespace,
+    Object,
+    Service,
+    ServiceKey,
+    service_key,
+)
+
+
+class Replace(NamedTuple):
+    """Everything ``origin`` holds is now exactly ``objects`` (a relist, a file reload)."""
+
+    origin: str
+    objects: tuple[Object, ...]
+
+
+class Upsert(NamedTuple):
+    origin: str
+    obj: Object
+
+
+class Delete(NamedTuple):
+    origin: str
+    key: Key
+
+
+class Expect(NamedTuple):
+    """``origin`` exists and has not completed its first full sync yet."""
+
+    origin: str
+
+
+class Synced(NamedTuple):
+    """``origin`` completed a full sync; ``ok`` False marks an outage (data is kept)."""
+
+    origin: str
+    ok: bool = True
+
+
+Op = Replace | Upsert | Delete | Expect | Synced
+
+
+def priority(origin: str) -> int:
+    """API data wins over manifest files for the same object."""
+    return 1 if origin.startswith("k8s:") else 0
+
+
+ChangeListener = Callable[[set[ServiceKey], set[str]], None]
+
+
+class Store:
+    def __init__(self, on_change: ChangeListener | None = None) -> None:
+        self.on_change = on_change
+        self._by_origin: dict[str, dict[Key, Object]] = {}
+        self._effective: dict[Key, Object] = {}
+        self.services: dict[ServiceKey, Service] = {}
+        # Endpoint sets by the Service they belong to; slices win over legacy Endpoints.
+        self.slices: dict[ServiceKey, dict[str, EndpointSet]] = {}
+        self.legacy: dict[ServiceKey, EndpointSet] = {}
+        self.namespaces: dict[str, int] = {}  # namespace -> Namespace objects + Services in it
+        self._pending: set[str] = set()
+        self._synced_once = False
+        self.healthy: dict[str, bool] = {}
+
+    # -- reading -----------------------------------------------------------------
+    @property
+    def synced(self) -> bool:
+        """True once every expected origin has completed its first full sync."""
+        return self._synced_once
+
+    def endpoint_sets(self, key: ServiceKey) -> tuple[EndpointSet, ...]:
+        slices = self.slices.get(key)
+        if slices:
+            return tuple(slices.values())
+        legacy = self.legacy.get(key)
+        return (legacy,) if legacy else ()
+
+    def namespace_exists(self, namespace: str) -> bool:
+        return namespace in self.namespaces
+
+    def snapshot(self) -> list[Op]:
+        """Ops that rebuild this store elsewhere (a new worker process)."""
+        ops: list[Op] = [Replace(o, tuple(objs.values())) for o, objs in self._by_origin.items()]
+        ops += [Expect(o) for o in self._pending]
+        if self._synced_once and not self._pending:
+            ops += [Synced(o, ok) for o, ok in self.healthy.items()]
+        return ops
+
+    # -- writing -----------------------------------------------------------------
+    def apply(self, ops: Sequence[Op]) -> tuple[set[ServiceKey], set[str]]:
+        services: set[ServiceKey] = set()
+        namespaces: set[str] = set()
+        for op in ops:
+            if isinstance(op, Upsert):
+                self._set(op.origin, op.obj.key, op.obj, services, namespaces)
+            elif isinstance(op, Delete):
+                self._set(op.origin, op.key, None, services, namespaces)
+            elif isinstance(op, Replace):
+                old = self._by_origin.get(op.origin, {})
+                new = {o.key: o for o in op.objects}
+                for key in old.keys() - new.keys():
+                    self._set(op.origin, key, None, services, namespaces)
+                for key, obj in new.items():
+                    if old.get(key) != obj:
+                        self._set(op.origin, key, obj, services, namespaces)
+            elif isinstance(op, Expect):
+                self._pending.add(op.origin)
+                self.healthy[op.origin] = False
+            elif isinstance(op, Synced):
+                self._pending.discard(op.origin)
+                self.healthy[op.origin] = op.ok
+        if (services or namespaces) and self.on_change:
+            self.on_change(services, namespaces)
+        # Only now: /ready (read from another thread) must not turn 200 before the answers exist.
+        if not self._synced_once and not self._pending and any(isinstance(op, Synced) and op.ok for op in ops):
+            self._synced_once = True
+        return services, namespaces
+
+    def _set(
+        self, origin: str, key: Key, obj: Object | None, services: set[ServiceKey], namespaces: set[str]
+    ) -> None:
+        held = self._by_origin.setdefault(origin, {})
+        if obj is None:
+            if held.pop(key, None) is None:
+                return
+        else:
+            held[key] = obj
+        # The effective object is the one from the highest-priority origin holding the key.
+        winner: Object | None = obj
+        best = priority(origin) if obj is not None else -1
+        for other, objs in self._by_origin.items():
+            if other != origin and priority(other) > best and key in objs:
+                winner, best = objs[key], priority(other)
+        old = self._effective.get(key)
+        if old == winner:
+            return
+        if winner is None:
+            del self._effective[key]
+        else:
+            self._effective[key] = winner
+        if old is not None:
+            self._unindex(old, services, namespaces)
+        if winner is not None:
+            self._index(winner, services, namespaces)
+
+    def _index(self, obj: Object, services: set[ServiceKey], namespaces: set[str]) -> None:
+        if isinstance(obj, Namespace):
+            self._ns_ref(obj.name, 1, namespaces)
+            return
+        skey = service_key(obj)
+        services.add(skey)
+        if isinstance(obj, Service):
+            self.services[skey] = obj
+            self._ns_ref(obj.namespace, 1, namespaces)
+        elif obj.kind == ENDPOINT_SLICE:
+            self.slices.setdefault(skey, {})[obj.name] = obj
+        else:
+            self.legacy[skey] = obj
+
+    def _unindex(self, obj: Object, services: set[ServiceKey], namespaces: set[str]) -> None:
+        if isinstance(obj, Namespace):
+            self._ns_ref(obj.name, -1, namespaces)
+            return
+        skey = service_key(obj)
+        services.add(skey)
+        if isinstance(obj, Service):
+            del self.services[skey]
+            self._ns_ref(obj.namespace, -1, namespaces)
+        elif obj.kind == ENDPOINT_SLICE:
+            slices = self.slices[skey]
+            del slices[obj.name]
+            if not slices:
+                del self.slices[skey]
+        else:
+            del self.legacy[skey]
+
+    def _ns_ref(self, namespace: str, delta: int, namespaces: set[str]) -> None:
+        count = self.namespaces.get(namespace, 0) + delta
+        if count:
+            self.namespaces[namespace] = count
+        else:
+            del self.namespaces[namespace]
+        if count == (1 if delta > 0 else 0):  # the namespace started or stopped existing
+            namespaces.add(namespace)
+
+
+__all__ = [
+    "Delete", "Expect", "Op", "Replace", "Store", "Synced", "Upsert",
+    "ENDPOINT_SLICE", "ENDPOINTS", "NAMESPACE", "SERVICE",
+]

@@ -1,0 +1,48 @@
+"""A serving process's data: the pipeline (ops -> store -> records -> index) and the responder answering from it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dnsd.answer.responder import Responder
+from dnsd.config import Config
+from dnsd.dns.const import DEFAULT_PAYLOAD
+from dnsd.zone.index import IndexWriter
+from dnsd.zone.pipeline import Pipeline
+from dnsd.zone.resolver import Answer, resolve
+from dnsd.zone.searchpath import Autopath, search_domains
+
+
+class Dataplane(Pipeline):
+    """The pipeline with the Responder it invalidates: what the main process (or one with no
+    workers) answers from. A worker builds only a Responder over the shared file."""
+
+    def __init__(
+        self, zones: Sequence[str], ttl: int, ns_address: str | None = None, cache_size: int = 200_000,
+        cache_bytes: int = 4 << 20, max_payload: int = DEFAULT_PAYLOAD,
+        index: IndexWriter | None = None, *, pods: bool = False, resolver: Callable[..., Answer] = resolve,
+    ) -> None:
+        """``resolver``: what answers a question from the index (the resolver, or the autopath)."""
+        super().__init__(zones, ttl, ns_address, index, pods=pods)
+        self.responder = Responder(
+            self.index, ttl, lambda: self.store.synced, cache_size, cache_bytes, max_payload, resolver
+        )
+        self.on_change = self.responder.invalidate
+
+
+def resolver_for(config: Config) -> Callable[..., Answer]:
+    """What answers a question from the index: the resolver, or the autopath (it needs the search domains)."""
+    if not config.autopath:
+        return resolve
+    search = config.autopath_search if config.autopath_search is not None else search_domains()
+    return Autopath(config.domains, search, upstream=config.forwards)
+
+
+def from_config(config: Config, index: IndexWriter | None = None) -> Dataplane:
+    """The serving dataplane ``config`` asks for; ``index``: the shared index writer when workers share."""
+    cache_size, cache_bytes = config.table_share
+    return Dataplane(config.domains, config.ttl, config.ns_address, cache_size, cache_bytes,
+                     config.udp_max_payload, index, pods=config.pods == "insecure", resolver=resolver_for(config))
+
+
+__all__ = ["Dataplane", "from_config", "resolver_for"]

@@ -1,0 +1,232 @@
+"""The workers of ``--workers N``: the index file they share, their processes (the first forked
+by the zygote), the changes sent to them, and a new one for each that dies (respawn.py).
+
+The main process owns one WorkerPool (server.py); it writes the index file and answers too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_connections
+from typing import Any
+
+from dnsd.config import Config
+from dnsd.process.spawn import Spawned, spawn
+from dnsd.process.worker import CLEAR, frame
+from dnsd.process.zygote import Forked, Zygote
+from dnsd.zone.lmdb_index import SharedIndexWriter
+from dnsd.zone.records import REVERSE_ZONES
+
+log = logging.getLogger("dnsd.process.main")  # the lines it logs were the server module's: names kept for log readers
+
+def shared_directory(parent: str | None) -> str:
+    """A new directory for the index file, named after this process; first, those of dead ones.
+
+    A killed dnsd cannot remove its own, and in a pod the volume outlives a restarted container
+    (where dnsd is often PID 1 again): left alone, every crash would keep a file of tens of MB.
+    """
+    parent = parent or tempfile.gettempdir()
+    for path in glob.glob(os.path.join(parent, "dnsd-*-*")):
+        try:
+            pid = int(os.path.basename(path).split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or not _alive(pid):
+            log.info("removing %s, left by a dnsd that is gone", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"dnsd-{os.getpid()}-", dir=parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+class _Worker:
+    """One lean worker: its process, its reports (read by the monitor thread) and its changes.
+
+    Changes are written from the event loop to a non-blocking socket: no thread hop (a thread
+    would wait up to the GIL's 5 ms switch interval behind a busy loop), and a worker that reads
+    slowly only makes its own buffer grow, never blocks the loop.
+    """
+
+    def __init__(self, process: Forked | Spawned, conn: Connection, changes: socket.socket,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.process = process
+        self.conn = conn
+        self.changes = changes
+        self.loop = loop
+        self.pending = bytearray()
+        changes.setblocking(False)
+
+    def send(self, message: Any) -> None:
+        """On the loop thread."""
+        if self.changes.fileno() < 0:
+            return  # closed: the worker is gone
+        waiting = bool(self.pending)
+        self.pending += frame(message)
+        if not waiting:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            sent = self.changes.send(self.pending)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.pending.clear()  # the worker is gone: the monitor replaces it
+            sent = 0
+        del self.pending[:sent]
+        with contextlib.suppress(ValueError, OSError):  # closed meanwhile
+            if self.pending:
+                self.loop.add_writer(self.changes.fileno(), self._flush)
+            else:
+                self.loop.remove_writer(self.changes.fileno())
+
+    def close(self) -> None:
+        """On the loop thread."""
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_writer(self.changes.fileno())
+        self.changes.close()
+        self.conn.close()
+
+
+class WorkerPool:
+    """The extra workers (``--workers`` minus the main process), and the shared index they read.
+
+    The main process writes the index file (shared_index.py) and answers queries itself;
+    each worker reads the file and keeps its own hot replies (steering.py sends each name
+    to one worker). After each change the workers get the names it touched and the
+    serial: never the data itself. The first workers are forked by the zygote (zygote.py),
+    which then exits. A worker that dies is started fresh and reads the current data from the file.
+    """
+
+    CLEAR_OVER = 2000  # more touched names than this: workers drop every reply instead of a long list
+
+    def __init__(self, config: Config, zygote: Zygote, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.zygote: Zygote | None = zygote
+        self.directory = zygote.directory
+        self.tcp_counts = zygote.tcp_counts
+        self.index = SharedIndexWriter(self.directory, tuple(config.domains) + REVERSE_ZONES)
+        self.workers: dict[int, _Worker] = {}
+        self.stats: dict[int, dict[str, Any]] = {}
+        self.lock = threading.Lock()  # publish (loop thread) against respawn (monitor thread)
+        self.last: tuple[Any, int, bool] = (CLEAR, 0, False)
+        self.closing = threading.Event()
+        self.monitor = threading.Thread(target=self._monitor, name="dnsd-workers", daemon=True)
+
+    def publish(self, touched: set[str], serial: int, synced: bool) -> None:
+        """On the loop thread, after a change (and the serial) is committed to the file: tell every
+        worker what to drop."""
+        names = CLEAR if len(touched) > self.CLEAR_OVER else touched
+        with self.lock:
+            self.last = (CLEAR, serial, synced)
+            workers = list(self.workers.values())
+        for w in workers:
+            w.send((names, serial, synced))
+
+    def synced(self) -> bool:
+        """Every worker reports (once a second) that it answers from synced data."""
+        return all(self.stats.get(n, {}).get("synced") for n in self.workers)
+
+    def start(self) -> str | None:
+        for number in range(1, self.config.workers):
+            try:
+                error = self._await_ready(number, self._spawn(number))
+            except OSError as exc:
+                error = f"cannot be forked: {exc}"
+            if error:
+                return f"worker {number}: {error}"
+        self._close_zygote()  # its workers run: from now on it would only hold pages they all copied
+        self.monitor.start()
+        return None
+
+    def _close_zygote(self) -> None:
+        zygote, self.zygote = self.zygote, None
+        if zygote:
+            zygote.close()
+
+    def _spawn(self, number: int) -> _Worker:
+        counts = self.tcp_counts
+        with counts.get_lock():
+            counts[number] = 0  # a restarted worker's connections died with it
+        with self.lock:
+            # Anything committed from now on reaches it as a message; what came before, it reads from the file.
+            started = self.zygote.fork(number) if self.zygote else spawn(self.config, self.directory, counts, number)
+            w = self.workers[number] = _Worker(*started, self.loop)
+        return w
+
+    def _await_ready(self, number: int, w: _Worker, timeout: float = 60.0) -> str | None:
+        if not w.conn.poll(timeout):
+            return "did not start in time"
+        try:
+            kind, detail = w.conn.recv()
+        except (EOFError, OSError):
+            return f"exited at start (code {w.process.exitcode})"
+        if kind == "error":
+            return detail
+        # A change committed between its start and its first query may be in its table already:
+        # "drop everything", queued on the loop after any change published meanwhile.
+        self.loop.call_soon_threadsafe(lambda: w.send(self.last))
+        return None
+
+    def _monitor(self) -> None:
+        while not self.closing.is_set():
+            conns = {w.conn: number for number, w in self.workers.items()}
+            for conn in wait_connections(list(conns), timeout=0.5):
+                number = conns[conn]
+                try:
+                    kind, detail = conn.recv()
+                except (EOFError, OSError):
+                    if not self.closing.is_set():
+                        self._respawn(number)
+                    continue
+                if kind == "stats":
+                    self.stats[number] = detail
+
+    def _respawn(self, number: int) -> None:
+        with self.lock:
+            old = self.workers.pop(number)
+        self.stats.pop(number, None)
+        old.process.join(timeout=1)
+        self.loop.call_soon_threadsafe(old.close)
+        log.error("worker %d exited; starting a new one", number)
+        time.sleep(0.5)  # a worker that dies at once must not spin the main process
+        try:
+            error = self._await_ready(number, self._spawn(number))
+        except OSError as exc:  # the others and the main process go on answering
+            error = f"cannot be started again ({exc}); serving with one worker less"
+        if error:
+            log.error("worker %d: %s", number, error)
+
+    def close(self) -> None:
+        self.closing.set()
+        workers = list(self.workers.values())
+        for w in workers:
+            if w.process.is_alive():
+                w.process.terminate()  # SIGTERM: each worker drains its TCP connections and exits
+        for w in workers:
+            w.process.join(timeout=5)
+            if w.process.is_alive():
+                w.process.kill()
+            w.close()
+        self._close_zygote()
+        self.index.close()
+        shutil.rmtree(self.directory, ignore_errors=True)

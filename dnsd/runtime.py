@@ -1,0 +1,68 @@
+"""The interpreter under every serving process: event loop, garbage collector, heap.
+
+One copy of each setting, used by the main process and by every worker alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import time
+from collections.abc import Callable
+
+
+def use_uvloop() -> None:
+    """uvloop's event loop when it is installed (Linux): its socket callbacks cost less per query."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def tune_gc() -> None:
+    """Freeze what exists now out of the collector's sight (and, before a fork, keep its pages shared),
+    and collect the young generation less often than every 700 allocations: list parsing allocates
+    millions, and 10k objects take ~1-3 ms to collect, short enough not to pause queries."""
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]  # glibc only; musl and others lack it
+    except (AttributeError, OSError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_heap() -> None:
+    """Give the heap's free memory back to the OS (glibc keeps it otherwise)."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+class HeapTrim:
+    """A full collection and ``release_heap`` every ``every`` ticks (a tick is about a second) in a
+    process that answers: only a collection of the highest generation empties CPython's free lists
+    (the tuples queries are parsed and rendered with). The next one waits at least ``every`` ticks,
+    or 1,000 times as long as this one took, so it never takes over 0.1% of the time."""
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = every
+        self.ticks = 0
+        self.due = every
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.ticks >= self.due:
+            started = time.perf_counter()
+            gc.collect()
+            release_heap()
+            self.due = self.ticks + max(self.every, round((time.perf_counter() - started) * 1000))
+
+
+__all__ = ["HeapTrim", "release_heap", "tune_gc", "use_uvloop"]

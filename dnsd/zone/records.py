@@ -1,0 +1,202 @@
+"""Pure record building: one Service (+ its endpoints) -> the DNS records it owns.
+
+A record is a ``(name, rtype, rdata)`` triple: ``name`` lowercase without the final
+dot, ``rdata`` a small hashable value (an IP string, a target name, or an SRV tuple).
+The TTL is the server's, applied when answers are rendered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from dnsd.cluster.model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, EndpointSet, Port, Service, canonical_ip
+from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A
+
+SCHEMA_VERSION = "1.1.0"
+REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
+
+
+class SrvData(NamedTuple):
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
+class SrvGroup(NamedTuple):
+    """SRV records alike but for their target: one port of a headless Service, one record per
+    endpoint. Indexes hold this one object instead of an SrvData per endpoint (~6 MB at 100k
+    endpoints) and hand out SrvData (``expand``). One name's rrset holds groups or SrvData, never
+    both: a name belongs to one Service, whose old records all go when its type changes."""
+
+    priority: int
+    weight: int
+    port: int
+    targets: tuple[str, ...]
+
+
+class SoaData(NamedTuple):
+    mname: str
+    rname: str
+    serial: int
+    refresh: int
+    retry: int
+    expire: int
+    minimum: int
+
+
+Record = tuple[str, int, object]
+
+
+def expand(rrset: tuple[object, ...]) -> tuple[object, ...]:
+    """An SRV rrset as its records: groups spread to one SrvData per target, sorted (the order a
+    fresh rrset has). Anything else as it is."""
+    if not rrset or rrset[0].__class__ is not SrvGroup:
+        return rrset
+    return tuple(sorted({SrvData(g.priority, g.weight, g.port, t) for g in rrset for t in g.targets}))  # type: ignore[attr-defined]
+
+
+def size(rrset: tuple[object, ...]) -> int:
+    """How many records ``rrset`` stands for (a group one per target)."""
+    if not rrset or rrset[0].__class__ is not SrvGroup:
+        return len(rrset)
+    return len(expand(rrset))
+
+
+def address_type(ip: str) -> int:
+    return AAAA if ":" in ip else A
+
+
+def reverse_name(ip: str) -> str:
+    if ":" in ip:
+        return ipaddress.ip_address(ip).reverse_pointer  # all 32 nibbles
+    return ".".join(reversed(ip.split("."))) + ".in-addr.arpa"  # canonical already: no parsing needed
+
+
+def endpoint_label(ip: str) -> str:
+    """The generated label of an endpoint without hostname: the dashed address (as CoreDNS)."""
+    label = ip.replace(".", "-").replace(":", "-")
+    # A label may not start or end with a dash: "fd00::" -> "fd00--0", "::1" -> "0--1".
+    if label.endswith("-"):
+        label += "0"
+    if label.startswith("-"):
+        label = "0" + label
+    return label
+
+
+def _srv_name(port: Port, base: str) -> str:
+    return f"_{port.name}._{port.protocol}.{base}"
+
+
+def service_records(
+    svc: Service | None, endpoint_sets: Sequence[EndpointSet], zones: Sequence[str]
+) -> list[Record]:
+    """Every record a Service owns in every cluster zone; PTRs in the first zone only.
+
+    The bare name's SRV (``svc.ns.svc.Z`` SRV, as CoreDNS and kube-dns) has one record per
+    port, unnamed ones included, reusing the per-port SrvData objects where there are some:
+    at 100k endpoints a copy of each would cost ~10 MB, a shared reference 8 bytes.
+    """
+    if svc is None:
+        return []  # endpoints without their Service are not served
+    out: list[Record] = []
+    for i, zone in enumerate(zones):
+        base = f"{svc.name}.{svc.namespace}.svc.{zone}"
+        if svc.type == EXTERNAL_NAME:
+            # Only the alias: CoreDNS answers no port/protocol names under an ExternalName Service.
+            out.append((base, CNAME, svc.external_name))
+        elif svc.type == CLUSTER_IP:
+            out += _cluster_ip(svc, base, reverse=i == 0)
+        elif svc.type == HEADLESS:
+            out += _headless(endpoint_sets, base, reverse=i == 0, not_ready=svc.publish_not_ready)
+    return out
+
+
+def _cluster_ip(svc: Service, base: str, reverse: bool) -> list[Record]:
+    out: list[Record] = [(base, address_type(ip), ip) for ip in svc.ips]
+    if not svc.ips:
+        out.append((base, EXISTS, ""))  # no address allocated yet: the name still exists
+    for p in svc.ports:
+        data = SrvData(0, 100, p.port, base)
+        out.append((base, SRV, data))
+        if p.name:
+            out.append((_srv_name(p, base), SRV, data))
+    if reverse:
+        out += [(reverse_name(ip), PTR, base) for ip in svc.ips]
+    return out
+
+
+def _headless(endpoint_sets: Iterable[EndpointSet], base: str, reverse: bool, not_ready: bool) -> list[Record]:
+    out: list[Record] = []
+    seen: set[str] = set()
+    srv: dict[str, dict[int, list[str]]] = {}  # srv name -> port -> targets
+    bare: dict[tuple[str, int], list[str]] = {}  # (srv name or "", port) -> targets, for the bare name's SRV
+    for eps in endpoint_sets:
+        for subset in eps.subsets:
+            # publishNotReadyAddresses: not-ready endpoints are published like ready ones.
+            for address, hostname in subset.endpoints(not_ready):
+                if address in seen:
+                    continue  # one address in several slices is answered once
+                seen.add(address)
+                rtype = address_type(address)
+                target = f"{hostname or endpoint_label(address)}.{base}"
+                out.append((base, rtype, address))
+                out.append((target, rtype, address))
+                if reverse:
+                    out.append((reverse_name(address), PTR, target))
+                for p in subset.ports:
+                    name = _srv_name(p, base) if p.name else ""
+                    bare.setdefault((name, p.port), []).append(target)
+                    if name:
+                        srv.setdefault(name, {}).setdefault(p.port, []).append(target)
+    shared: dict[tuple[str, int], SrvGroup] = {}
+    for name, by_port in srv.items():
+        weight = max(1, 100 // sum(map(len, by_port.values())))
+        for port, targets in by_port.items():
+            data = shared[(name, port)] = SrvGroup(0, weight, port, tuple(targets))
+            out.append((name, SRV, data))
+    if bare:
+        # Every record of the bare name has the same weight (one choice among equals, as
+        # in each per-port set), so the per-port groups can be reused as they are.
+        weight = max(1, 100 // sum(map(len, bare.values())))
+        for key, targets in bare.items():
+            data = shared.get(key) or SrvGroup(0, weight, key[1], tuple(targets))
+            out.append((base, SRV, data))
+    return out
+
+
+def namespace_records(namespace: str, zones: Sequence[str], pods: bool = False) -> list[Record]:
+    """An existing namespace is an empty non-terminal even before it holds a Service; with
+    pod records (--pods insecure) ``ns.pod.Z`` too, below which the resolver answers them."""
+    out: list[Record] = [(f"{namespace}.svc.{zone}", EXISTS, "") for zone in zones]
+    if pods:
+        out += [(f"{namespace}.pod.{zone}", EXISTS, "") for zone in zones]
+    return out
+
+
+def pod_address(label: str) -> str | None:
+    """The address a pod record's first label spells (``10-1-2-3``, ``fd00--1``), or None."""
+    if "-" not in label or label.strip("0123456789abcdef-"):
+        return None
+    try:
+        if label.count("-") == 3 and "--" not in label:
+            return canonical_ip(label.replace("-", "."))
+        return canonical_ip(label.replace("-", ":"))
+    except ValueError:
+        return None
+
+
+def zone_records(zone: str, primary: str, serial: int, ttl: int, ns_address: str | None) -> list[Record]:
+    """The apex of a served zone (cluster or reverse): SOA, NS, and for cluster zones the fixed names."""
+    ns_name = f"ns.dns.{primary}"
+    out: list[Record] = [
+        (zone, SOA, SoaData(ns_name, f"hostmaster.{primary}", serial, 7200, 1800, 86400, ttl)),
+        (zone, NS, ns_name),
+    ]
+    if zone not in REVERSE_ZONES:
+        out += [(f"dns-version.{zone}", TXT, SCHEMA_VERSION), (f"svc.{zone}", EXISTS, "")]
+        if zone == primary and ns_address:
+            out.append((ns_name, address_type(ns_address), ns_address))
+    return out

@@ -1,0 +1,106 @@
+"""Pure query resolution: (question, index) -> rcode and sections.
+
+Follows shared/reference/dns-behaviour.md: authoritative answers from the index,
+CNAME for ExternalName (not chased), NODATA for names with other types or empty
+non-terminals, NXDOMAIN otherwise, SERVFAIL instead of any negative answer before
+the first sync, REFUSED outside the served zones.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from dnsd.dns.const import AAAA, ANY, AXFR, CNAME, IXFR, NOERROR, NS, NXDOMAIN, REFUSED, SERVFAIL, SOA, SRV, A
+from dnsd.zone.index import TYPES, Index
+from dnsd.zone.records import Record, SrvData, address_type, pod_address
+
+
+class Answer(NamedTuple):
+    rcode: int
+    answer: tuple[Record, ...] = ()
+    authority: tuple[Record, ...] = ()
+    additional: tuple[Record, ...] = ()
+    authoritative: bool = True
+    # Negative answers carry the SOA, whose serial moves: a cache must recheck them.
+    negative: bool = False
+    # Other names the answer was derived from: a cache must drop it when one of them changes.
+    depends: tuple[str, ...] = ()
+    autopath: bool = False  # an answer found by the server-side search path (counted)
+    # Autopath steps outside our zones to ask upstream first, in order; this answer stands only
+    # if every one of them is NXDOMAIN (autopath.py).
+    forward: tuple[str, ...] = ()
+
+
+def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
+    """``qname`` is lowercase, without the final dot.
+
+    Only the types in ``TYPES`` are ever answered: the index's internal marker (type 0) is
+    not data. ``minimal_any`` (for UDP, RFC 8482 4.1): ANY gets one RRset, not every one.
+    """
+    zone = index.zone_of(qname)
+    if zone is None:
+        return Answer(REFUSED, authoritative=False)
+    if qtype in (AXFR, IXFR):
+        return Answer(REFUSED)  # no zone transfers
+    has_data = index.has_data(qname)
+    if has_data:
+        rrset = index.rrset
+        if qtype == ANY:
+            found = [(t, rrs) for t in TYPES if (rrs := rrset(qname, t))]
+            if minimal_any:
+                found = found[:1]
+        elif qtype in TYPES and (rrs := rrset(qname, qtype)):
+            found = [(qtype, rrs)]
+        elif rrs := rrset(qname, CNAME):
+            found = [(CNAME, rrs)]  # RFC 1034: the alias answers every type; not chased
+        else:
+            found = []
+        if found:
+            answer = tuple((qname, t, rdata) for t, rrs in found for rdata in rrs)
+            return Answer(NOERROR, answer, (), _additional(index, answer))
+    elif ".pod." in qname:
+        pod = _pod(index, qname, qtype, zone, synced)
+        if pod is not None:
+            return pod
+    if not synced:
+        return Answer(SERVFAIL, authoritative=False)  # never a cacheable negative before the first sync
+    soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
+    if has_data or index.has_children(qname) or qname == zone:  # it exists: NODATA
+        return Answer(NOERROR, (), soa, negative=True)
+    return Answer(NXDOMAIN, (), soa, negative=True)
+
+
+def _pod(index: Index, qname: str, qtype: int, zone: str, synced: bool) -> Answer | None:
+    """``1-2-3-4.ns.pod.Z`` (--pods insecure): the address the label spells, for any pod,
+    once ``ns.pod.Z`` exists (the index holds it for every known namespace when pod
+    records are on). No Pod is looked up, as CoreDNS's ``pods insecure``."""
+    label, _, parent = qname.partition(".")
+    if parent.count(".") != zone.count(".") + 2 or not parent.endswith(".pod." + zone):
+        return None
+    address = pod_address(label)
+    if address is None:
+        return None
+    if not index.exists(parent):  # not a namespace (yet): the cached NXDOMAIN goes when it appears
+        soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
+        return Answer(NXDOMAIN, (), soa, negative=True, depends=(parent,)) if synced else None
+    rtype = address_type(address)
+    if qtype in (rtype, ANY):
+        return Answer(NOERROR, ((qname, rtype, address),), depends=(parent,))
+    if not synced:
+        return Answer(SERVFAIL, authoritative=False)
+    soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
+    return Answer(NOERROR, (), soa, negative=True, depends=(parent,))
+
+
+def _additional(index: Index, answer: tuple[Record, ...]) -> tuple[Record, ...]:
+    """Addresses of SRV targets and NS hosts that we serve ourselves."""
+    targets: dict[str, None] = {}
+    for _, rtype, rdata in answer:
+        if rtype == SRV and isinstance(rdata, SrvData):
+            targets[rdata.target] = None
+        elif rtype == NS and isinstance(rdata, str):
+            targets[rdata] = None
+    return tuple((t, rtype, ip) for t in targets for rtype in (A, AAAA) for ip in index.rrset(t, rtype))
+
+
+__all__ = ["Answer", "resolve"]
