@@ -109,7 +109,7 @@ class Config:
     @property
     def table_share(self) -> tuple[int, int]:
         """(replies, bytes) one serving process may keep: --cache-size and --cache-bytes split between
-        the workers, since each keeps only the names steered to it (steering.py)."""
+        the workers, since each keeps only the names steered to it (process/steering.py)."""
         return max(1, self.cache_size // self.workers), max(1 << 20, self.cache_bytes // self.workers)
 
     @property

@@ -31,7 +31,7 @@ def tune_gc() -> None:
 
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]  # glibc only; musl and others lack it
+        return ctypes.CDLL(None).malloc_trim  # glibc only; musl and others lack it
     except (AttributeError, OSError):
         return None
 

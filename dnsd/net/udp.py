@@ -20,10 +20,10 @@ from dnsd.dns.query import Pending
 from dnsd.observe.metrics import Listener
 
 if TYPE_CHECKING:
-    from dnsd.net.listeners import Allowed
+    from dnsd.net.acl import Allowed
     from dnsd.upstream.forwarder import Forwarder
 
-log = logging.getLogger("dnsd.net.listeners")
+log = logging.getLogger(__name__)
 perf_counter = time.perf_counter
 
 
@@ -36,8 +36,8 @@ class UdpListener:
     """One UDP socket read straight from the event loop's readiness callback.
 
     A plain non-blocking socket drained with recvfrom in a loop, not an asyncio
-    DatagramProtocol: on uvloop that skips the transport's per-datagram dispatch and
-    measured ~85k instead of ~66k queries/s on one core (dnsperf, bench cluster).
+    DatagramProtocol: on uvloop that skips the transport's per-datagram dispatch, about a
+    quarter of the time per query on the fast path (docs/performance.md).
 
     Overload: once a whole batch was read and over a quarter of the buffer still waits (the
     socket is backlogged), datagrams are read with their kernel arrival time, and a query that
@@ -45,8 +45,8 @@ class UdpListener:
     cost ~1 us and are always answered; misses (a random-name flood) cost ~10x that. So the
     queue stays near a quarter of the buffer, the rest absorbs stalls, and the names clients
     really use are answered within milliseconds instead of being dropped alike with the flood
-    from a full buffer (measured: 100% within 50 ms at 50,000 random names/s, was 42%; with
-    MAX_WAIT 20 ms the equilibrium queue nearly filled the buffer: 98%).
+    from a full buffer. A longer MAX_WAIT lets the equilibrium queue fill the buffer again
+    (docs/operations.md, hostile traffic).
     """
 
     BATCH = 64  # datagrams per wake-up, so TCP and source updates get their turn
@@ -175,8 +175,8 @@ class UdpListener:
         last = perf_counter()
         for data, addr in misses:
             reply = miss(data, MIN_PAYLOAD, counts)
-            if reply.__class__ is Pending:
-                reply = self._forward(reply, addr, waited)  # type: ignore[arg-type]
+            if isinstance(reply, Pending):
+                reply = self._forward(reply, addr, waited)
             if reply is not None:
                 send(reply, addr)
             now = perf_counter()
@@ -240,7 +240,7 @@ class UdpListener:
             alloc, size = _MEMINFO.unpack_from(self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 8))
         except (OSError, struct.error):
             return True  # no SO_MEMINFO: a full batch is the sign
-        return alloc * 4 > size
+        return bool(alloc * 4 > size)
 
 
     def _forward(self, pending: Pending, addr: tuple, waited: bool = False) -> bytes | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 from dnslib import QTYPE, RCODE
 
@@ -61,19 +61,36 @@ def rcode_name(rcode: int) -> str:
     return RCODE.get(rcode, str(rcode)) if rcode < 16 else {16: "BADVERS"}.get(rcode, str(rcode))
 
 
-def snapshot(listeners: Iterable[Listener], dataplane: Any, forwarder: Any = None) -> dict[str, Any]:
-    """What a worker reports: picklable, and summable across workers."""
-    programming = dataplane.programming_seconds[:]
-    dataplane.programming_seconds.clear()
+ListenerCounts = tuple[str, str, str, dict[tuple[int, int], int], list[int], float]
+
+
+class Snapshot(TypedDict):
+    """One serving process's counters: picklable, and summable across processes (``totals``)."""
+
+    listeners: list[ListenerCounts]  # proto, family, server, (qtype, rcode) -> replies, duration buckets, sum
+    records: int  # records served (the main process's; a worker holds none of its own)
+    services: int
+    programming: list[float]  # seconds each change took to reach the index, since the last snapshot
+    synced: bool
+    forward: dict[str, Any] | None  # upstream/stats.py snapshot(); None when forwarding is off
+
+
+class Forwarding(Protocol):
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+def snapshot(listeners: Iterable[Listener], forwarder: Forwarding | None, *, synced: bool, records: int = 0,
+             services: int = 0, programming: list[float] | None = None) -> Snapshot:
+    """What a serving process reports."""
     return {
         "listeners": [
             (lst.proto, lst.family, lst.server, dict(lst.counts), lst.duration.counts[:], lst.duration.total)
             for lst in listeners
         ],
-        "records": dataplane.index.record_count,
-        "services": len(dataplane.store.services),
-        "programming": programming,
-        "synced": dataplane.store.synced,
+        "records": records,
+        "services": services,
+        "programming": programming or [],
+        "synced": synced,
         "forward": forwarder.snapshot() if forwarder is not None else None,
     }
 
@@ -113,9 +130,9 @@ class Totals:
     forward: dict[str, Any] | None = None  # merge() of the forwarders' snapshots: None when forwarding is off
 
 
-def totals(snapshots: Iterable[dict[str, Any]], programming: Histogram) -> Totals:
+def totals(snapshots: Iterable[Snapshot], programming: Histogram) -> Totals:
     snapshots = list(snapshots)
-    out = Totals(programming=programming, forward=merge(s.get("forward") for s in snapshots))
+    out = Totals(programming=programming, forward=merge(s["forward"] for s in snapshots))
     for snap in snapshots:
         out.records = max(out.records, snap["records"])
         out.services = max(out.services, snap["services"])

@@ -10,7 +10,7 @@ from dnsd.dns.const import DEFAULT_PAYLOAD
 from dnsd.zone.index import IndexWriter
 from dnsd.zone.pipeline import Pipeline
 from dnsd.zone.resolver import Answer, resolve
-from dnsd.zone.searchpath import Autopath, search_domains
+from dnsd.zone.searchpath import resolver_for
 
 
 class Dataplane(Pipeline):
@@ -30,14 +30,6 @@ class Dataplane(Pipeline):
         self.on_change = self.responder.invalidate
 
 
-def resolver_for(config: Config) -> Callable[..., Answer]:
-    """What answers a question from the index: the resolver, or the autopath (it needs the search domains)."""
-    if not config.autopath:
-        return resolve
-    search = config.autopath_search if config.autopath_search is not None else search_domains()
-    return Autopath(config.domains, search, upstream=config.forwards)
-
-
 def from_config(config: Config, index: IndexWriter | None = None) -> Dataplane:
     """The serving dataplane ``config`` asks for; ``index``: the shared index writer when workers share."""
     cache_size, cache_bytes = config.table_share
@@ -45,4 +37,4 @@ def from_config(config: Config, index: IndexWriter | None = None) -> Dataplane:
                      config.udp_max_payload, index, pods=config.pods == "insecure", resolver=resolver_for(config))
 
 
-__all__ = ["Dataplane", "from_config", "resolver_for"]
+__all__ = ["Dataplane", "from_config"]

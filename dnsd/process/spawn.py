@@ -1,8 +1,8 @@
 """A worker started fresh for one that died: the zygote that forked the first ones is gone by then.
 
-The zygote exits once the first workers run (zygote.py): left alive, it kept its own copy of
-every page that all the workers had copied on write (~7 MB with 4 workers). A fresh worker
-imports what it runs itself, ~20 MB against ~12 MB for a forked one; only a replacement pays
+The zygote exits once the first workers run (zygote.py): left alive, it would keep its own copy
+of every page that all the workers had copied on write. A fresh worker imports what it runs
+itself, so it costs more memory than a forked one (docs/operations.md); only a replacement pays
 that, while it lives. The main process never forks once its threads run: subprocess starts
 this one with fork+exec, which is safe there.
 """

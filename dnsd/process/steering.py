@@ -18,7 +18,7 @@ import logging
 import socket
 import struct
 
-log = logging.getLogger("dnsd.process.steering")
+log = logging.getLogger(__name__)
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 HASHED = 24  # name bytes hashed: the first label or two, where names differ

@@ -1,7 +1,7 @@
 """The workers of ``--workers N``: the index file they share, their processes (the first forked
-by the zygote), the changes sent to them, and a new one for each that dies (respawn.py).
+by the zygote), the changes sent to them, and a new one for each that dies (spawn.py).
 
-The main process owns one WorkerPool (server.py); it writes the index file and answers too.
+The main process owns one WorkerPool (main.py); it writes the index file and answers too.
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
-from typing import Any
+from typing import Any, cast
 
 from dnsd.config import Config
+from dnsd.observe.metrics import Snapshot
+from dnsd.process.ipc import CLEAR, frame
 from dnsd.process.spawn import Spawned, spawn
-from dnsd.process.worker import CLEAR, frame
 from dnsd.process.zygote import Forked, Zygote
 from dnsd.zone.lmdb_index import SharedIndexWriter
 from dnsd.zone.records import REVERSE_ZONES
 
-log = logging.getLogger("dnsd.process.main")  # the lines it logs were the server module's: names kept for log readers
+log = logging.getLogger(__name__)
 
 def shared_directory(parent: str | None) -> str:
     """A new directory for the index file, named after this process; first, those of dead ones.
@@ -109,7 +110,7 @@ class _Worker:
 class WorkerPool:
     """The extra workers (``--workers`` minus the main process), and the shared index they read.
 
-    The main process writes the index file (shared_index.py) and answers queries itself;
+    The main process writes the index file (zone/lmdb_index.py) and answers queries itself;
     each worker reads the file and keeps its own hot replies (steering.py sends each name
     to one worker). After each change the workers get the names it touched and the
     serial: never the data itself. The first workers are forked by the zygote (zygote.py),
@@ -126,7 +127,7 @@ class WorkerPool:
         self.tcp_counts = zygote.tcp_counts
         self.index = SharedIndexWriter(self.directory, tuple(config.domains) + REVERSE_ZONES)
         self.workers: dict[int, _Worker] = {}
-        self.stats: dict[int, dict[str, Any]] = {}
+        self.stats: dict[int, Snapshot] = {}  # each worker's latest, written by the monitor thread
         self.lock = threading.Lock()  # publish (loop thread) against respawn (monitor thread)
         self.last: tuple[Any, int, bool] = (CLEAR, 0, False)
         self.closing = threading.Event()
@@ -144,7 +145,7 @@ class WorkerPool:
 
     def synced(self) -> bool:
         """Every worker reports (once a second) that it answers from synced data."""
-        return all(self.stats.get(n, {}).get("synced") for n in self.workers)
+        return all(n in self.stats and self.stats[n]["synced"] for n in self.workers)
 
     def start(self) -> str | None:
         for number in range(1, self.config.workers):
@@ -169,8 +170,9 @@ class WorkerPool:
             counts[number] = 0  # a restarted worker's connections died with it
         with self.lock:
             # Anything committed from now on reaches it as a message; what came before, it reads from the file.
-            started = self.zygote.fork(number) if self.zygote else spawn(self.config, self.directory, counts, number)
-            w = self.workers[number] = _Worker(*started, self.loop)
+            process, conn, changes = (self.zygote.fork(number) if self.zygote
+                                      else spawn(self.config, self.directory, counts, number))
+            w = self.workers[number] = _Worker(process, conn, changes, self.loop)
         return w
 
     def _await_ready(self, number: int, w: _Worker, timeout: float = 60.0) -> str | None:
@@ -181,7 +183,7 @@ class WorkerPool:
         except (EOFError, OSError):
             return f"exited at start (code {w.process.exitcode})"
         if kind == "error":
-            return detail
+            return str(detail)
         # A change committed between its start and its first query may be in its table already:
         # "drop everything", queued on the loop after any change published meanwhile.
         self.loop.call_soon_threadsafe(lambda: w.send(self.last))
@@ -190,7 +192,8 @@ class WorkerPool:
     def _monitor(self) -> None:
         while not self.closing.is_set():
             conns = {w.conn: number for number, w in self.workers.items()}
-            for conn in wait_connections(list(conns), timeout=0.5):
+            for ready in wait_connections(list(conns), timeout=0.5):
+                conn = cast(Connection, ready)
                 number = conns[conn]
                 try:
                     kind, detail = conn.recv()

@@ -3,15 +3,15 @@
 Forked, not spawned: the zygote and every worker it forks share the interpreter and the
 modules dnsd had imported at that moment with the main process, page for page, until
 one of them writes to a page (the GC is frozen first, so a collection does not). That
-makes a worker cost its own few MB instead of a fresh interpreter's ~20 MB, and unlike
-multiprocessing's fork server no resource tracker process comes along (~7 MB).
+makes a worker cost its own few MB instead of a fresh interpreter's, and unlike
+multiprocessing's fork server no resource tracker process comes along.
 
 The zygote exits once those workers run (WorkerPool.start): CPython writes the reference
 count of every object it reads, so each worker copies the pages it runs through, and the
-zygote would keep its own copy of every page they had all copied (~7 MB with 4 workers).
+zygote would keep its own copy of every page they had all copied.
 Its workers are then the main process's children (a child subreaper adopts them). The main
 process never forks once its threads run (a child of a threaded process can inherit a held
-lock): a worker that dies is started fresh (respawn.py).
+lock): a worker that dies is started fresh (spawn.py).
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any
 
 from dnsd.config import Config
+from dnsd.process.ipc import worker_ends
 from dnsd.runtime import release_heap
 
 PR_SET_CHILD_SUBREAPER = 36
-_P = TypeVar("_P")
 
 
 def adopt_orphans() -> None:
@@ -78,24 +77,6 @@ class Forked:
         deadline = time.monotonic() + timeout
         while self.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
-
-
-def worker_ends(start: Callable[[tuple[int, int]], _P]) -> tuple[_P, Connection, socket.socket]:
-    """Two socket pairs for a new worker: ``start`` hands it its ends (reports, changes) and returns
-    its process; ours are its reports (a Connection, read by a thread) and its changes (a socket
-    written from the event loop, see worker.frame)."""
-    reports, reports_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    changes, changes_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        process = start((reports_theirs.fileno(), changes_theirs.fileno()))
-    except OSError:
-        reports.close()
-        changes.close()
-        raise
-    finally:
-        reports_theirs.close()
-        changes_theirs.close()
-    return process, Connection(reports.detach()), changes
 
 
 class Zygote:
@@ -145,7 +126,7 @@ def _serve(sock: socket.socket, config: Config, directory: str, tcp_counts: Any)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the main process re-reads the files (a HUP to the group too)
         # What the main process had freed but kept (free lists, glibc's free chunks) would stay in
-        # the zygote and in every worker's image: ~0.7 MB of PSS in all with 4 workers.
+        # the zygote and in every worker's image.
         gc.collect()
         gc.freeze()
         release_heap()

@@ -1,0 +1,64 @@
+"""What every serving process runs alike, the main process and each worker: the listeners over a
+Responder and, when upstreams are configured, the process's own forwarder and cache."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from dnsd.answer.responder import Responder
+from dnsd.config import Config
+from dnsd.net.listeners import DnsServer
+from dnsd.net.tcp import Slots
+from dnsd.observe.metrics import Snapshot, snapshot
+from dnsd.runtime import tune_gc, use_uvloop
+from dnsd.upstream.forwarder import Forwarder
+
+_T = TypeVar("_T")
+
+
+def run(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run a serving process's main coroutine on the event loop every process uses."""
+    use_uvloop()
+    tune_gc()
+    return asyncio.run(main)
+
+
+class Serving:
+    """A Responder's DNS listeners (UDP and TCP) and forwarder, started and closed together."""
+
+    def __init__(self, config: Config, responder: Responder, *, reuse_port: bool = False,
+                 slots: Slots | None = None) -> None:
+        self.config = config
+        self.forwarder = Forwarder(config) if config.forwards else None  # each process forwards and caches for itself
+        responder.forward = self.forwarder
+        self.dns = DnsServer(config, responder, reuse_port=reuse_port, slots=slots, forwarder=self.forwarder)
+
+    async def listen(self) -> str | None:
+        """Open every listener; the reason when one cannot be opened."""
+        try:
+            await self.dns.start()
+        except OSError as exc:
+            return f"cannot listen on port {self.config.port}: {exc}"
+        return None
+
+    def forward(self) -> None:
+        """Start forwarding (its loop probes must find every process of the server listening)."""
+        if self.forwarder is not None:
+            self.forwarder.start()
+
+    def snapshot(self, synced: bool, records: int = 0, services: int = 0,
+                 programming: list[float] | None = None) -> Snapshot:
+        """This process's counters (a worker holds no data of its own: records and services 0)."""
+        return snapshot(self.dns.listeners, self.forwarder, synced=synced, records=records, services=services,
+                        programming=programming or [])
+
+    async def close(self) -> None:
+        """Stop answering: UDP at once, TCP once the query in hand is answered; then forwarding."""
+        await self.dns.close()
+        if self.forwarder is not None:
+            self.forwarder.stop()
+
+
+__all__ = ["Serving", "run"]
