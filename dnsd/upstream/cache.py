@@ -10,6 +10,7 @@ precomputed-bytes splice as a cluster name: no parsing, no await.
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -17,13 +18,15 @@ from typing import Any
 
 from cachetools import Cache, TLRUCache
 
-from dnsd.dns.const import NOERROR
+from dnsd.dns.const import AAAA, ANY, CNAME, DEFAULT_PAYLOAD, IN, NOERROR, NS, PTR, SOA, SRV, TXT, A
+from dnsd.dns.names import name_wire
 from dnsd.dns.reply import Entry, make_entry
 from dnsd.upstream.message import Reply, aged, cache_ttl, ttl_offset
 
+log = logging.getLogger(__name__)
 STALE_TTL = 30  # RFC 8767 4: the TTL of a stale answer
 PREFETCH_PERCENT = 10  # refresh when less than this share of the TTL is left (CoreDNS prefetch default)
-FORGET_TYPES = (12, 1, 28, 255, 5, 16, 33, 2, 6)  # PTR A AAAA ANY CNAME TXT SRV NS SOA
+FORGET_TYPES = (PTR, A, AAAA, ANY, CNAME, TXT, SRV, NS, SOA)
 
 
 class Item:
@@ -62,7 +65,7 @@ class Item:
 
 
 class ForwardCache:
-    def __init__(self, maxsize: int, max_ttl: int, serve_stale: int, prefetch: int, payload: int = 1232,
+    def __init__(self, maxsize: int, max_ttl: int, serve_stale: int, prefetch: int, payload: int = DEFAULT_PAYLOAD,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.payload = payload
         self.max_ttl = max_ttl
@@ -83,7 +86,7 @@ class ForwardCache:
         # every second, so it holds at most one second's worth of hot keys.
         self._hot: dict[bytes, tuple[Entry, float, Item, float]] = {}  # (entry, until, item, prefetch at)
         self._hot_until = 0.0
-        # Replies derived from our own data too (autopath, upstream/autopath.py): which keys each of
+        # Replies derived from our own data too (autopath, upstream/steps.py): which keys each of
         # our names was used for, and each such key's current walk (only it may store). Plain dicts
         # kept in step with forget(); past ``maxsize`` keys they, and the replies, are all dropped.
         self.maxsize = maxsize
@@ -209,9 +212,9 @@ class ForwardCache:
             return
         for name in names:
             if name.endswith(".arpa"):
-                wire = b"".join(bytes((len(lb),)) + lb for lb in name.encode().split(b".")) + b"\x00"
+                wire = name_wire(name)
                 for qtype in FORGET_TYPES:
-                    key = wire + struct.pack("!HH", qtype, 1)
+                    key = wire + struct.pack("!HH", qtype, IN)
                     items.pop(key, None)
                     self._hot.pop(key, None)
 
@@ -234,6 +237,7 @@ _has = Cache.__contains__  # the base class's: a dict membership test, no expiry
 
 def _peek(cache: TLRUCache, key: bytes) -> Item | None:
     try:
-        return Cache.__getitem__(cache, key)
+        item: Item = Cache.__getitem__(cache, key)
     except KeyError:
         return None
+    return item

@@ -1,10 +1,17 @@
-"""A client's reply from a cached or forwarded entry: its ID, flags and question spliced in, cut to its limit."""
+"""A client's reply from a cached or forwarded entry: its ID, flags and question spliced in, cut to its
+limit; and the entries of the error replies the forwarder answers without an upstream's."""
 
 from __future__ import annotations
 
+import logging
+import struct
+
+from dnsd.dns.const import IN
 from dnsd.dns.query import Pending
-from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, splice, with_opt
+from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, make_entry, splice, with_opt
 from dnsd.upstream.message import parse, truncate
+
+log = logging.getLogger(__name__)
 
 
 def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], payload: int) -> bytes:
@@ -25,4 +32,11 @@ def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], 
     return reply
 
 
-__all__ = ["compose"]
+def error_entry(qwire: bytes, qtype: int, rcode: int, payload: int) -> Entry:
+    """An error reply to (name in wire form, type): QR, RA and ``rcode``, nothing after the question."""
+    plain = b"\x00\x00\x80" + bytes((0x80 | rcode,)) + b"\x00\x01\x00\x00\x00\x00\x00\x00" + qwire + struct.pack(
+        "!HH", qtype, IN)
+    return make_entry(plain, len(plain), 0, (qtype, rcode), payload)
+
+
+__all__ = ["compose", "error_entry"]

@@ -7,12 +7,14 @@ is ever re-packed: whatever types and compression the upstream used pass through
 
 from __future__ import annotations
 
+import logging
 import struct
 from typing import NamedTuple
 
 from dnsd.dns.const import NOERROR, NXDOMAIN, OPT, SOA
 from dnsd.dns.names import skip_name
 
+log = logging.getLogger(__name__)
 _U16 = struct.Struct("!H")
 _RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
@@ -92,7 +94,7 @@ def cache_ttl(reply: Reply, max_ttl: int) -> int:
     if reply.rcode in (NOERROR, NXDOMAIN):
         for r in records:
             if r.section == 1 and r.rtype == SOA:
-                minimum = struct.unpack_from("!I", reply.wire, r.end - 4)[0]
+                minimum: int = struct.unpack_from("!I", reply.wire, r.end - 4)[0]
                 return max(0, min(r.ttl, minimum, max_ttl))
     return 0
 

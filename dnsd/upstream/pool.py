@@ -13,16 +13,17 @@ from collections.abc import Awaitable, Callable
 
 from dnsd.servers import Upstream
 
-log = logging.getLogger("dnsd.upstream")
+log = logging.getLogger(__name__)
 POLICIES = ("random", "round_robin", "sequential")
 HEALTH_QUESTION = b"\x00\x00\x02\x00\x01"  # . IN NS
 
 
 class State:
-    __slots__ = ("checker", "fails", "healthy", "looped", "upstream")
+    __slots__ = ("checker", "fails", "healthy", "label", "looped", "upstream")
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
+        self.label = str(upstream)  # the metrics' name for it, made once rather than per query
         self.fails = 0
         self.healthy = True
         self.looped = False  # dnsd itself: never used again

@@ -25,10 +25,10 @@ from dnsd.upstream.message import Reply, parse
 from dnsd.upstream.transport import UpstreamError, build_query, check
 
 SPARE = 64  # sockets kept open and bound per address family; refilled off the critical path
-READY = 8  # upstream replies handled per turn of the event loop (each ~100 us with its send, 2-CPU VM)
+READY = 8  # upstream replies handled per turn of the event loop (each ~100 us with its send)
 # ... when the listeners answer their table hits between two replies (``between``): a turn may then
 # be longer without a cluster name waiting, and the forwards in flight fall as fast as the listener
-# queues new ones (with 8, a saturated flood forwarded ~40% less: the turns were as long, with fewer replies).
+# queues new ones (with READY, a saturated flood forwards less: turns as long, with fewer replies).
 READY_BETWEEN = 32
 Done = Callable[[Reply | None, str], None]  # (the reply, or None and why not)
 

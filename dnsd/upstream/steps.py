@@ -1,8 +1,8 @@
 """Autopath's forwarded steps: ask them upstream in order, answer as a CNAME to the first that exists.
 
-The resolver walked the steps in our zones (dnsd/autopath.py); the Responder hands the rest over
-as a ``Pending`` with ``steps``. Each step goes through ``Forwarder.resolve_entry``, so it is
-coalesced, cached and served stale like any forwarded question. The first step that is not
+The resolver walked the steps in our zones (dnsd/zone/searchpath.py); the Responder hands the rest
+over as a ``Pending`` with ``steps``. Each step is asked as any forwarded question (the forwarder's
+``resolve_entry``), so it is coalesced, cached and served stale like one. The first step that is not
 NXDOMAIN ends the walk: NOERROR with data or without (NODATA: the name exists, so the pod's own
 search would stop there too, for every type alike; CoreDNS's autopath also stops at the first
 non-NXDOMAIN). Its reply is rewritten for the asked name (``with_cname``). A failure (SERVFAIL,
@@ -19,19 +19,20 @@ filed under the names of ours it was derived from and dropped when one of them c
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
-from dnsd.dns.const import CNAME, NOERROR, NXDOMAIN
+from dnsd.dns.const import CNAME, IN, NOERROR, NXDOMAIN
 from dnsd.dns.names import name_wire, read_name
+from dnsd.dns.query import Pending
 from dnsd.dns.reply import Entry, make_entry
 from dnsd.observe.metrics import AUTOPATH_HIT
+from dnsd.upstream.cache import ForwardCache, Item
+from dnsd.upstream.inflight import shared
 from dnsd.upstream.message import Reply, parse
 
-if TYPE_CHECKING:
-    from dnsd.dns.query import Pending
-    from dnsd.upstream.cache import Item
-    from dnsd.upstream.forwarder import Forwarder
+log = logging.getLogger(__name__)
 
 # Types whose RDATA may hold compressed names (RFC 3597 4, and those RFC 3597 says receivers should
 # decompress): type -> (bytes before the first name, names in a row). Anything else is copied as is.
@@ -76,104 +77,104 @@ def with_cname(step: Reply, qwire: bytes, qtype: int, cname_ttl: int) -> bytes:
         body += _RR.pack(rtype, rclass, ttl, len(rdata)) + rdata
     an, ns, ar = (sum(1 for r in step.records if r.section == s) for s in range(3))
     head = b"\x00\x00" + bytes((0x80, wire[3] & 0x80)) + struct.pack("!HHHH", 1, an + 1, ns, ar)
-    return head + qwire + struct.pack("!HH", qtype, 1) + bytes(body)
+    return head + qwire + struct.pack("!HH", qtype, IN) + bytes(body)
+
+
+Ask = Callable[[bytes, int, str], Awaitable[Entry]]  # (name in wire form, type, name): the reply, coalesced and cached
+Refetch = Callable[[bytes, bytes, int, str], Awaitable[bool]]  # (key, name in wire form, type, name): answered?
 
 
 def _rcode(entry: Entry) -> int:
     return entry.plain_heads[0][1] & 0x0F
 
 
-async def walk(forwarder: Forwarder, pending: Pending) -> Entry:
-    """The reply entry for an autopath continuation (coalesced: one walk per question at a time)."""
-    cache = forwarder.cache
-    key = pending.qwire + struct.pack("!HH", pending.qtype, 1)
-    entry = cache.entry(key)
-    if entry is not None:
-        return entry
-    inflight = forwarder.walks
-    future = inflight.get(key)
-    if future is not None:
-        return await asyncio.shield(future)
-    future = inflight[key] = asyncio.get_running_loop().create_future()
-    try:
-        entry = await _walk(forwarder, pending, key)
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            future.cancel()
-        else:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no warning when nobody else waits
-        raise
-    finally:
-        inflight.pop(key, None)
-    future.set_result(entry)
-    return entry
+class Walker:
+    """The autopath continuations of one forwarder. It sees the forwarder only through what it is
+    handed: the forward cache, ``ask`` and ``refetch`` for one step, and ``routed`` (some upstream
+    answers the name)."""
 
+    def __init__(self, cache: ForwardCache, ask: Ask, refetch: Refetch, routed: Callable[[str], bool],
+                 ttl: int, payload: int) -> None:
+        self.cache = cache
+        self.ask = ask
+        self.refetch = refetch
+        self.routed = routed
+        self.ttl = ttl  # our own answers' TTL (--ttl)
+        self.payload = payload
+        self.walks: dict[bytes, asyncio.Future[Entry]] = {}  # continuations under way, by question
 
-async def _walk(forwarder: Forwarder, pending: Pending, key: bytes) -> Entry:
-    cache, qtype = forwarder.cache, pending.qtype
-    # Filed under our names before the first await: a change of them while we wait cancels the store.
-    token = cache.reserve(key, pending.depends)
-    until = float("inf")  # when the first reply the outcome relies on expires; None: one was not cacheable
-    cacheable = True
-    for name in pending.steps:
-        if forwarder._pool(name) is None:
-            continue  # no upstream for it (only --stub-domain elsewhere): skipped, as without a forwarder
-        swire = name_wire(name)
-        skey = swire + struct.pack("!HH", qtype, 1)
-        step = await forwarder.resolve_entry(swire, qtype, name)
-        rcode = _rcode(step)
-        item = cache.fresh_item(skey, step)
-        if item is None:
-            cacheable = False  # stale, uncacheable (TTL 0) or an error: answered, never kept
-        else:
-            until = min(until, item.expires)
-        if rcode == NXDOMAIN:
-            continue
-        if rcode != NOERROR:
-            return pending.nxdomain  # a failure: the pod's own search goes on from the plain NXDOMAIN
-        stat = (qtype, NOERROR | AUTOPATH_HIT)
-        if item is not None and cacheable:
-            # Built from the reply as cached (TTLs as received), aged from when it was cached, so every
-            # TTL, the CNAME's included, counts down exactly as the step's own cached reply does.
-            ttl = int(until - item.stored)
-            reply = parse(with_cname(item.reply, pending.qwire, qtype, ttl))
-            return cache.put_derived(key, reply, item.stored, ttl, stat, token, pending)
-        reply_wire = b"\x00\x00" + step.plain_heads[0] + skey + step.plain_tail  # as sent (stale: TTL 30)
-        served = parse(reply_wire)
-        ttl = min((r.ttl for r in served.records), default=0)
-        return make_entry(with_cname(served, pending.qwire, qtype, ttl), 12 + len(key), 0, stat, forwarder.payload)
-    fallback = pending.fallback
-    assert fallback is not None
-    if cacheable:
-        # Our own answer (a later step of ours, or the NXDOMAIN): rendered with our TTL, kept no longer.
-        now = cache.clock()
-        ttl = int(min(until - now, forwarder.config.ttl))
-        reply = parse(b"\x00\x00" + fallback.plain_heads[0] + key + fallback.plain_tail)
-        return cache.put_derived(key, reply, now, ttl, fallback.stat, token, pending)
-    return fallback
+    async def walk(self, pending: Pending) -> Entry:
+        """The reply entry for an autopath continuation (coalesced: one walk per question at a time)."""
+        key = pending.qwire + struct.pack("!HH", pending.qtype, IN)
+        entry = self.cache.entry(key)
+        if entry is not None:
+            return entry
+        return await shared(self.walks, key, lambda: self._walk(pending, key))
 
-
-async def refresh(forwarder: Forwarder, key: bytes, derived: Item) -> None:
-    """Prefetch for a hot autopath reply: ask again the steps whose replies end its life, then derive it
-    anew from them, so it is replaced before it expires (its clients never wait for the walk)."""
-    cache, pending = forwarder.cache, derived.origin
-    try:
+    async def _walk(self, pending: Pending, key: bytes) -> Entry:
+        cache, qtype = self.cache, pending.qtype
+        # Filed under our names before the first await: a change of them while we wait cancels the store.
+        token = cache.reserve(key, pending.depends)
+        until = float("inf")  # when the first reply the outcome relies on expires
+        cacheable = True  # False once one of them was not cacheable
         for name in pending.steps:
+            if not self.routed(name):
+                continue  # no upstream for it (only --stub-domain elsewhere): skipped, as without a forwarder
             swire = name_wire(name)
-            skey = swire + struct.pack("!HH", pending.qtype, 1)
-            item = cache.peek(skey)
+            skey = swire + struct.pack("!HH", qtype, IN)
+            step = await self.ask(swire, qtype, name)
+            rcode = _rcode(step)
+            item = cache.fresh_item(skey, step)
             if item is None:
-                break  # gone from the cache: the next query walks again
-            if item.expires <= derived.expires:
-                if not await forwarder.refetch(skey, swire, pending.qtype, name):
-                    return  # upstream failing: the reply lives out its TTL, then stale rules apply
+                cacheable = False  # stale, uncacheable (TTL 0) or an error: answered, never kept
+            else:
+                until = min(until, item.expires)
+            if rcode == NXDOMAIN:
+                continue
+            if rcode != NOERROR:
+                assert pending.nxdomain is not None  # the Responder sets it with the steps
+                return pending.nxdomain  # a failure: the pod's own search goes on from the plain NXDOMAIN
+            stat = (qtype, NOERROR | AUTOPATH_HIT)
+            if item is not None and cacheable:
+                # Built from the reply as cached (TTLs as received), aged from when it was cached, so every
+                # TTL, the CNAME's included, counts down exactly as the step's own cached reply does.
+                ttl = int(until - item.stored)
+                reply = parse(with_cname(item.reply, pending.qwire, qtype, ttl))
+                return cache.put_derived(key, reply, item.stored, ttl, stat, token, pending)
+            reply_wire = b"\x00\x00" + step.plain_heads[0] + skey + step.plain_tail  # as sent (stale: TTL 30)
+            served = parse(reply_wire)
+            ttl = min((r.ttl for r in served.records), default=0)
+            return make_entry(with_cname(served, pending.qwire, qtype, ttl), 12 + len(key), 0, stat, self.payload)
+        fallback = pending.fallback
+        assert fallback is not None
+        if cacheable:
+            # Our own answer (a later step of ours, or the NXDOMAIN): rendered with our TTL, kept no longer.
+            now = cache.clock()
+            ttl = int(min(until - now, self.ttl))
+            reply = parse(b"\x00\x00" + fallback.plain_heads[0] + key + fallback.plain_tail)
+            return cache.put_derived(key, reply, now, ttl, fallback.stat, token, pending)
+        return fallback
+
+    async def refresh(self, key: bytes, derived: Item) -> None:
+        """Prefetch for a hot autopath reply: ask again the steps whose replies end its life, then derive it
+        anew from them, so it is replaced before it expires (its clients never wait for the walk)."""
+        cache, pending = self.cache, derived.origin
+        try:
+            for name in pending.steps:
+                swire = name_wire(name)
+                skey = swire + struct.pack("!HH", pending.qtype, IN)
                 item = cache.peek(skey)
-            if item is None or item.reply.rcode != NXDOMAIN:
-                break  # the step that answered: the rest were never part of the reply
-        await _walk(forwarder, pending, key)
-    finally:
-        cache.done_refreshing(key)
+                if item is None:
+                    break  # gone from the cache: the next query walks again
+                if item.expires <= derived.expires:
+                    if not await self.refetch(skey, swire, pending.qtype, name):
+                        return  # upstream failing: the reply lives out its TTL, then stale rules apply
+                    item = cache.peek(skey)
+                if item is None or item.reply.rcode != NXDOMAIN:
+                    break  # the step that answered: the rest were never part of the reply
+            await self._walk(pending, key)
+        finally:
+            cache.done_refreshing(key)
 
 
-__all__ = ["NAMED_RDATA", "refresh", "walk", "with_cname"]
+__all__ = ["NAMED_RDATA", "Walker", "with_cname"]

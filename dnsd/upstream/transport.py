@@ -9,16 +9,19 @@ is dropped and counted: a spoofed packet cannot end the exchange early.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 import struct
 from collections.abc import Callable
 
+from dnsd.dns.const import DEFAULT_PAYLOAD, OPT
 from dnsd.servers import Upstream
 from dnsd.upstream.message import Reply, parse
 
-EDNS_PAYLOAD = 1232  # what we advertise upstream: big answers come by UDP up to this, then by TCP
-_OPT = b"\x00" + struct.pack("!HHIH", 41, EDNS_PAYLOAD, 0, 0)
+log = logging.getLogger(__name__)
+EDNS_PAYLOAD = DEFAULT_PAYLOAD  # what we advertise upstream: big answers come by UDP up to this, then by TCP
+_OPT = b"\x00" + struct.pack("!HHIH", OPT, EDNS_PAYLOAD, 0, 0)
 
 
 def default_tls(ca_file: str | None = None) -> ssl.SSLContext:
