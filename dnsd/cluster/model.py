@@ -276,9 +276,12 @@ def from_object(obj: Any, kind: str | None = None, *, pod_names: bool = False) -
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         raise ValueError(f"{kind} without metadata")
-    name = _label(meta.get("name"), "metadata.name") if kind != ENDPOINT_SLICE else meta.get("name")
-    if kind == ENDPOINT_SLICE and (not isinstance(name, str) or not name):
-        raise ValueError("metadata.name is missing")
+    if kind == ENDPOINT_SLICE:
+        name = meta.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError("metadata.name is missing")
+    else:
+        name = _label(meta.get("name"), "metadata.name")
     if kind == NAMESPACE:
         return Namespace(name)
     # Interned: a namespace is named by every object in it, and a Service by each of its slices.

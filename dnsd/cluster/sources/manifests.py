@@ -21,7 +21,7 @@ import yaml
 from dnsd.cluster.model import Object, from_object
 from dnsd.cluster.store import Expect, Op, Replace, Synced
 
-log = logging.getLogger("dnsd.manifests")
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".yaml", ".yml", ".json")
 SYNC_ORIGIN = "file:"  # the first load of every file, as one unit for the sync state

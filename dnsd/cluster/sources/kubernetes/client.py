@@ -22,7 +22,7 @@ import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-log = logging.getLogger("dnsd.kubernetes")
+log = logging.getLogger(__name__)
 
 REFRESH_EVERY = 60.0  # seconds: token files are re-read at least this often
 
@@ -54,7 +54,8 @@ def _tls_material(client: ApiClient) -> tuple[Any, ...]:
 
 def _bearer(client: ApiClient) -> str | None:
     with contextlib.suppress(Exception):
-        return client.configuration.auth_settings().get("BearerToken", {}).get("value")
+        token: str | None = client.configuration.auth_settings().get("BearerToken", {}).get("value")
+        return token
     return None
 
 
@@ -74,7 +75,8 @@ class Credentials:
 
     @property
     def host(self) -> str:
-        return self._client.configuration.host
+        host: str = self._client.configuration.host
+        return host
 
     def client(self) -> ApiClient:
         if time.monotonic() - self._loaded >= self._refresh_every:
@@ -131,9 +133,8 @@ def each_item(body: bytes, handle: Callable[[Any], None]) -> dict[str, Any]:
     """Parse a list page, passing each element of its ``items`` to ``handle`` as soon as it is
     decoded; return the page without its items (``metadata``, ``kind``...).
 
-    ``json.loads`` would build the whole page first: 500 EndpointSlices are ~10 MB of small
-    objects, which take fresh pymalloc arenas that a few survivors then pin for good (+8% after
-    one relist at 100k endpoints). One item at a time, each item's objects reuse the last one's
+    ``json.loads`` would build the whole page first, in fresh pymalloc arenas that a few
+    survivors then pin for good. One item at a time, each item's objects reuse the last one's
     memory. ValueError when the page is not a JSON object.
     """
     text = body.decode()
@@ -183,8 +184,8 @@ def each_item(body: bytes, handle: Callable[[Any], None]) -> dict[str, Any]:
 def list_call(creds: Credentials, path: str, **fixed: Any) -> Callable[..., Any]:
     """A GET of ``path`` returning the raw urllib3 response; ApiException for a non-2xx status.
 
-    The generated API classes (CoreV1Api, ...) would import ~20 MB of pydantic models that dnsd
-    never builds, and take ~0.7 s to import: list/watch calls are built here instead.
+    The generated API classes (CoreV1Api, ...) would import the client's pydantic models, large
+    and slow to import, that dnsd never builds: list/watch calls are built here instead.
     """
 
     def call(_preload_content: bool = False, _request_timeout: Any = None, **params: Any) -> Any:
@@ -201,6 +202,16 @@ def list_call(creds: Credentials, path: str, **fixed: Any) -> Callable[..., Any]
         return response.response
 
     return call
+
+
+class Gone(Exception):
+    """A watch stream's 410 ERROR event: the resourceVersion it watched from was compacted away;
+    only a relist helps."""
+
+
+def gone(error: BaseException) -> bool:
+    """410, from the request or from the stream."""
+    return isinstance(error, Gone) or (isinstance(error, ApiException) and error.status == 410)
 
 
 def _root(error: BaseException) -> BaseException:
@@ -233,7 +244,7 @@ def reason(error: BaseException) -> str:
         return "timeout"
     if isinstance(error, urllib3.exceptions.ProtocolError | ConnectionError):
         return "connection_broken"
-    if type(error).__name__ == "_Gone":
+    if isinstance(error, Gone):
         return "gone"
     if isinstance(error, ValueError):
         return "bad_response"
@@ -259,7 +270,7 @@ def describe(error: BaseException) -> str:
         return f"cannot connect: {str(error).rpartition(': ')[2]}"
     if isinstance(error, json.JSONDecodeError):
         return f"bad JSON: {error}"
-    if type(error).__name__ == "_Gone":
+    if isinstance(error, Gone):
         return str(error)
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

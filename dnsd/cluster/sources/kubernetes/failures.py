@@ -1,9 +1,8 @@
 """One resource's failure streak: counts by reason, the outage, and the log lines that say so.
 
-A persistent failure (wrong CA, 401, 403) used to be logged once at WARNING and then only at
-DEBUG. Now, while a resource keeps failing, it gets one WARNING at most every ``warn_every``
-seconds (a minute by default) with the failure count, the last error and how old the data is,
-and one INFO line when it recovers.
+A persistent failure (wrong CA, 401, 403) must stay visible without flooding the log: while a
+resource keeps failing it gets one WARNING at most every ``warn_every`` seconds, with the
+failure count, the last error and how old the data is, and one INFO line when it recovers.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from collections.abc import Callable
 
 from dnsd.cluster.sources.kubernetes.client import describe, reason
 
-log = logging.getLogger("dnsd.kubernetes")
+log = logging.getLogger(__name__)
 
 OUTAGE_AFTER = 2  # consecutive failures (the failure and its first retry) that make an outage
 

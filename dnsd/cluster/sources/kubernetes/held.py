@@ -2,11 +2,10 @@
 
 A relist is diffed against what is held: an object equal to the held one is kept (the new copy
 is dropped at once) and only changes become ops, so the store and every worker receive nothing
-for a relist that changed nothing, and equal records are never held twice. (Sending each relist
-as a whole Replace left two copies of every record alive: +46% memory after three relists.)
-The held dict is updated in place, so not even its keys are new: a relist leaves behind only
-what changed, not 100k small tuples scattered over the heap its parsing used (+1-1.5 MB per
-relist that glibc and pymalloc could not give back, when the dict was rebuilt).
+for a relist that changed nothing, and equal records are never held twice (a whole Replace per
+relist would keep two copies of every record alive). The held dict is updated in place, so not
+even its keys are new: a relist leaves behind only what changed, not small tuples scattered over
+the heap its parsing used, which glibc and pymalloc could not give back.
 """
 
 from __future__ import annotations
@@ -18,13 +17,15 @@ from typing import Any
 from dnsd.cluster.model import NAMESPACE, Key, Object, from_object
 from dnsd.cluster.store import Delete, Op, Replace, Upsert
 
-log = logging.getLogger("dnsd.kubernetes")
+log = logging.getLogger(__name__)
 
 
 def raw_key(kind: str, raw: Any) -> Key | None:
     """The model key of a raw object, even one that does not convert (to withdraw it)."""
     meta = raw.get("metadata") if isinstance(raw, dict) else None
-    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    name = meta.get("name")
     if not isinstance(name, str) or not name:
         return None
     return (kind, "" if kind == NAMESPACE else (meta.get("namespace") or "default"), name)

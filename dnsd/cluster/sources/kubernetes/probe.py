@@ -1,11 +1,10 @@
 """One cheap probe for the whole process while the API is unreachable.
 
-Each reflector backing off on its own, with backoff that grows while the API is down, came
-back up to 11 s (one watch 16 s) after a 3-5 s outage. Instead, a reflector that cannot
-reach the API waits here; one thread sends ``GET /readyz`` about twice a second (jittered)
-for all of them, and wakes every waiting reflector the moment the API answers. So a down
-API sees ~2 connection attempts per second per dnsd process, and its return is noticed
-within ~0.6 s, with one request per reflector after that.
+A reflector backing off on its own, with a backoff that grows while the API is down, comes back
+long after the API does. Instead, a reflector that cannot reach the API waits here; one thread
+sends ``GET /readyz`` about twice a second (jittered) for all of them, and wakes every waiting
+reflector the moment the API answers. A down API sees one prober per dnsd process, not one
+client per reflector.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from collections.abc import Callable
 
 import urllib3
 
-log = logging.getLogger("dnsd.kubernetes")
+log = logging.getLogger(__name__)
 
 INTERVAL = 0.5  # seconds between probes, jittered by +-20%
 _TIMEOUT = 1.0

@@ -3,41 +3,35 @@
 The list is a streamed list (watch-list: ``sendInitialEvents=true``, ending at the bookmark
 annotated ``k8s.io/initial-events-end``, then the same stream goes on as the watch) when the
 server offers it, else paginated. The watch resumes from the last seen resourceVersion when
-it ends or fails; only a 410 Gone makes it list again.
+it ends or fails; only a 410 Gone makes it list again (``retry``: what a failure costs).
 
-A relist is sent as its changes only (``kube_held``).
-
-Responses are read raw and parsed with ``json`` straight into ``dnsd.cluster.model`` records.
+A relist is sent as its changes only (``held``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import random
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from dnsd.cluster.sources.kubernetes.client import describe, each_item, retry_after, unreachable
-from dnsd.cluster.sources.kubernetes.failures import OUTAGE_AFTER, FailureLog
+from dnsd.cluster.sources.kubernetes.client import describe, each_item, gone
+from dnsd.cluster.sources.kubernetes.failures import FailureLog
 from dnsd.cluster.sources.kubernetes.held import Held, Listing, raw_key
 from dnsd.cluster.sources.kubernetes.probe import ApiProbe
+from dnsd.cluster.sources.kubernetes.retry import Retry
+from dnsd.cluster.sources.kubernetes.stream import Requests, Stopped, event_lines, parse_event
 from dnsd.cluster.store import Op, Synced
 from dnsd.runtime import release_heap
 
-log = logging.getLogger("dnsd.kubernetes")
+log = logging.getLogger(__name__)
 
-_READ_SIZE = 1 << 16  # read1() returns what has arrived, up to this much
-_CONNECT_TIMEOUT = 10.0
 WARN_EVERY = 60.0  # seconds between WARNINGs while one resource keeps failing
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 _BIG_LIST = 1000  # objects
@@ -68,14 +62,6 @@ class Options:
     pod_names: bool = False  # --endpoint-pod-names
 
 
-class _Gone(Exception):
-    """410: the resourceVersion we watch from was compacted away; only a relist helps."""
-
-
-class _Stopped(Exception):
-    pass
-
-
 class _NoStreamedList(Exception):
     """The server ignored sendInitialEvents (older than 1.27): a plain bookmark came first."""
 
@@ -88,25 +74,15 @@ class Reflector:
     ) -> None:
         self.origin = origin
         self.kind = kind
-        self._call = call
         self._emit_ops = emit
         self._stop = stop
         self._options = options
-        self._probe = probe
-        self._reauth = reauth
-        # (connect, read): the read timeout bounds every socket read, so a dead or stalled
-        # connection surfaces even though the watch itself may stay open for many minutes.
-        self._timeouts = (min(_CONNECT_TIMEOUT, options.read_timeout), options.read_timeout)
+        self._requests = Requests(call, stop, options.read_timeout)
         self._held = Held(origin, kind, options.pod_names)
         self._rv: str | None = None  # None: the next step is a (re)list
         self._listing: Listing | None = None  # a streamed list before its initial-events-end
-        self._gone_streak = 0  # 410s with no watch event in between
-        self._lock = threading.Lock()
-        self._response: Any = None  # the open urllib3 response, for stop() to cut
-        self._step = 0  # backoff exponent; also reset when the probe sees the API come back
-        self._probe_wakes = 0  # probe wake-ups since the last success
-        self._reauthed = False  # a 401 reloaded the credentials since the last success
         self.failures = FailureLog(origin, options.warn_every, self._staleness)
+        self._retry = Retry(origin, options.backoff, stop, self.failures, self._emit, probe=probe, reauth=reauth)
         self._watches = 0
         self.synced = False
         self.healthy = False
@@ -122,18 +98,8 @@ class Reflector:
         )
 
     def interrupt(self) -> None:
-        """Make a blocked read return now (called from stop(), in another thread)."""
-        with self._lock:
-            response = self._response
-        if response is None:
-            return
-        # shutdown(SHUT_RD) wakes a recv() blocked in the reflector thread; close() alone does
-        # not on Linux. The reflector closes the response itself on its way out.
-        try:
-            response.shutdown()
-        except Exception:
-            with contextlib.suppress(Exception):
-                response.connection.sock.shutdown(socket.SHUT_RDWR)
+        """Make a blocked read return at once (called from stop(), in another thread)."""
+        self._requests.interrupt()
 
     # -- the loop ------------------------------------------------------------------
     def _run(self) -> None:
@@ -142,7 +108,7 @@ class Reflector:
                 if self._rv is None:
                     self._relist()
                 self._watch()
-            except _Stopped:
+            except Stopped:
                 break
             except Exception as exc:
                 if self._stop.is_set():
@@ -151,76 +117,16 @@ class Reflector:
         self.healthy = False
 
     def _after_failure(self, exc: Exception) -> None:
-        gone = isinstance(exc, _Gone) or (isinstance(exc, ApiException) and exc.status == 410)
-        if gone and self._rv is not None:
+        if gone(exc) and self._rv is not None:
             log.info("%s: relisting after 410 Gone (watch from resourceVersion %s: %s)",
                      self.origin, self._rv, describe(exc))
-            self._gone_streak += 1
             self._rv = None
-            if self._gone_streak == 1:
-                self.failures.count(exc, failure=False)
+            if self._retry.relist_at_once(exc):
                 return
-            # Again, with no event since the last relist: back off first, or a confused
-            # server would have us list in a tight loop.
-        # Every 401 reads the credentials again (the operator may fix the secret at any time);
-        # the first one of a streak retries at once, later ones after the backoff: a token the
-        # server keeps refusing must not make us spin.
-        if isinstance(exc, ApiException) and exc.status == 401 and self._reauth \
-                and self._reauth(f"{self.origin} got HTTP 401") and not self._reauthed:
-            self._reauthed = True
-            self.failures.count(exc)  # counted, but no outage: retry at once with the new credentials
+        if self._retry.reauthed(exc):
             return
-        delay = self._failed(exc)
-        if unreachable(exc) and self._probe is not None and self._probe_wakes < 2:
-            # Wait for the API's return (the shared probe), not for a backoff that grows while it
-            # is down. Twice at most: if the probe gets answers but we still cannot reach this
-            # resource, the ordinary backoff below applies.
-            self._await_api()
-            return
-        self._stop.wait(delay)
-
-    def _await_api(self) -> None:
-        assert self._probe is not None
-        since = self._probe.generation
-        began = time.monotonic()
-        deadline = began + self._options.backoff[1]
-        while not self._stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return  # retry on our own now and then, in case the probe is wrong
-            if self._probe.wait(min(1.0, remaining), since):
-                self._probe_wakes += 1
-                self._step = 0
-                return
-            if time.monotonic() - began >= 1.0:
-                # Unreachable for over a second: that is an outage already, and it stays loud.
-                self._report("watch" if self._rv is not None else "list", outage=True)
-
-    def _failed(self, exc: Exception) -> float:
-        """Count a failure, maybe begin an outage, say so; the backoff delay before the next attempt."""
-        self.failures.failed(exc)
-        self._step += 1
         self.healthy = False
-        expected = isinstance(exc, ApiException | urllib3.exceptions.HTTPError | OSError | ValueError | _Gone)
-        if not expected:  # a bug rather than the network: keep the traceback
-            log.warning("%s: unexpected error", self.origin, exc_info=exc)
-        backoff = self._options.backoff
-        ceiling = min(backoff[1], backoff[0] * 2 ** (self._step - 1))
-        # Full jitter: replicas that lost the API together do not come back in lockstep.
-        delay = max(random.uniform(0, ceiling), min(retry_after(exc), backoff[1]))
-        step = "watch" if self._rv is not None else "list"
-        if not self._report(step, outage=self.failures.streak >= OUTAGE_AFTER):
-            log.debug("%s: %s failed: %s (retry in %.2f s)", self.origin, step, self.failures.last_error, delay)
-        return delay
-
-    def _report(self, step: str, *, outage: bool) -> bool:
-        said = self.failures.report(step, synced=self.synced, outage=outage)
-        if said == "outage":
-            try:
-                self._emit([Synced(self.origin, False)])
-            except Exception:  # the caller's bug; the reflector must keep going
-                log.exception("%s: emit failed", self.origin)
-        return said is not None
+        self._retry.wait(exc, "watch" if self._rv is not None else "list", synced=self.synced)
 
     def _staleness(self) -> str:
         if not self.synced or self.last_event is None:
@@ -230,9 +136,7 @@ class Reflector:
     def _succeeded(self, *, event: bool = True) -> None:
         """The API works again: backoff starts over."""
         self.failures.succeeded(synced=self.synced)
-        self._step = 0
-        self._probe_wakes = 0
-        self._reauthed = False
+        self._retry.succeeded()
         self.healthy = True
         if event:
             self.last_event = time.time()
@@ -249,23 +153,6 @@ class Reflector:
             self._rv = None
             self._held.lost()
             raise
-
-    @contextlib.contextmanager
-    def _open(self, **params: Any) -> Iterator[Any]:
-        """A raw urllib3 response that stop() can interrupt; closed (not pooled) unless fully read."""
-        response = self._call(_preload_content=False, _request_timeout=self._timeouts, **params)
-        with self._lock:
-            self._response = response
-        try:
-            if self._stop.is_set():  # stop() ran before we could be interrupted
-                raise _Stopped
-            yield response
-        finally:
-            with self._lock:
-                self._response = None
-            # After a complete read urllib3 has already returned the connection to the pool
-            # and this is a no-op; otherwise the half-read connection must not be reused.
-            response.close()
 
     # -- list ----------------------------------------------------------------------
     def _relist(self) -> None:
@@ -289,14 +176,15 @@ class Reflector:
         """The list as a stream of ADDED events up to the initial-events-end bookmark; the same
         stream then goes on as the watch. Objects are converted as they arrive."""
         timeout = max(1, int(self._options.watch_timeout * (1 + random.random())))
-        with self._open(
+        with self._requests.open(
             watch=True, send_initial_events=True, resource_version_match="NotOlderThan", resource_version="",
             allow_watch_bookmarks=True, timeout_seconds=timeout,
         ) as response:
             self._watches += 1
             self._listing = self._held.listing()
             try:
-                self._read_events(response)
+                for lines in event_lines(response, self._stop):
+                    self._apply_lines(lines)
             finally:
                 unfinished, self._listing = self._listing, None
         if unfinished is not None:
@@ -309,7 +197,7 @@ class Reflector:
         rv: str | None = None
         while True:
             try:
-                with self._open(limit=self._options.page_size, _continue=token) as response:
+                with self._requests.open(limit=self._options.page_size, _continue=token) as response:
                     body = response.read()
             except ApiException as exc:
                 if exc.status != 410 or not token:
@@ -322,7 +210,7 @@ class Reflector:
                 token = None
                 continue
             if self._stop.is_set():
-                raise _Stopped
+                raise Stopped
             page = each_item(body, functools.partial(self._held.add, listing=listing))
             del body
             meta = page.get("metadata")
@@ -349,7 +237,7 @@ class Reflector:
         count = len(self._held.objects)
         if count >= _BIG_LIST and changes < _BIG_LIST:
             # The parsed pages are garbage now, and no big batch downstream trims the heap (no
-            # changes, no big batch): give it back here, or glibc keeps a few MB per relist.
+            # changes, no big batch): give it back here, or glibc keeps it.
             release_heap()
         log.info("%s: synced %d objects in %.2f s (resourceVersion %s, %d changes sent)",
                  self.origin, count, time.monotonic() - listing.started, rv, changes)
@@ -359,7 +247,7 @@ class Reflector:
         # Jitter so that watches opened together do not all expire (and re-open) together.
         timeout = max(1, int(self._options.watch_timeout * (1 + random.random())))
         rv = self._rv
-        with self._open(
+        with self._requests.open(
             watch=True, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=timeout,
         ) as response:
             self._watches += 1
@@ -371,61 +259,27 @@ class Reflector:
                          self.failures.last_error)
             else:
                 log.debug("%s: watching from resourceVersion %s (timeout %d s)", self.origin, rv, timeout)
-            self._read_events(response)
+            for lines in event_lines(response, self._stop):
+                self._apply_lines(lines)
         # A clean end (the server's timeoutSeconds): carry on from where it stopped, no relist.
         self._succeeded(event=False)
         log.debug("%s: watch ended at resourceVersion %s; re-watching", self.origin, self._rv)
-
-    def _read_events(self, response: Any) -> None:
-        """Apply events as they arrive: each read1() returns whatever the server has sent."""
-        partial: list[bytes] = []  # the start of a line split across reads
-        while True:
-            data = response.read1(_READ_SIZE)
-            if not data:
-                break
-            if b"\n" not in data:
-                partial.append(data)
-                continue
-            if partial:
-                partial.append(data)
-                data = b"".join(partial)
-                partial = []
-            lines = data.split(b"\n")
-            tail = lines.pop()
-            if tail:
-                partial.append(tail)
-            self._apply_lines(lines)
-            if self._stop.is_set():
-                raise _Stopped
-        if self._stop.is_set():
-            raise _Stopped  # our shutdown() ended the stream: not the server's clean end
-        if any(p.strip() for p in partial):
-            raise ValueError("watch stream ended inside an event")
 
     def _apply_lines(self, lines: list[bytes]) -> None:
         ops: list[Op] = []
         try:
             for line in lines:
                 if line.strip():
-                    self._apply_event(json.loads(line), ops)
+                    self._apply_event(*parse_event(line), ops)
         finally:
             # Events before a bad line still count; emitted as one batch per read.
             if ops:
                 self._emit(ops)
         if self._listing is None:
-            self._gone_streak = 0
+            self._retry.watched()
             self._succeeded()
 
-    def _apply_event(self, event: Any, ops: list[Op]) -> None:
-        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
-            raise ValueError("watch event without an object")
-        kind, raw = event.get("type"), event["object"]
-        if kind == "ERROR":
-            code, message = raw.get("code"), raw.get("message") or raw.get("reason") or ""
-            if code == 410:
-                raise _Gone(message)
-            raise ValueError(f"watch ERROR event {code}: {message}")
-        meta = raw.get("metadata") or {}
+    def _apply_event(self, kind: Any, raw: dict[str, Any], meta: Any, ops: list[Op]) -> None:
         if self._listing is not None:
             self._apply_initial(kind, raw, meta, ops)
             return

@@ -1,9 +1,9 @@
 """The Kubernetes API as a source: one reflector per watched resource, feeding the store lean records.
 
 One daemon thread per watched resource (per resource and namespace when namespaces are
-given) runs a reflector (``kube_reflector``): a list, then a watch resumed from the last
-resourceVersion. They share the credentials (``kube_client``: reloaded on a 401 and every
-minute) and one probe (``kube_probe``) that wakes them all when an unreachable API is back.
+given) runs a reflector (``reflector``): a list, then a watch resumed from the last
+resourceVersion. They share the credentials (``client``: reloaded on a 401 and every
+minute) and one probe (``probe``) that wakes them all when an unreachable API is back.
 Responses are read raw and parsed with ``json`` straight into ``dnsd.cluster.model`` records: the
 client's pydantic models are never built (they cost far more than the conversion itself).
 """
@@ -28,7 +28,7 @@ from dnsd.cluster.sources.kubernetes.probe import ApiProbe
 from dnsd.cluster.sources.kubernetes.reflector import WARN_EVERY, Options, Reflector, ReflectorStatus
 from dnsd.cluster.store import Expect, Op, Replace, Synced
 
-log = logging.getLogger("dnsd.kubernetes")
+log = logging.getLogger(__name__)
 
 NAMESPACES_ORIGIN = "k8s:namespaces"
 
