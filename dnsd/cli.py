@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from dnsd import argtypes, servers
 from dnsd.config import Config, usable_cpus
@@ -70,7 +70,7 @@ def _apply_env(parser: argparse.ArgumentParser) -> None:
             # argparse never converts list defaults: config_from_args does (with the same types).
             action.default = [v.strip() for v in raw.split(",") if v.strip()]
         else:
-            convert = action.type or str
+            convert = cast(Callable[[str], Any], action.type or str)
             if action.choices:  # argparse checks choices for given values only, never for defaults
                 convert = _one_of(convert, tuple(action.choices))
             action.type = _from_env(convert, env, raw)

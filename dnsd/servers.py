@@ -55,12 +55,12 @@ def parse_server(value: str) -> Upstream:
         host, _, rest = text.partition(":")
         port = _port(rest, value)
     try:
-        address = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{value!r} is not IP, IP:PORT or [IPv6]:PORT") from None
-    if address.version == 6 and address.ipv4_mapped is None and "%" in host:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None and "%" in host:
         raise ValueError(f"{value!r}: scoped IPv6 addresses are not supported")
-    return Upstream(str(address), port)
+    return Upstream(str(ip), port)
 
 
 def _has_port(address: str) -> bool:

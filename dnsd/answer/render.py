@@ -14,7 +14,7 @@ from dnslib import AAAA as AAAA_RD
 from dnslib import CNAME as CNAME_RD
 from dnslib import NS as NS_RD
 from dnslib import PTR as PTR_RD
-from dnslib import RR, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import RD, RR, DNSHeader, DNSQuestion, DNSRecord
 from dnslib import SOA as SOA_RD
 from dnslib import SRV as SRV_RD
 from dnslib import TXT as TXT_RD
@@ -46,7 +46,7 @@ def template(rcode: int, aa: bool, soa: tuple[str, SoaData, int] | None, payload
     return make_entry(plain, 12, serial, (0, rcode), payload)
 
 
-def rdata_of(rtype: int, value: object):
+def rdata_of(rtype: int, value: object) -> RD:
     if rtype == A:
         return A_RD(value)
     if rtype == AAAA:

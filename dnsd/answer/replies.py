@@ -2,7 +2,7 @@
 
 Keys are the question as it follows the header, lowercased (name, type and class in wire form).
 It is a plain dict, bounded by entries and by bytes: a cachetools LRUCache lookup costs ~0.4 us
-in Python, a dict ~0.05 us, on a fast path that takes ~1 us in all (wire.py reads ``entries``
+in Python, a dict ~0.05 us, on a fast path that takes ~1 us in all (responder.py reads ``entries``
 directly). Eviction is first in, first out: O(1), and hot names come straight back.
 """
 
@@ -18,7 +18,7 @@ from dnsd.dns.reply import Entry
 # Per-entry memory beyond its key's and tail's lengths: the Entry tuple, the tail and key bytes
 # objects, the length int and the table's slot. Measured with tracemalloc over 4,000 A and SRV
 # entries (tests/test_fuzz.py::test_table_size_estimate).
-ENTRY_OVERHEAD = 295  # ~370 bytes per entry in all (was ~900 with a second tail and a name index)
+ENTRY_OVERHEAD = 295  # ~370 bytes per entry in all
 # The types whose keys invalidation tries for a changed name, rather than filing every key under
 # its name (a set per name cost ~330 bytes per entry): those a name of ours answers with data.
 _FOUND = tuple(struct.pack("!HH", t, 1) for t in (A, AAAA, SRV, PTR, CNAME, TXT, ANY, SOA, NS))
@@ -79,7 +79,7 @@ class Replies:
             self._drop(key)
 
     def clear(self) -> None:
-        self.entries.clear()  # the same dict: wire.py holds it
+        self.entries.clear()  # the same dict: responder.py holds it
         self._keys.clear()
         self._depends.clear()
         self.bytes = 0

@@ -26,7 +26,7 @@ from dnsd.dns.names import labels_to_text, wire_labels
 from dnsd.dns.query import Pending, Query, error_reply, header_reply, options_ok, parse
 from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, make_entry, splice, with_opt
 from dnsd.observe.metrics import AUTOPATH_HIT
-from dnsd.zone.index import Index
+from dnsd.zone.index import IndexReader
 from dnsd.zone.records import REVERSE_ZONES, Record
 from dnsd.zone.resolver import Answer, resolve
 
@@ -52,7 +52,7 @@ class Responder:
     """Turns query bytes into reply bytes for one index; owns the rendered-answer table."""
 
     def __init__(
-        self, index: Index, ttl: int, synced: Callable[[], bool], cache_size: int = 200_000,
+        self, index: IndexReader, ttl: int, synced: Callable[[], bool], cache_size: int = 200_000,
         cache_bytes: int = 4 << 20, max_payload: int = DEFAULT_PAYLOAD,
         resolve: Callable[..., Answer] = resolve,
     ) -> None:
@@ -321,7 +321,7 @@ class Responder:
             return None  # a label holding a dot: the strict path escapes it
         if self.forward is not None and self._not_mine(name, qtype):
             # Forwarded. The checks above are the strict parser's for this shape, so the Pending is
-            # made here: parsing the query twice cost an uncached forward ~10 us (2-CPU VM).
+            # made here: parsing the query twice would cost an uncached forward ~10 us.
             if edns and limit == MIN_PAYLOAD:
                 limit = max(MIN_PAYLOAD, min(self.max_payload, int.from_bytes(query[qend + 3 : qend + 5], "big")))
             question = query[12:qend]

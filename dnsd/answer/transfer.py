@@ -19,7 +19,7 @@ from dnsd.answer.render import TXT_TTL
 from dnsd.answer.responder import Responder
 from dnsd.dns.const import AAAA, AXFR, CNAME, EXISTS, IXFR, NS, PTR, SERVFAIL, SOA, SRV, TXT, A
 from dnsd.dns.names import name_wire
-from dnsd.zone.index import Index
+from dnsd.zone.index import IndexReader
 from dnsd.zone.records import Record, SoaData, SrvData
 
 MESSAGE_BYTES = 16_384  # per message: well under TCP's 64 KiB, few enough messages to interleave queries
@@ -38,7 +38,7 @@ def transfer_qtype(query: bytes) -> int | None:
     return qtype if qtype in (AXFR, IXFR) else None
 
 
-def zone_snapshot(index: Index, zone: str) -> tuple[Record, list[Record]] | None:
+def zone_snapshot(index: IndexReader, zone: str) -> tuple[Record, list[Record]] | None:
     """The zone's SOA and every other record the index holds in it (not below a more specific zone)."""
     soa = index.rrset(zone, SOA)
     if not soa:

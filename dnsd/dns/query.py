@@ -29,7 +29,7 @@ class Pending(NamedTuple):
     """A well-formed query that is not ours to answer: the listener hands it to the forwarder.
 
     With ``steps``, an autopath continuation of our own name: the forwarder asks the steps
-    upstream in order (upstream/autopath.py); if all are NXDOMAIN the reply is ``fallback``,
+    upstream in order (upstream/steps.py); if all are NXDOMAIN the reply is ``fallback``,
     and if one fails it is ``nxdomain``.
     """
 

@@ -2,7 +2,7 @@
 
 Only the main process imports this (and prometheus_client, with the http.server, email and
 urllib modules it brings): the zygote is forked before, so the workers' shared pages do not
-include ~3 MB of modules that only the main process runs, and copies on write.
+include modules that only the main process runs, and copies on write.
 """
 
 from __future__ import annotations
@@ -11,20 +11,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dnsd.observe.metrics import Histogram, Totals, rcode_name
 
 
-def counter_family(name: str, doc: str, labels: list[str], items: Iterable[tuple[list[str], float]]):
+def counter_family(name: str, doc: str, labels: list[str], items: Iterable[tuple[list[str], float]]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=labels)
     for values, n in items:
         family.add_metric(values, n)
     return family
 
 
-def histogram_family(name: str, doc: str, labels: list[str], series: Iterable[tuple[list[str], Histogram]]):
+def histogram_family(name: str, doc: str, labels: list[str], series: Iterable[tuple[list[str], Histogram]]
+                     ) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for values, hist in series:
         cumulative, buckets = 0, []
@@ -41,7 +42,7 @@ class DnsdCollector(Collector):
     def __init__(self, read: Callable[[], tuple[Totals, dict[str, Any]]]) -> None:
         self.read = read
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         t, status = self.read()
         yield counter_family("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.",
                              ["server", "zone", "view", "proto", "family", "type"],

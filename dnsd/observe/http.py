@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-log = logging.getLogger("dnsd.observe.http")
+log = logging.getLogger(__name__)
 
 
 class HttpServer:
@@ -49,7 +49,7 @@ class HttpServer:
 
         self.ready = ready
         self.registry = registry
-        server_class = ThreadingHTTPServer
+        server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
         if ":" in address[0]:
             import socket
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A
 from dnsd.zone.records import Record, expand, size
@@ -45,7 +45,19 @@ class IndexWriter(IndexReader, Protocol):
     def publish(self, serial: int, synced: bool) -> None: ...  # make the batch visible to other processes
 
 
-class Index:
+class ZoneLookup:
+    """The served zone a name falls in: the same rule for every index."""
+
+    zones: tuple[str, ...]  # longest first, so the most specific served zone wins
+
+    def zone_of(self, name: str) -> str | None:
+        for zone in self.zones:
+            if name == zone or name.endswith("." + zone):
+                return zone
+        return None
+
+
+class Index(ZoneLookup):
     def __init__(self, zones: Sequence[str]) -> None:
         # Longest first, so the most specific served zone wins.
         self.zones = tuple(sorted({z.lower().strip(".") for z in zones}, key=len, reverse=True))
@@ -58,12 +70,6 @@ class Index:
         self._tables = tuple(self._by_type.values())
         self._below: dict[str, int] = {}  # name -> how many of its children exist (data, or children of their own)
         self.record_count = 0  # records served (EXISTS markers excluded)
-
-    def zone_of(self, name: str) -> str | None:
-        for zone in self.zones:
-            if name == zone or name.endswith("." + zone):
-                return zone
-        return None
 
     def has_data(self, name: str) -> bool:
         for table in self._tables:  # noqa: SIM110 - a loop: any() over a generator costs twice as much here
@@ -98,27 +104,16 @@ class Index:
 
     def apply(self, old: Iterable[Record], new: Iterable[Record]) -> set[str]:
         """Replace one owner's ``old`` records by ``new``; return every name whose answers changed."""
-        old_set = set(old)
-        if old_set:
-            new_set = set(new)
-            removed, added = old_set - new_set, new_set - old_set
-        else:
-            removed, added = set(), dict.fromkeys(new)  # the common first load: no set differences
-        if not removed and not added:
+        diff = changes(old, new)
+        if not diff:
             return set()
-        changes: dict[tuple[str, int], tuple[set[object], list[object]]] = {}
-        for name, rtype, rdata in removed:
-            changes.setdefault((name, rtype), (set(), []))[0].add(rdata)
-        for name, rtype, rdata in added:
-            changes.setdefault((name, rtype), (set(), []))[1].append(rdata)
         touched: set[str] = set()
         by_type, has_data, below = self._by_type, self.has_data, self._below
-        for (name, rtype), (gone, fresh) in changes.items():
+        for (name, rtype), (gone, fresh) in diff.items():
             touched.add(name)
             table = by_type[rtype]
             current = _rrset(table.get(name, ()))
-            kept = tuple(r for r in current if r not in gone) if gone else current
-            rrset = kept + tuple(sorted(fresh))  # sorted: the same data gives the same bytes in every process
+            rrset = patched(current, gone, fresh)
             if rtype != EXISTS:
                 self.record_count += size(rrset) - size(current)
             if rrset:
@@ -154,9 +149,37 @@ class Index:
             parent = parent.partition(".")[2]
 
 
+Changes = dict[tuple[str, int], tuple[set[object], list[Any]]]
+
+
+def changes(old: Iterable[Record], new: Iterable[Record]) -> Changes:
+    """What replacing one owner's ``old`` records by ``new`` does: (name, type) -> (rdata gone, rdata added)."""
+    old_set = set(old)
+    removed: Iterable[Record]
+    added: Iterable[Record]
+    if old_set:
+        new_set = set(new)
+        removed, added = old_set - new_set, new_set - old_set
+    else:
+        removed, added = (), dict.fromkeys(new)  # the common first load: no set differences
+    out: Changes = {}
+    for name, rtype, rdata in removed:
+        out.setdefault((name, rtype), (set(), []))[0].add(rdata)
+    for name, rtype, rdata in added:
+        out.setdefault((name, rtype), (set(), []))[1].append(rdata)
+    return out
+
+
+def patched(current: tuple[object, ...], gone: set[object], fresh: list[Any]) -> tuple[object, ...]:
+    """An rrset without ``gone`` and with ``fresh``, which is sorted: the same data gives the same
+    bytes in every process."""
+    kept = tuple(r for r in current if r not in gone) if gone else current
+    return kept + tuple(sorted(fresh))
+
+
 def _rrset(held: object) -> tuple[object, ...]:
     """A table's value as an rrset: a tuple as it is, a lone record wrapped."""
-    return held if held.__class__ is tuple else (held,)  # type: ignore[return-value]
+    return cast(tuple[object, ...], held) if held.__class__ is tuple else (held,)
 
 
-__all__ = ["TYPES", "Index"]
+__all__ = ["TYPES", "Changes", "Index", "IndexReader", "IndexWriter", "ZoneLookup", "changes", "patched"]

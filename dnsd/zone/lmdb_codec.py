@@ -1,5 +1,5 @@
-"""How the shared index file (shared_index.py) stores names and their records: in short, as every
-process maps the whole file (at 10,000 Services / 100,000 endpoints ~12 MB of pages, not ~26 MB).
+"""How the shared index file (lmdb_index.py) stores names and their records: in short, as every
+process maps the whole file (less than half the pages of a plain encoding: docs/performance.md).
 
 A key is the name packed (``Format.key``): the code of a suffix it ends with, then the rest of the
 name. A value is marshalled (marshal, not pickle: loading a file that another process writes must
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import marshal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, A
@@ -35,7 +35,7 @@ _MASK = (1 << BITS) - 1
 _BIT = {t: 1 << i for i, t in enumerate(RTYPES)}
 _SPELLED = chr(SPELLED)
 _NAMED = frozenset((PTR, CNAME, NS))  # rdata that is a name: packed as keys are
-_new = tuple.__new__  # builds a NamedTuple as its own __new__ does, without a Python call
+_new: Callable[..., Any] = tuple.__new__  # builds a NamedTuple as its own __new__ does, without a Python call
 
 
 @functools.cache  # a few masks occur (A+SRV, SOA+NS, ...)
@@ -71,7 +71,7 @@ def _srv_out(name: str, r: SrvData | SrvGroup, shared: dict[tuple[str, ...], tup
     if not all(f.__class__ is int and 0 <= f <= 0xFFFF for f in r[:3]):
         return tuple(r)
     fields, labels = r.port | r.weight << 16 | r.priority << 32, name.count(".")
-    if r.__class__ is SrvGroup:
+    if isinstance(r, SrvGroup):
         for up in range(labels + 1):
             suffix = "." + _up(name, up)
             if all(t.endswith(suffix) for t in r.targets):
@@ -161,23 +161,24 @@ class Format:
     def name(self, key: bytes) -> str:
         return self.unpack(key.decode("utf-8", "surrogateescape"))
 
-    def encode(self, name: str, below: int, types: dict[int, tuple[object, ...]]) -> bytes:
+    def encode(self, name: str, below: int, types: dict[int, tuple[Any, ...]]) -> bytes:
         if not types:
             return marshal.dumps(below)
-        mask, held = 0, []
+        mask = 0
+        held: list[Any] = []  # rrsets in their stored shapes
         for rtype in types:
             mask |= _BIT[rtype]
         for rtype in _layout(mask):
             rrset = types[rtype]
             if rtype == SRV:
                 shared: dict[tuple[str, ...], tuple[str, ...]] = {}
-                held.append(tuple([_srv_out(name, r, shared) for r in rrset]))  # type: ignore[arg-type]
+                held.append(tuple([_srv_out(name, r, shared) for r in rrset]))
             elif rtype == SOA:
-                held.append(tuple(map(tuple, rrset)))  # type: ignore[arg-type]
+                held.append(tuple(map(tuple, rrset)))
             elif len(rrset) != 1 or rrset[0].__class__ is tuple:
-                held.append(tuple([self.pack_in(name, r) for r in rrset]) if rtype in _NAMED else rrset)  # type: ignore[arg-type]
+                held.append(tuple([self.pack_in(name, r) for r in rrset]) if rtype in _NAMED else rrset)
             elif rtype in _NAMED:
-                held.append(self.pack_in(name, rrset[0]))  # type: ignore[arg-type]
+                held.append(self.pack_in(name, rrset[0]))
             elif rtype in (A, AAAA) and rrset[0] == _address(name, rtype):
                 held.append("")  # the address its name spells (a pod's): ~12 bytes less
             else:  # one record (the commonest): itself, not in a 1-tuple (an address that is no str: in one)

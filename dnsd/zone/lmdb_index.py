@@ -6,7 +6,7 @@ answers then exist once, in the page cache, mapped by every process (PSS splits 
 between them), instead of once per worker in each Python heap.
 
 One LMDB key per name; its value is that name's count of existing children and its rrsets,
-both in short (index_format.py). LMDB gives readers a consistent snapshot per transaction
+both in short (lmdb_codec.py). LMDB gives readers a consistent snapshot per transaction
 while one writer commits, across processes, without a lock on the read path.
 """
 
@@ -23,17 +23,17 @@ from typing import Any
 import lmdb
 
 from dnsd.dns.const import EXISTS, SRV
-from dnsd.zone.index import TYPES, Index
+from dnsd.zone.index import TYPES, ZoneLookup, changes, patched
 from dnsd.zone.lmdb_codec import BITS, Format
 from dnsd.zone.records import Record, expand, size
 
-log = logging.getLogger("dnsd.zone.lmdb_index")
+log = logging.getLogger(__name__)
 
 MAP_SIZE = 4 << 30  # address space reserved, not memory: the file grows as data arrives (~30 MB at 100k endpoints)
 FLUSH_EVERY = 2_000  # names held in Python during one write batch before they go to the transaction
 RELEASE_AFTER = 2_000  # names written by one batch above which the writer unmaps the file's pages (and may repack)
 MADV_DONTNEED = 4  # Linux
-# One unnamed database: names (packed, their first byte a code < 32: index_format.py), the writer's state
+# One unnamed database: names (packed, their first byte a code < 32: lmdb_codec.py), the writer's state
 # under 0xFF, sorted last (named databases opened by a reader in a read transaction are not usable
 # afterwards, and a write one would wait).
 META = 0xFF
@@ -77,7 +77,7 @@ def unmap_pages(path: str) -> int:
     return released
 
 
-class SharedIndex:
+class SharedIndex(ZoneLookup):
     """A reader of the shared file (a worker). ``SharedIndexWriter`` adds ``apply``."""
 
     def __init__(self, path: str, zones: Sequence[str], *, write: bool = False) -> None:
@@ -93,7 +93,7 @@ class SharedIndex:
         self.env.close()
 
     def _data(self, name: str) -> Any:
-        """``name``'s value, unmarshalled (index_format.py); None if the name does not exist."""
+        """``name``'s value, unmarshalled (lmdb_codec.py); None if the name does not exist."""
         last = self._last  # the resolver asks of one name several times (has_data, then rrset): its key once
         if last[0] is name:
             key = last[1]
@@ -109,8 +109,6 @@ class SharedIndex:
         """(children that exist, {type: rrset}) of ``name``; (0, {}) if it has neither."""
         data = self._data(name)
         return _EMPTY if data is None else self.format.decode(name, data)
-
-    zone_of = Index.zone_of  # the same rule on the same ``zones``: the longest served zone that holds the name
 
     # The resolver's questions read the value, and unpack only the rrset asked for. A value is an int
     # (a count of children, no data), a str (a lone record) or a tuple (count << BITS | types, rrsets...).
@@ -242,35 +240,20 @@ class SharedIndexWriter(SharedIndex):
             return self._apply(old, new)
 
     def _apply(self, old: Iterable[Record], new: Iterable[Record]) -> set[str]:
-        old_set = set(old)
-        if old_set:
-            new_set = set(new)
-            removed, added = old_set - new_set, new_set - old_set
-        else:
-            removed, added = set(), dict.fromkeys(new)
-        if not removed and not added:
-            return set()
-        changes: dict[str, dict[int, tuple[set[object], list[object]]]] = {}
-        for name, rtype, rdata in removed:
-            changes.setdefault(name, {}).setdefault(rtype, (set(), []))[0].add(rdata)
-        for name, rtype, rdata in added:
-            changes.setdefault(name, {}).setdefault(rtype, (set(), []))[1].append(rdata)
         touched: set[str] = set()
-        for name, by_type in changes.items():
+        for (name, rtype), (gone, fresh) in changes(old, new).items():
             touched.add(name)
             entry = self._entry(name)
             types: dict[int, tuple[object, ...]] = entry[1]
             had = bool(types)
-            for rtype, (gone, fresh) in by_type.items():
-                current = types.get(rtype, ())
-                kept = tuple(r for r in current if r not in gone) if gone else current
-                rrset = kept + tuple(sorted(fresh))  # sorted: the same data gives the same bytes everywhere
-                if rtype != EXISTS:
-                    self.record_count += size(rrset) - size(current)
-                if rrset:
-                    types[rtype] = rrset
-                else:
-                    types.pop(rtype, None)
+            current = types.get(rtype, ())
+            rrset = patched(current, gone, fresh)
+            if rtype != EXISTS:
+                self.record_count += size(rrset) - size(current)
+            if rrset:
+                types[rtype] = rrset
+            else:
+                types.pop(rtype, None)
             if bool(types) != had and not entry[0]:  # the name itself started or stopped existing
                 self._count_below(name, 1 if types else -1, touched)
         if len(self._pending) > FLUSH_EVERY:

@@ -61,7 +61,7 @@ class Pipeline:
         self.on_publish: Callable[[set[str], int, bool], None] | None = None
         self._touched: set[str] = set()
         self._inputs: dict[ServiceKey, tuple[Service | None, tuple[EndpointSet, ...]]] = {}
-        self.programming_seconds: list[float] = []  # drained by metrics
+        self.programming_seconds: list[float] = []  # how long each change took to reach the index
         self._set_serial(int(time.time()))
 
     def apply(self, ops: Sequence[Op]) -> None:
@@ -74,6 +74,11 @@ class Pipeline:
         if publish and self.on_publish is not None:  # committed: readers see it now
             touched, self._touched = self._touched, set()
             self.on_publish(touched, self.serial, self.store.synced)
+
+    def drain_programming(self) -> list[float]:
+        """The seconds each change took since the last call (for the metrics)."""
+        seconds, self.programming_seconds = self.programming_seconds, []
+        return seconds
 
     def _changed(self, services: set[ServiceKey], namespaces: set[str]) -> None:
         started = time.perf_counter()

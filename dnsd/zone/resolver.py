@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from dnsd.dns.const import AAAA, ANY, AXFR, CNAME, IXFR, NOERROR, NS, NXDOMAIN, REFUSED, SERVFAIL, SOA, SRV, A
-from dnsd.zone.index import TYPES, Index
+from dnsd.zone.index import TYPES, IndexReader
 from dnsd.zone.records import Record, SrvData, address_type, pod_address
 
 
@@ -27,11 +27,11 @@ class Answer(NamedTuple):
     depends: tuple[str, ...] = ()
     autopath: bool = False  # an answer found by the server-side search path (counted)
     # Autopath steps outside our zones to ask upstream first, in order; this answer stands only
-    # if every one of them is NXDOMAIN (autopath.py).
+    # if every one of them is NXDOMAIN (searchpath.py).
     forward: tuple[str, ...] = ()
 
 
-def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
+def resolve(index: IndexReader, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
     """``qname`` is lowercase, without the final dot.
 
     Only the types in ``TYPES`` are ever answered: the index's internal marker (type 0) is
@@ -70,7 +70,7 @@ def resolve(index: Index, qname: str, qtype: int, synced: bool, minimal_any: boo
     return Answer(NXDOMAIN, (), soa, negative=True)
 
 
-def _pod(index: Index, qname: str, qtype: int, zone: str, synced: bool) -> Answer | None:
+def _pod(index: IndexReader, qname: str, qtype: int, zone: str, synced: bool) -> Answer | None:
     """``1-2-3-4.ns.pod.Z`` (--pods insecure): the address the label spells, for any pod,
     once ``ns.pod.Z`` exists (the index holds it for every known namespace when pod
     records are on). No Pod is looked up, as CoreDNS's ``pods insecure``."""
@@ -92,7 +92,7 @@ def _pod(index: Index, qname: str, qtype: int, zone: str, synced: bool) -> Answe
     return Answer(NOERROR, (), soa, negative=True, depends=(parent,))
 
 
-def _additional(index: Index, answer: tuple[Record, ...]) -> tuple[Record, ...]:
+def _additional(index: IndexReader, answer: tuple[Record, ...]) -> tuple[Record, ...]:
     """Addresses of SRV targets and NS hosts that we serve ourselves."""
     targets: dict[str, None] = {}
     for _, rtype, rdata in answer:

@@ -12,16 +12,17 @@ the resolver, now. Names outside them can only be asked upstream, which cannot h
 is pure and synchronous): when dnsd forwards (``upstream``), the answer carries them in
 ``Answer.forward``, in order, and means "ask these first; if every one is NXDOMAIN, this answer
 stands" (this answer being the next step in our zones that answered, or the plain NXDOMAIN). The
-Responder hands that to the forwarder as a ``Pending`` (upstream/autopath.py). Without a forwarder
+Responder hands that to the forwarder as a ``Pending`` (upstream/steps.py). Without a forwarder
 those steps are skipped (dnsd would refuse such names).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from dnsd.config import Config
 from dnsd.dns.const import CNAME, NOERROR, NXDOMAIN
-from dnsd.zone.index import Index
+from dnsd.zone.index import IndexReader
 from dnsd.zone.resolver import Answer, resolve
 
 
@@ -65,7 +66,7 @@ class Autopath:
         self.search = tuple(search)
         self.upstream = upstream
 
-    def __call__(self, index: Index, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
+    def __call__(self, index: IndexReader, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
         answer = resolve(index, qname, qtype, synced, minimal_any)
         if answer.rcode != NXDOMAIN:
             return answer  # never applied to names that exist (or before the first sync)
@@ -101,4 +102,12 @@ class Autopath:
         return answer._replace(depends=tuple(tried))
 
 
-__all__ = ["Autopath", "candidates", "search_domains"]
+def resolver_for(config: Config) -> Callable[..., Answer]:
+    """What answers a question from the index: the resolver, or the autopath (it needs the search domains)."""
+    if not config.autopath:
+        return resolve
+    search = config.autopath_search if config.autopath_search is not None else search_domains()
+    return Autopath(config.domains, search, upstream=config.forwards)
+
+
+__all__ = ["Autopath", "candidates", "resolver_for", "search_domains"]
