@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """dnsd through API-server outages: worst-case time from the API's return to current answers.
 
-    bench/api_faults.py [--outages 10] [--min-down 3] [--max-down 5] [--services 200] [--workers 1]
+    python3 -m bench.api_faults [--outages 10] [--min-down 3] [--max-down 5] [--services 200] [--workers 1]
 
-The fake API server (tests/k8s_api.py: HTTPS, a rotating-capable bearer token, list/watch/410/
+The fake API server (tests/fakes/kube_api: HTTPS, a rotating-capable bearer token, list/watch/410/
 bookmarks, watch-list) goes down for --min-down..--max-down seconds, --outages times, on the same
 port. While it is down a Service is created, one changed and the previous one deleted; every other
 outage also compacts the history, so the resumed watches get 410 and relist. Half of the outages
@@ -22,12 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.common import Procs, free_port, log, query, wait_until
+from tests.fakes.kube_api import FakeKubeAPI, namespace, service
 
-from common import Procs, free_port, log, query, wait_until  # noqa: E402
-from k8s_api import FakeKubeAPI, namespace, service  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 Z = "cluster.local"
 
@@ -49,7 +46,7 @@ def full_lists(api: FakeKubeAPI, since: int) -> dict[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="bench/api_faults.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python3 -m bench.api_faults", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outages", type=int, default=10)
     parser.add_argument("--min-down", type=float, default=3.0)

@@ -30,9 +30,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import common
-from common import Procs, log
-from qps import knot_config
+from bench import common
+from bench.common import Procs, log, wire_query
+from bench.qps import knot_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ZONE = """$ORIGIN example.test.
@@ -85,8 +85,7 @@ def probe(port: int, names: list[str], timeout: float = 2.0) -> list[float]:
         s.settimeout(timeout)
         for i, name in enumerate(names):
             qid = i & 0xFFFF
-            q = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-            q += b"".join(bytes((len(lb),)) + lb.encode() for lb in name.split(".")) + b"\x00\x00\x01\x00\x01"
+            q = wire_query(qid, name)
             start = time.perf_counter()
             s.sendto(q, ("127.0.0.1", port))
             try:

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Fuzzing the query path: every input gets a well-formed reply or a drop, never an exception.
 
-    python bench/fuzz_query.py atheris [-runs=N] [-max_total_time=S] [libFuzzer flags...]   (FUZZ_CORPUS=dir)
-    python bench/fuzz_query.py mutate [--count 1000000] [--seed 1]
+    python3 -m bench.fuzz_query atheris [-runs=N] [-max_total_time=S] [libFuzzer flags...]   (FUZZ_CORPUS=dir)
+    python3 -m bench.fuzz_query mutate [--count 1000000] [--seed 1]
 
 ``atheris``: coverage-guided (atheris/libFuzzer) from the seed corpus below; CI runs it briefly
-(tests/test_fuzz.py), this script runs it as long as you like. ``mutate``: a plain seeded mutation
+(tests/unit/test_fuzz.py), this script runs it as long as you like. ``mutate``: a plain seeded mutation
 loop over the same corpus (byte flips, truncation, insertion, splicing, header rewrites), fast
 enough for a million packets in a couple of minutes; prints rcode counts, catch-all SERVFAILs
 and the largest UDP amplification (reply bytes / query bytes).
@@ -27,7 +27,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run by path (tests/unit/test_fuzz.py does): this tree's dnsd, not an installed one
+    sys.path.insert(0, str(ROOT))
 
 from dnsd.answer.responder import Responder  # noqa: E402
 from dnsd.cluster.sources.manifests import expand, load_file, parse  # noqa: E402

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Deterministic synthetic cluster for benchmarks: manifests for dnsd and a dnsperf query file.
 
-    python3 bench/gen_cluster.py --services 1000 --endpoints 10000 --out /tmp/cluster \
+    python3 -m bench.gen_cluster --services 1000 --endpoints 10000 --out /tmp/cluster \
         [--namespaces 20] [--seed 1] [--queries /tmp/queries.txt --query-count 100000]
 
 The cluster: 80% ClusterIP Services with 1-3 named ports, 20% headless. 80% of the
@@ -24,6 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.common import apportion
 
 NAMESPACES = (
     "shop", "payments", "auth", "search", "catalog", "billing", "orders", "inventory", "shipping", "media",
@@ -66,20 +67,6 @@ def _namespaces(count: int) -> list[str]:
     return [NAMESPACES[i] if i < len(NAMESPACES) else f"team-{i}" for i in range(count)]
 
 
-def _apportion(total: int, weights: list[float], minimum: int) -> list[int]:
-    """Split ``total`` in proportion to ``weights`` (largest remainder), each share >= ``minimum`` if possible."""
-    if not weights:
-        return []
-    base = min(minimum, total // len(weights))
-    rest = total - base * len(weights)
-    raw = [rest * w / sum(weights) for w in weights]
-    shares = [int(r) for r in raw]
-    order = sorted(range(len(raw)), key=lambda i: raw[i] - shares[i], reverse=True)
-    for i in order[: rest - sum(shares)]:
-        shares[i] += 1
-    return [s + base for s in shares]
-
-
 def _headless_weight(rng: random.Random) -> float:
     roll = rng.random()
     if roll < 0.5:
@@ -113,8 +100,8 @@ def generate(services: int, endpoints: int, namespaces: int = 20, seed: int = 1)
     # Skewed headless sizes: half small (a few pods), a third medium, the rest StatefulSet-like and big.
     weights = [_headless_weight(rng) for _ in headless]
     on_headless = endpoints * 4 // 5 if clusterip else endpoints
-    sizes = _apportion(on_headless, weights, 1) + _apportion(endpoints - on_headless,
-                                                             [rng.uniform(1, 10) for _ in clusterip], 0)
+    sizes = apportion(on_headless, weights, 1) + apportion(endpoints - on_headless,
+                                                           [rng.uniform(1, 10) for _ in clusterip], 0)
     for svc, size in zip(headless + clusterip, sizes, strict=True):
         svc.endpoints = [(str(ipaddress.IPv4Address("10.128.0.0") + pod_ips.pop()), rng.random() >= 0.02)
                          for _ in range(size)]

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Hostile traffic: dnsd next to Knot DNS under the same programs (issue 11's figures).
 
-    python3 bench/hostile.py [--seconds 8] [--flood-rate 50000] [--servers dnsd,knot] [--mutations 20000]
+    python3 -m bench.hostile [--seconds 8] [--flood-rate 50000] [--servers dnsd,knot] [--mutations 20000]
 
 Serves the example cluster (zones/) plus a headless Service of 200 endpoints (Knot gets the same records
 from ``dnsd records``) on 127.0.0.1, one server at a time, one worker each, and measures, every load
@@ -39,10 +38,10 @@ import threading
 import time
 from pathlib import Path
 
-import common
-from common import Procs, log
-from fuzz_query import BIG, dataplane, mutate, seeds
-from qps import knot_config, split_zones
+from bench import common
+from bench.common import Procs, log, wire_query
+from bench.fuzz_query import BIG, dataplane, mutate, seeds
+from bench.qps import knot_config, split_zones
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -50,13 +49,7 @@ LEGIT = "web.default.svc.cluster.local"
 FLOOD_SUFFIX = "shop.svc.cluster.local"
 
 
-def wire_query(name: str) -> bytes:
-    """ID 0, RD, one question: ``name`` A IN."""
-    labels = b"".join(bytes((len(label),)) + label.encode() for label in name.split("."))
-    return b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00\x00\x01\x00\x01"
-
-
-LEGIT_QUERY = wire_query(LEGIT)
+LEGIT_QUERY = wire_query(0, LEGIT)
 
 
 def dnsperf_qps(port: int, queries: Path, seconds: float) -> float:
@@ -157,7 +150,7 @@ def slow_readers(port: int, pgid: int, count: int) -> tuple[float, float, float,
     """``count`` TCP clients each pipeline 20 queries for a 3 KB answer and never read. PSS (MB) before,
     while they are connected, and 3 s after they closed; and how many were refused (over the limit)."""
     before = common.group_pss_kb(pgid)
-    query = wire_query("big.default.svc.cluster.local")
+    query = wire_query(0, "big.default.svc.cluster.local")
     framed = (len(query).to_bytes(2, "big") + query) * 20
     socks, refused = [], 0
     for _ in range(count):

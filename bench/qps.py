@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """dnsd vs Knot DNS vs a naive dnslib server: max UDP throughput and latency at equal load.
 
     bench/qps [--duration 10] [--workers 1] [--clients 4] [--scaling]
@@ -35,9 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import common
-import gen_cluster
-from common import Procs, Reply, log
+from bench import common, gen_cluster
+from bench.common import Procs, Reply, log, quantile
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -343,29 +341,11 @@ def wait_quiet(pgid: int, limit: float, threshold: float = 0.2, window: float = 
         waited = True
 
 
-def quantile(ranked: list[float], q: float) -> float:
-    """The q-quantile of sorted values (nearest rank); NaN when there are none."""
-    return ranked[max(0, math.ceil(q * len(ranked)) - 1)] if ranked else math.nan
-
-
 def percentiles(run: Run, out: Path, skip: int = 0) -> None:
     """p50/p99/p99.9 over the queries of a -v run after the first ``skip`` (lines come in completion
     order); a timed-out query counts as infinitely slow."""
-    latencies: list[float] = []
-    timeouts = 0
-    seen = 0
     with open(out, errors="replace") as f:
-        for line in f:
-            if not line.startswith("> "):
-                continue
-            seen += 1
-            if seen <= skip:
-                continue
-            parts = line.split()
-            if parts[1] == "T":
-                timeouts += 1
-            elif parts[1] != "I":  # I: still in flight when the run ended
-                latencies.append(float(parts[-1]) * 1000)
+        latencies, timeouts = common.dnsperf_latencies(f, skip)
     ranked = sorted(latencies) + [math.inf] * timeouts
     run.timeouts = timeouts
     run.p50_ms, run.p99_ms, run.p999_ms = (quantile(ranked, q) for q in (0.50, 0.99, 0.999))
@@ -407,7 +387,8 @@ def bench_server(server: Server, procs: Procs, port: int, tmp: Path, queries: Pa
     log(f"{server.label}: starting on 127.0.0.1:{port}{rounds}; pinning: {result.pinned}")
     proc = procs.start(taskset(server_cpus, server.argv), log_path, cwd=ROOT, env=server.env)
     try:
-        startup = common.wait_until(lambda: ready(port, probes), 120, "server", proc, log_path)
+        asked = time.monotonic()
+        startup = common.wait_until(lambda: ready(port, probes), 120, "server", proc, log_path) - asked
         result.startup_s.append(round(startup, 2))
         replies = [common.query(port, name, qtype) for name, qtype in sample]
         check = compare(sample, replies, reference)

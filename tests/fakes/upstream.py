@@ -19,8 +19,9 @@ import threading
 import time
 from typing import NamedTuple
 
-from conftest import free_port
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
+
+from tests.helpers import free_port
 
 
 class Seen(NamedTuple):

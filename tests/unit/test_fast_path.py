@@ -1,0 +1,144 @@
+"""The precomputed fast path must answer byte for byte what the full dnslib path answers."""
+
+from __future__ import annotations
+
+import random
+
+import dnslib
+import pytest
+
+from dnsd.cluster.sources.manifests import expand, load_file, parse
+from dnsd.cluster.store import Expect, Replace, Synced
+from dnsd.dns.const import MIN_PAYLOAD, TCP_LIMIT
+from dnsd.process.dataplane import Dataplane
+from tests.e2e.test_answers import EDGE
+from tests.helpers import ZONES
+
+
+@pytest.fixture(scope="module")
+def dataplane() -> Dataplane:
+    dp = Dataplane(["cluster.local"], 5, "127.0.0.1")
+    ops = [Expect("test")]
+    for path in expand([ZONES]):
+        result = load_file(path)
+        assert result is not None
+        ops.append(Replace(f"file:{path}", result.objects))
+    edge, errors = parse(EDGE, "edge")
+    assert not errors
+    ops += [Replace("file:edge", tuple(edge)), Synced("test")]
+    dp.apply(ops)
+    return dp
+
+
+def corpus(dp: Dataplane) -> list[bytes]:
+    rng = random.Random(7)
+    names = sorted({name for name, _, _ in dp.index.records()})
+    names += ["nope.default.svc.cluster.local", "web.default.svc.cluster.local.default.svc.cluster.local",
+              "svc.cluster.local", "default.svc.cluster.local", "example.com", "1.2.3.4.in-addr.arpa"]
+    queries = []
+    for name in names:
+        spelled = "".join(c.upper() if rng.random() < 0.3 else c for c in name)
+        for qtype in ("A", "AAAA", "SRV", "PTR", "TXT", "SOA", "NS", "CNAME", "ANY", "MX"):
+            q = dnslib.DNSRecord.question(spelled, qtype)
+            q.header.id = rng.randrange(65536)
+            q.header.rd = rng.random() < 0.7
+            q.header.cd = rng.random() < 0.1
+            queries.append(bytes(q.pack()))
+            q.add_ar(dnslib.EDNS0(udp_len=rng.choice([512, 1232, 4096])))
+            queries.append(bytes(q.pack()))
+            cookie = dnslib.EDNSOption(10, b"\x01" * 8)
+            q.ar = [dnslib.EDNS0(udp_len=1232, opts=[cookie])]
+            queries.append(bytes(q.pack()))
+    return queries
+
+
+@pytest.mark.parametrize("limit", [MIN_PAYLOAD, TCP_LIMIT])
+def test_fast_path_is_byte_identical_to_full_path(dataplane: Dataplane, limit: int) -> None:
+    responder = dataplane.responder
+    responder.clear()
+    counts: dict = {}
+    queries = corpus(dataplane)
+    fast_hits = positive = 0
+    for query in queries:
+        full = responder.full(query, limit, counts)
+        fast = responder.fast(query, limit, counts)
+        tcp_any = limit == TCP_LIMIT and dnslib.DNSRecord.parse(query).q.qtype == dnslib.QTYPE.ANY  # never kept
+        positive += full[6:8] != b"\x00\x00" and not tcp_any  # ANCOUNT
+        if fast is not None:
+            fast_hits += 1
+            assert fast == full, dnslib.DNSRecord.parse(query).q
+        reply = dnslib.DNSRecord.parse(full)
+        assert reply.header.id == dnslib.DNSRecord.parse(query).header.id
+        qend = query.index(0, 12) + 5
+        assert full[12:qend] == query[12:qend]  # the question, byte for byte
+    # Nearly every positive answer (all but oversize replies) must take the fast path; negative ones
+    # are templates, never table entries.
+    assert fast_hits > 0.9 * positive, (fast_hits, positive)
+    assert positive > 0.1 * len(queries)
+
+
+def test_change_invalidates_rendered_replies(dataplane: Dataplane) -> None:
+    from dnsd.cluster.model import Service
+
+    responder = dataplane.responder
+    counts: dict = {}
+    query = bytes(dnslib.DNSRecord.question("late.default.svc.cluster.local", "A").pack())
+    first = dnslib.DNSRecord.parse(responder.answer(query, MIN_PAYLOAD, counts))
+    assert first.header.rcode == dnslib.RCODE.NXDOMAIN
+    assert responder.fast(query, MIN_PAYLOAD, counts) is None  # a negative answer takes no table entry
+    dataplane.apply([Replace("file:late", (Service("default", "late", "ClusterIP", ("10.96.9.9",), ()),))])
+    second = dnslib.DNSRecord.parse(responder.answer(query, MIN_PAYLOAD, counts))
+    assert second.header.rcode == 0 and str(second.rr[0].rdata) == "10.96.9.9"
+    dataplane.apply([Replace("file:late", ())])
+    third = dnslib.DNSRecord.parse(responder.answer(query, MIN_PAYLOAD, counts))
+    assert third.header.rcode == dnslib.RCODE.NXDOMAIN
+
+
+def test_reply_table_is_bounded_and_still_correct() -> None:
+    from dnsd.cluster.model import Service
+
+    dp = Dataplane(["cluster.local"], 5, None, cache_size=5)
+    services = tuple(Service("default", f"n{i}", "ClusterIP", (f"10.96.1.{i}",), ()) for i in range(20))
+    dp.apply([Expect("t"), Replace("file:t", services), Synced("t")])
+    counts: dict = {}
+    for i in range(20):
+        query = bytes(dnslib.DNSRecord.question(f"n{i}.default.svc.cluster.local", "A").pack())
+        reply = dnslib.DNSRecord.parse(dp.responder.answer(query, MIN_PAYLOAD, counts))
+        assert str(reply.rr[0].rdata) == f"10.96.1.{i}"
+    assert len(dp.responder._table) == 5 and not dp.responder.replies._keys  # A answers: keys computed from the name
+
+
+@pytest.mark.parametrize("relist", [False, True])
+def test_a_change_drops_every_type_asked_of_the_name(relist: bool) -> None:
+    """Whatever type was asked (an ExternalName's CNAME answers MX too; uppercase spellings; EDNS),
+    a change to the name drops its kept replies: one Service changed, or every name at once (a relist
+    that touches more names than the table holds is matched by reading each key's name back)."""
+    from dnsd.cluster.model import Port, Service
+
+    dp = Dataplane(["cluster.local"], 5, None)
+    ports = (Port("http", 80, "tcp"),)
+    before = (Service("ns", "alias", "ExternalName", (), (), "old.example.org"),
+              Service("ns", "web", "ClusterIP", ("10.96.0.1",), ports))
+    after = (Service("ns", "alias", "ExternalName", (), (), "new.example.org"),
+             Service("ns", "web", "ClusterIP", ("10.96.0.2",), (Port("http", 81, "tcp"),)))
+    others = tuple(Service("ns", f"s{i}", "ClusterIP", (f"10.96.1.{i}",), ()) for i in range(1 if relist else 40))
+    dp.apply([Expect("t"), Replace("file:t", before + others), Synced("t")])
+    asked = [("ALIAS.ns.svc.cluster.local", "MX"), ("alias.ns.svc.cluster.local", "A"),
+             ("web.ns.svc.cluster.local", "A"), ("_http._tcp.web.ns.svc.cluster.local", "SRV"),
+             ("web.ns.svc.cluster.local", "ANY"), ("1.0.96.10.in-addr.arpa", "PTR")]
+    asked += [(f"s{i}.ns.svc.cluster.local", "A") for i in range(len(others))]
+    queries = []
+    for name, qtype in asked:
+        q = dnslib.DNSRecord.question(name, qtype)
+        queries.append(bytes(q.pack()))
+        q.add_ar(dnslib.EDNS0(udp_len=1232))
+        queries.append(bytes(q.pack()))
+    for query in queries:
+        dp.responder.answer(query)
+    assert all(dp.responder.fast(query, MIN_PAYLOAD, {}) is not None for query in queries)
+    dp.apply([Replace("file:t", after + others)])
+    for query in queries[:12]:
+        assert dp.responder.fast(query, MIN_PAYLOAD, {}) is None, dnslib.DNSRecord.parse(query).q
+    assert all(dp.responder.fast(query, MIN_PAYLOAD, {}) is not None for query in queries[12:])
+    reply = dnslib.DNSRecord.parse(dp.responder.answer(queries[0]))
+    assert str(reply.rr[0].rdata) == "new.example.org."
