@@ -17,7 +17,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 from dnsd.answer.render import render, template
 from dnsd.answer.replies import Replies
@@ -27,7 +27,7 @@ from dnsd.dns.query import Pending, Query, error_reply, header_reply, options_ok
 from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, make_entry, splice, with_opt
 from dnsd.observe.metrics import AUTOPATH_HIT
 from dnsd.zone.index import IndexReader
-from dnsd.zone.records import REVERSE_ZONES, Record
+from dnsd.zone.records import REVERSE_ZONES, Record, SoaData
 from dnsd.zone.resolver import Answer, resolve
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,8 @@ class Responder:
             soa = None
             if answer.authority:
                 zone, _, data = answer.authority[0]
-                soa = (zone, data, self.ttl)
-            entry = self._templates[key] = template(answer.rcode, answer.authoritative, soa, self.max_payload)  # type: ignore[arg-type]
+                soa = (zone, cast(SoaData, data), self.ttl)
+            entry = self._templates[key] = template(answer.rcode, answer.authoritative, soa, self.max_payload)
         return entry
 
     def _not_mine(self, name: str, qtype: int) -> bool:
@@ -219,9 +219,8 @@ class Responder:
             if self._not_mine(name, qtype):
                 return Pending(query, question, qwire, qtype, edns, limit, name)
         entry = self.entry(question[:-4].lower(), qtype, minimal_any=limit != TCP_LIMIT)
-        if entry.__class__ is not Entry:
-            return self._continuation(query, q, limit, entry)  # type: ignore[arg-type]
-        assert isinstance(entry, Entry)
+        if not isinstance(entry, Entry):
+            return self._continuation(query, q, limit, entry)
         reply = splice(entry, query, question, edns)
         if len(reply) > limit:
             # Cut to one of a few sizes (smaller than the client allows is legal: it gets TC and

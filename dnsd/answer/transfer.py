@@ -13,29 +13,16 @@ import socket
 import struct
 from collections.abc import Iterator, Sequence
 
-from dnslib import DNSHeader, DNSRecord
-
 from dnsd.answer.render import TXT_TTL
 from dnsd.answer.responder import Responder
 from dnsd.dns.const import AAAA, AXFR, CNAME, EXISTS, IXFR, NS, PTR, SERVFAIL, SOA, SRV, TXT, A
-from dnsd.dns.names import name_wire
+from dnsd.dns.names import labels_to_text, name_wire, wire_labels
+from dnsd.dns.query import error_reply, parse
 from dnsd.zone.index import IndexReader
 from dnsd.zone.records import Record, SoaData, SrvData
 
+_TRANSFER_TYPES = (AXFR.to_bytes(2, "big"), IXFR.to_bytes(2, "big"))
 MESSAGE_BYTES = 16_384  # per message: well under TCP's 64 KiB, few enough messages to interleave queries
-
-
-def transfer_qtype(query: bytes) -> int | None:
-    """AXFR or IXFR when that is what a one-question query asks; None otherwise (cheap: no parsing)."""
-    if len(query) < 17 or query[4:6] != b"\x00\x01" or query[2] & 0x78:  # QDCOUNT 1, opcode QUERY
-        return None
-    i = 12
-    while i < len(query) and query[i]:
-        if query[i] & 0xC0:
-            return None
-        i += query[i] + 1
-    qtype = int.from_bytes(query[i + 1 : i + 3], "big")
-    return qtype if qtype in (AXFR, IXFR) else None
 
 
 def zone_snapshot(index: IndexReader, zone: str) -> tuple[Record, list[Record]] | None:
@@ -124,24 +111,22 @@ class ZoneTransfer:
 
     def __call__(self, query: bytes, peer: str) -> list[bytes] | Iterator[bytes] | None:
         """The reply messages, or None: not a transfer we give (the normal path answers, REFUSED)."""
-        if transfer_qtype(query) is None or not self.permitted(peer):
+        end = query.find(0, 12) + 5  # where the type ends if the name holds no zero byte: a cheap first look
+        if query[end - 4 : end - 2] not in _TRANSFER_TYPES or not self.permitted(peer):
             return None
-        try:
-            msg = DNSRecord.parse(query)
-        except Exception:  # dnslib raises several types on garbage: the normal path says FORMERR
+        q = parse(query)  # the strict parser decides: anything malformed is the normal path's FORMERR
+        if q is None or q.rcode or q.qtype not in (AXFR, IXFR):
             return None
-        zone = str(msg.questions[0].qname).rstrip(".").lower()
+        zone = labels_to_text(wire_labels(query[12 : q.qend - 4].lower()))
         index = self.responder.index
-        if msg.questions[0].qclass != 1 or zone not in index.zones:
+        if zone not in index.zones:
             return None
         if not self.responder.synced():
-            header = DNSHeader(id=msg.header.id, qr=1, rd=msg.header.rd, rcode=SERVFAIL)
-            return [DNSRecord(header, questions=msg.questions).pack()]
+            return [error_reply(query, q._replace(rcode=SERVFAIL), self.responder.max_payload)]
         snapshot = zone_snapshot(index, zone)
         if snapshot is None:
             return None
-        qend = 12 + len(name_wire(zone)) + 4  # transfer_qtype saw an uncompressed question
-        return messages(query, qend, snapshot[0], snapshot[1], self.responder.ttl)
+        return messages(query, q.qend, snapshot[0], snapshot[1], self.responder.ttl)
 
 
-__all__ = ["ZoneTransfer", "messages", "transfer_qtype", "zone_snapshot"]
+__all__ = ["ZoneTransfer", "messages", "zone_snapshot"]

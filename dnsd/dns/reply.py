@@ -53,10 +53,11 @@ def heads(wire: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     found = _HEADS.get(key)
     if found is None:
         f2, f3, counts = wire[2], wire[3], wire[4:12]
-        found = tuple(bytes((f2 | (i & 1), f3 | (0x10 if i & 2 else 0))) + counts for i in range(4))  # type: ignore[assignment]
+        b0, b1, b2, b3 = (bytes((f2 | (i & 1), f3 | (0x10 if i & 2 else 0))) + counts for i in range(4))
+        found = (b0, b1, b2, b3)
         if len(_HEADS) < 4096:  # a bound, though flags x counts of real answers are few
-            _HEADS[key] = found  # type: ignore[assignment]
-    return found  # type: ignore[return-value]
+            _HEADS[key] = found
+    return found
 
 
 def with_opt(wire: bytes, payload: int, ext_rcode: int = 0) -> bytes:

@@ -7,7 +7,8 @@ import contextlib
 import gc
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dnsd.answer.responder import Responder, refused
 from dnsd.answer.transfer import ZoneTransfer
@@ -21,6 +22,15 @@ if TYPE_CHECKING:
     from dnsd.upstream.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
+
+
+class ConnectionCounts(Protocol):
+    """One count per serving process, with the lock that guards them (process/ipc.py)."""
+
+    def get_lock(self) -> contextlib.AbstractContextManager[Any]: ...
+    def __getitem__(self, number: int) -> int: ...
+    def __setitem__(self, number: int, value: int) -> None: ...
+    def __iter__(self) -> Iterator[int]: ...
 perf_counter = time.perf_counter
 
 
@@ -32,11 +42,12 @@ class Slots:
     the supervisor without guessing.
     """
 
-    def __init__(self, limit: int, counts: Any = None, number: int = 0) -> None:
+    def __init__(self, limit: int, counts: ConnectionCounts | None = None, number: int = 0) -> None:
         self.limit = limit
-        self.counts = counts if counts is not None else [0]
+        self.counts: ConnectionCounts | list[int] = counts if counts is not None else [0]
         self.number = number
-        self.lock = counts.get_lock() if hasattr(counts, "get_lock") else contextlib.nullcontext()
+        self.lock: contextlib.AbstractContextManager[Any] = (
+            counts.get_lock() if counts is not None else contextlib.nullcontext())
 
     def acquire(self) -> bool:
         with self.lock:

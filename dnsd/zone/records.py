@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from dnsd.cluster.model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, EndpointSet, Port, Service, canonical_ip
 from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A
@@ -55,7 +55,8 @@ def expand(rrset: tuple[object, ...]) -> tuple[object, ...]:
     fresh rrset has). Anything else as it is."""
     if not rrset or rrset[0].__class__ is not SrvGroup:
         return rrset
-    return tuple(sorted({SrvData(g.priority, g.weight, g.port, t) for g in rrset for t in g.targets}))  # type: ignore[attr-defined]
+    groups = cast(tuple[SrvGroup, ...], rrset)
+    return tuple(sorted({SrvData(g.priority, g.weight, g.port, t) for g in groups for t in g.targets}))
 
 
 def size(rrset: tuple[object, ...]) -> int:
