@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dnsd.answer.responder import Responder
 from dnsd.config import Config
@@ -13,7 +13,9 @@ from dnsd.net.listeners import DnsServer
 from dnsd.net.tcp import Slots
 from dnsd.observe.metrics import Snapshot, snapshot
 from dnsd.runtime import tune_gc, use_uvloop
-from dnsd.upstream.forwarder import Forwarder
+
+if TYPE_CHECKING:
+    from dnsd.upstream.forwarder import Forwarder
 
 _T = TypeVar("_T")
 
@@ -31,7 +33,12 @@ class Serving:
     def __init__(self, config: Config, responder: Responder, *, reuse_port: bool = False,
                  slots: Slots | None = None) -> None:
         self.config = config
-        self.forwarder = Forwarder(config) if config.forwards else None  # each process forwards and caches for itself
+        self.forwarder: Forwarder | None = None
+        if config.forwards:  # each process forwards and caches for itself
+            # Imported here, not before the zygote forks: without upstreams no process loads it (ssl with it).
+            from dnsd.upstream.forwarder import Forwarder
+
+            self.forwarder = Forwarder(config)
         responder.forward = self.forwarder
         self.dns = DnsServer(config, responder, reuse_port=reuse_port, slots=slots, forwarder=self.forwarder)
 

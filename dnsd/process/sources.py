@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dnsd.cluster.sources.manifests import ManifestSource
 from dnsd.cluster.store import Op
 from dnsd.config import Config
 
@@ -17,6 +16,9 @@ class Sources:
     """Starts the configured sources, feeding ``emit``; stops them."""
 
     def __init__(self, config: Config, emit: Callable[[list[Op]], None]) -> None:
+        # Imported here, after the zygote forks: workers never read manifests (yaml, watchfiles).
+        from dnsd.cluster.sources.manifests import ManifestSource
+
         paths, use_api = config.sources()
         self.manifests = ManifestSource(paths, emit, config.reload_debounce_ms, config.endpoint_pod_names) if paths else None
         self.kubernetes = None

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dnsd.config import Config
+from dnsd.process import worker  # before the fork: the workers share its modules' pages (idna, unicodedata)
 from dnsd.process.ipc import worker_ends
 from dnsd.runtime import release_heap
 
@@ -151,9 +152,7 @@ def run_worker(config: Config, directory: str, fds: list[int], number: int, tcp_
     code = 0
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        from dnsd.process.worker import main
-
-        main(config, directory, Connection(fds[0]), socket.socket(fileno=fds[1]), number, tcp_counts)
+        worker.main(config, directory, Connection(fds[0]), socket.socket(fileno=fds[1]), number, tcp_counts)
     except BaseException:
         import traceback
 
