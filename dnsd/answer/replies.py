@@ -17,7 +17,7 @@ from dnsd.dns.reply import Entry
 
 # Per-entry memory beyond its key's and tail's lengths: the Entry tuple, the tail and key bytes
 # objects, the length int and the table's slot. Measured with tracemalloc over 4,000 A and SRV
-# entries (tests/test_fuzz.py::test_table_size_estimate).
+# entries (tests/unit/test_fuzz.py::test_table_size_estimate).
 ENTRY_OVERHEAD = 295  # ~370 bytes per entry in all
 # The types whose keys invalidation tries for a changed name, rather than filing every key under
 # its name (a set per name cost ~330 bytes per entry): those a name of ours answers with data.
