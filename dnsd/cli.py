@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from dnsd import argtypes, servers
+from dnsd.cluster import selector
 from dnsd.config import Config, usable_cpus
 
 ENV_PREFIX = "DNSD_"
@@ -96,6 +97,15 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
                        help="pod records 1-2-3-4.NS.pod.ZONE for known namespaces, no Pod watch (default insecure)")
     group.add_argument("--endpoint-pod-names", action="store_true",
                        help="name an endpoint without hostname after its pod (targetRef.name), not its dashed IP")
+    group.add_argument("--ignore-empty-service", action="store_true",
+                       help="a ClusterIP Service without a ready endpoint answers NXDOMAIN (its PTR stays), so a pod's "
+                            "search path goes on (CoreDNS's ignore empty_service)")
+    group.add_argument("--no-endpoints", action="store_true",
+                       help="no endpoint records and no EndpointSlice watch: headless Services answer NXDOMAIN "
+                            "(CoreDNS's noendpoints)")
+    group.add_argument("--namespace-labels", metavar="SELECTOR", type=argtypes.checked(selector.parse),
+                       help="serve only namespaces whose labels match this selector, e.g. 'dns in (public,shared)' "
+                            "(CoreDNS's namespace_labels)")
     group.add_argument("--kube-watch-timeout", type=argtypes.positive, default=300, help=argparse.SUPPRESS)
     group.add_argument("--kube-read-timeout", type=argtypes.number, default=75.0, help=argparse.SUPPRESS)
     group.add_argument("--kube-warn-interval", type=argtypes.number, default=60.0, help=argparse.SUPPRESS)
@@ -231,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--autopath-search", action="extend", nargs="+", type=argtypes.domain, metavar="DOMAIN",
                        help="search domains after the cluster's for --autopath (default: those of /etc/resolv.conf)")
 
+    serve.add_argument("--no-loadbalance", action="store_true",
+                       help="answer A/AAAA records in a fixed order (default: each reply rotates them, as CoreDNS's "
+                            "loadbalance in kubeadm's Corefile, so clients taking the first address spread out)")
     serve.add_argument("--shared-dir", metavar="DIR",
                        help="with --workers above 1: the directory for the index file every worker reads (a few "
                             "dozen MB at 100k endpoints; default $TMPDIR or /tmp); must be writable")
@@ -257,6 +270,16 @@ def _each(values: Sequence[str], convert: Callable[[str], str], env: str) -> tup
         raise argparse.ArgumentTypeError(f"{env}: {exc}") from None
 
 
+def _scope_conflicts(fields: dict[str, Any]) -> None:
+    """Options that cannot go together: ValueError naming them."""
+    if fields["ignore_empty_service"] and fields["no_endpoints"]:
+        raise ValueError("--ignore-empty-service with --no-endpoints would answer NXDOMAIN for every ClusterIP "
+                         "Service: without endpoints none has any")
+    if fields["namespace_labels"] and fields["namespaces"]:
+        raise ValueError("--namespace-labels needs the namespaces' labels, which --namespace does not read (it "
+                         "watches no Namespace): give one or the other")
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     fields = {
         "manifests": tuple(args.manifests or ()),
@@ -274,7 +297,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "kube_max_backoff": args.kube_max_backoff,
         "pods": args.pods,
         "endpoint_pod_names": args.endpoint_pod_names,
+        "ignore_empty_service": args.ignore_empty_service,
+        "no_endpoints": args.no_endpoints,
+        "namespace_labels": args.namespace_labels or None,
     }
+    _scope_conflicts(fields)
     if args.command == "serve":
         fields.update(
             addresses=_each(args.addresses or ("127.0.0.1",), argtypes.address, "DNSD_ADDRESS"), port=args.port,
@@ -287,7 +314,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             autopath_search=_each(args.autopath_search, argtypes.domain, "DNSD_AUTOPATH_SEARCH")
             if args.autopath_search is not None else None,
 
-            shared_dir=args.shared_dir,
+            shared_dir=args.shared_dir, loadbalance=not args.no_loadbalance,
         )
     return Config(**fields)
 

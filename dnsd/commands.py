@@ -15,7 +15,7 @@ from dnsd.cluster.store import Op
 from dnsd.config import Config
 from dnsd.dns.const import EXISTS, TXT
 from dnsd.dns.names import label_tuple
-from dnsd.zone.pipeline import Pipeline
+from dnsd.zone.pipeline import Pipeline, Scope
 
 
 def check(paths: Sequence[str], pod_names: bool = False) -> int:
@@ -46,7 +46,8 @@ def zone_lines(dataplane: Pipeline) -> list[str]:
 
 
 def records(config: Config, sync_timeout: float = 60.0) -> int:
-    dataplane = Pipeline(config.domains, config.ttl, None, pods=config.pods == "insecure")
+    dataplane = Pipeline(config.domains, config.ttl, None, pods=config.pods == "insecure",
+                         scope=Scope.from_config(config))
     lock = threading.Lock()
 
     def emit(ops: list[Op]) -> None:
@@ -63,7 +64,8 @@ def records(config: Config, sync_timeout: float = 60.0) -> int:
         source = KubernetesSource(
             emit, kubeconfig=config.kubeconfig, namespaces=config.namespaces,
             label_selector=config.label_selector, endpoints_api=config.endpoints_api,
-            pod_names=config.endpoint_pod_names,
+            pod_names=config.endpoint_pod_names, endpoints=not config.no_endpoints,
+            namespace_labels=config.namespace_labels,
         )
         source.start()
         deadline = time.monotonic() + sync_timeout

@@ -102,8 +102,12 @@ class Config:
     loop_token: str = field(default_factory=lambda: secrets.token_hex(6))
     pods: str = "insecure"  # --pods: "insecure" answers 1-2-3-4.ns.pod.<zone>, "disabled" does not
     endpoint_pod_names: bool = False
+    ignore_empty_service: bool = False  # a ClusterIP Service without a published endpoint: NXDOMAIN
+    no_endpoints: bool = False  # no endpoint records, no EndpointSlice/Endpoints watch
+    namespace_labels: str | None = None  # a label selector: only the namespaces it matches are served
     transfer_to: tuple[str, ...] = ()  # CIDRs allowed to AXFR the served zones
     autopath: bool = False
+    loadbalance: bool = True  # each reply rotates its A/AAAA records (--no-loadbalance: a fixed order)
     autopath_search: tuple[str, ...] | None = None  # None: the search domains of /etc/resolv.conf
 
     @property

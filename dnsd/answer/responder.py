@@ -24,7 +24,7 @@ from dnsd.answer.replies import Replies
 from dnsd.dns.const import ANY, AXFR, DEFAULT_PAYLOAD, FORMERR, IXFR, MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT
 from dnsd.dns.names import labels_to_text, wire_labels
 from dnsd.dns.query import Pending, Query, error_reply, header_reply, options_ok, parse
-from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, make_entry, splice, with_opt
+from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, make_entry, rotated, splice, with_opt
 from dnsd.observe.metrics import AUTOPATH_HIT
 from dnsd.zone.index import IndexReader
 from dnsd.zone.records import REVERSE_ZONES, Record, SoaData
@@ -54,13 +54,14 @@ class Responder:
     def __init__(
         self, index: IndexReader, ttl: int, synced: Callable[[], bool], cache_size: int = 200_000,
         cache_bytes: int = 4 << 20, max_payload: int = DEFAULT_PAYLOAD,
-        resolve: Callable[..., Answer] = resolve,
+        resolve: Callable[..., Answer] = resolve, *, loadbalance: bool = False,
     ) -> None:
+        """``loadbalance``: each reply rotates its A/AAAA records (CoreDNS's loadbalance)."""
         self.index = index
         self.resolve = resolve  # the resolver, or the autopath around it (same signature)
         self.ttl = ttl
         self.synced = synced
-        self.serial = 0
+        self.loadbalance = loadbalance
         self.max_payload = max_payload
         self.replies = Replies(cache_size, cache_bytes)
         # The table's dict itself, read directly: the fast path's one lookup (see replies.py).
@@ -110,7 +111,8 @@ class Responder:
             if limit == TCP_LIMIT and entry.stat[0] == ANY:
                 return None  # the table holds UDP's minimal ANY; TCP gets every RRset (strict path)
             counts[entry.stat] = counts.get(entry.stat, 0) + 1
-            return query[:2] + entry.plain_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:] + entry.plain_tail
+            tail = entry.plain_tail if entry.rotate is None else rotated(entry.plain_tail, entry.rotate, query)
+            return query[:2] + entry.plain_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:] + tail
         if counts_field != _EDNS_COUNTS or query[2] & 0xF8:
             return None
         qend = query.find(0, 12) + 5
@@ -136,7 +138,8 @@ class Responder:
         if entry.plain_len + OPT_LEN > limit:
             return None
         counts[entry.stat] = counts.get(entry.stat, 0) + 1
-        return (query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + entry.plain_tail
+        tail = entry.plain_tail if entry.rotate is None else rotated(entry.plain_tail, entry.rotate, query)
+        return (query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + tail
                 + entry.opt)
 
     # -- the strict path -------------------------------------------------------------
@@ -161,7 +164,7 @@ class Responder:
             return self._template(answer)
         plain = render(answer, labels, qtype, self.ttl)
         rcode = answer.rcode | AUTOPATH_HIT if answer.autopath else answer.rcode  # counted on every reply
-        entry = make_entry(plain, 12 + len(qwire) + 4, 0, (qtype, rcode), self.max_payload)
+        entry = make_entry(plain, 12 + len(qwire) + 4, 0, (qtype, rcode), self.max_payload, self.loadbalance)
         if not full_any:
             self.replies.store(key, name, entry, answer.depends)
         return entry
@@ -254,7 +257,7 @@ class Responder:
         if answer.answer:  # a later step of ours answered: rendered now, kept only with the outcome
             rcode = answer.rcode | AUTOPATH_HIT
             fallback = make_entry(render(answer, labels, q.qtype, self.ttl), 12 + len(qwire) + 4, 0, (q.qtype, rcode),
-                                  self.max_payload)
+                                  self.max_payload, self.loadbalance)
         else:
             fallback = nxdomain
         if answer.authority:  # our SOA, whose serial moves with every change of ours (the apex is touched)

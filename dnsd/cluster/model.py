@@ -94,6 +94,9 @@ class EndpointSet(NamedTuple):
 
 class Namespace(NamedTuple):
     name: str
+    # metadata.labels as sorted (key, value) pairs: what --namespace-labels matches. A cluster
+    # has few namespaces, and most have one label (kubernetes.io/metadata.name).
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> Key:
@@ -260,6 +263,14 @@ def _endpoints(obj: dict, namespace: str, name: str, pod_names: bool) -> Endpoin
     return EndpointSet(ENDPOINTS, namespace, name, name, tuple(subsets))
 
 
+def _labels(raw: Any) -> tuple[tuple[str, str], ...]:
+    if not raw:
+        return ()
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise ValueError("metadata.labels must map names to strings (quote numbers and true/false)")
+    return tuple(sorted(raw.items()))
+
+
 def from_object(obj: Any, kind: str | None = None, *, pod_names: bool = False) -> Object | None:
     """Convert one Kubernetes object (a dict) to a model record.
 
@@ -283,7 +294,7 @@ def from_object(obj: Any, kind: str | None = None, *, pod_names: bool = False) -
     else:
         name = _label(meta.get("name"), "metadata.name")
     if kind == NAMESPACE:
-        return Namespace(name)
+        return Namespace(name, _labels(meta.get("labels")))
     # Interned: a namespace is named by every object in it, and a Service by each of its slices.
     namespace = sys.intern(_label(meta.get("namespace") or "default", "metadata.namespace"))
     if kind == SERVICE:

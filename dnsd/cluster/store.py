@@ -5,7 +5,8 @@ operations, so the same stream can feed this process's store or be forwarded to
 worker processes. Each op names its *origin* (one manifest file, or one watched API
 resource); when two origins hold the same object the higher-priority one wins
 (the Kubernetes API beats manifest files). After a batch the store reports which
-Services and namespaces changed, and nothing else.
+Services and namespaces changed (a namespace: started or stopped existing, or its
+Namespace object changed), and nothing else.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class Store:
     def namespace_exists(self, namespace: str) -> bool:
         return namespace in self.namespaces
 
+    def namespace(self, name: str) -> Namespace | None:
+        """The Namespace object of ``name``, if a source holds one (a namespace also exists by its Services)."""
+        obj = self._effective.get((NAMESPACE, "", name))
+        return obj if isinstance(obj, Namespace) else None
+
     def snapshot(self) -> list[Op]:
         """Ops that rebuild this store elsewhere (a new worker process)."""
         ops: list[Op] = [Replace(o, tuple(objs.values())) for o, objs in self._by_origin.items()]
@@ -167,6 +173,7 @@ class Store:
     def _index(self, obj: Object, services: set[ServiceKey], namespaces: set[str]) -> None:
         if isinstance(obj, Namespace):
             self._ns_ref(obj.name, 1, namespaces)
+            namespaces.add(obj.name)  # its labels may have changed: --namespace-labels reads them
             return
         skey = service_key(obj)
         services.add(skey)
@@ -181,6 +188,7 @@ class Store:
     def _unindex(self, obj: Object, services: set[ServiceKey], namespaces: set[str]) -> None:
         if isinstance(obj, Namespace):
             self._ns_ref(obj.name, -1, namespaces)
+            namespaces.add(obj.name)
             return
         skey = service_key(obj)
         services.add(skey)

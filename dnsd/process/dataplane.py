@@ -8,7 +8,7 @@ from dnsd.answer.responder import Responder
 from dnsd.config import Config
 from dnsd.dns.const import DEFAULT_PAYLOAD
 from dnsd.zone.index import IndexWriter
-from dnsd.zone.pipeline import Pipeline
+from dnsd.zone.pipeline import EVERYTHING, Pipeline, Scope
 from dnsd.zone.resolver import Answer, resolve
 from dnsd.zone.searchpath import resolver_for
 
@@ -21,11 +21,15 @@ class Dataplane(Pipeline):
         self, zones: Sequence[str], ttl: int, ns_address: str | None = None, cache_size: int = 200_000,
         cache_bytes: int = 4 << 20, max_payload: int = DEFAULT_PAYLOAD,
         index: IndexWriter | None = None, *, pods: bool = False, resolver: Callable[..., Answer] = resolve,
+        loadbalance: bool = False,
+        scope: Scope = EVERYTHING,
     ) -> None:
-        """``resolver``: what answers a question from the index (the resolver, or the autopath)."""
-        super().__init__(zones, ttl, ns_address, index, pods=pods)
+        """``resolver``: what answers a question from the index (the resolver, or the autopath);
+        ``loadbalance``: each reply rotates its A/AAAA records."""
+        super().__init__(zones, ttl, ns_address, index, pods=pods, scope=scope)
         self.responder = Responder(
-            self.index, ttl, lambda: self.store.synced, cache_size, cache_bytes, max_payload, resolver
+            self.index, ttl, lambda: self.store.synced, cache_size, cache_bytes, max_payload, resolver,
+            loadbalance=loadbalance,
         )
         self.on_change = self.responder.invalidate
 
@@ -34,7 +38,8 @@ def from_config(config: Config, index: IndexWriter | None = None) -> Dataplane:
     """The serving dataplane ``config`` asks for; ``index``: the shared index writer when workers share."""
     cache_size, cache_bytes = config.table_share
     return Dataplane(config.domains, config.ttl, config.ns_address, cache_size, cache_bytes,
-                     config.udp_max_payload, index, pods=config.pods == "insecure", resolver=resolver_for(config))
+                     config.udp_max_payload, index, pods=config.pods == "insecure", resolver=resolver_for(config),
+                     loadbalance=config.loadbalance, scope=Scope.from_config(config))
 
 
 __all__ = ["Dataplane", "from_config"]

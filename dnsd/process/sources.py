@@ -30,7 +30,8 @@ class Sources:
                 label_selector=config.label_selector, endpoints_api=config.endpoints_api,
                 watch_timeout=config.kube_watch_timeout, read_timeout=config.kube_read_timeout,
                 warn_every=config.kube_warn_interval, backoff=(0.8, config.kube_max_backoff),
-                pod_names=config.endpoint_pod_names,
+                pod_names=config.endpoint_pod_names, endpoints=not config.no_endpoints,
+                namespace_labels=config.namespace_labels,
             )
 
     def start(self) -> None:

@@ -93,7 +93,7 @@ class Worker:
         self.index = SharedIndex(self.path, tuple(config.domains) + REVERSE_ZONES)
         serial, synced = self.index.read_meta()
         responder = Responder(self.index, config.ttl, lambda: self.changes.synced, *config.table_share,
-                              config.udp_max_payload, resolver_for(config))
+                              config.udp_max_payload, resolver_for(config), loadbalance=config.loadbalance)
         self.changes = Changes(responder, serial, synced)
         serving = self.serving = Serving(config, responder, reuse_port=True, slots=self.slots)
         error = await serving.listen()

@@ -33,9 +33,11 @@ class Item:
     """One cached reply (normalised: ID 0, RD clear, no OPT), with its rendering for one age."""
 
     __slots__ = ("age", "entry", "expires", "hits", "negative", "offsets", "origin", "payload", "refreshing", "reply",
-                 "stale", "stat", "stored", "ttl")
+                 "rotate", "stale", "stat", "stored", "ttl")
 
-    def __init__(self, reply: Reply, ttl: int, stored: float, stat: tuple[int, int], payload: int) -> None:
+    def __init__(self, reply: Reply, ttl: int, stored: float, stat: tuple[int, int], payload: int,
+                 rotate: bool = False) -> None:
+        self.rotate = rotate  # loadbalance: each reply rotates the answer's addresses
         self.reply = reply
         self.payload = payload
         self.offsets = tuple(ttl_offset(reply.wire, r) for r in reply.records)
@@ -54,20 +56,22 @@ class Item:
     def render(self, age: int) -> Entry:
         if age != self.age or self.entry is None:
             wire = aged(self.reply, self.offsets, age, cap=self.ttl)
-            self.entry = make_entry(wire, self.reply.qend, 0, self.stat, self.payload)
+            self.entry = make_entry(wire, self.reply.qend, 0, self.stat, self.payload, self.rotate)
             self.age = age
         return self.entry
 
     def render_stale(self) -> Entry:
         if self.stale is None:
-            self.stale = make_entry(aged(self.reply, self.offsets, None, STALE_TTL), self.reply.qend, 0, self.stat, self.payload)
+            self.stale = make_entry(aged(self.reply, self.offsets, None, STALE_TTL), self.reply.qend, 0, self.stat,
+                                    self.payload, self.rotate)
         return self.stale
 
 
 class ForwardCache:
     def __init__(self, maxsize: int, max_ttl: int, serve_stale: int, prefetch: int, payload: int = DEFAULT_PAYLOAD,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, loadbalance: bool = False) -> None:
         self.payload = payload
+        self.loadbalance = loadbalance  # each reply rotates the answer's addresses (CoreDNS's loadbalance)
         self.max_ttl = max_ttl
         self.serve_stale = serve_stale
         self.prefetch = prefetch  # hits after which an entry is refreshed before it expires; 0: never
@@ -140,7 +144,7 @@ class ForwardCache:
 
     def prepare(self, reply: Reply, stat: tuple[int, int]) -> tuple[Item, Entry]:
         """``put`` in two halves, so the asker's reply can go out before the cache insertion."""
-        item = Item(reply, cache_ttl(reply, self.max_ttl), self.clock(), stat, self.payload)
+        item = Item(reply, cache_ttl(reply, self.max_ttl), self.clock(), stat, self.payload, self.loadbalance)
         return item, item.render(0)
 
     def store(self, key: bytes, item: Item) -> None:
@@ -173,7 +177,7 @@ class ForwardCache:
         """Keep a derived reply (``stored``: when its TTLs were as in ``reply``) if ``token`` still holds;
         its entry as of now either way. ``origin``: what prefetch hands back to refresh it (its own
         question is never asked upstream)."""
-        item = Item(reply, max(ttl, 0), stored, stat, self.payload)
+        item = Item(reply, max(ttl, 0), stored, stat, self.payload, self.loadbalance)
         item.origin = origin
         self._hot.pop(key, None)
         if ttl > 0 and self._reserved.get(key) is token:

@@ -47,7 +47,7 @@ class Forwarder:
         self.config = config
         self.payload = config.udp_max_payload  # the EDNS size our OPT advertises to clients
         self.cache = ForwardCache(config.forward_cache_size, config.forward_max_ttl, config.serve_stale,
-                                  config.prefetch, self.payload)
+                                  config.prefetch, self.payload, loadbalance=config.loadbalance)
         self.cache.on_prefetch = self._prefetch
         self.stats = ForwardStats()
         self._inflight = Inflight()

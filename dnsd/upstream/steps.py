@@ -144,7 +144,8 @@ class Walker:
             reply_wire = b"\x00\x00" + step.plain_heads[0] + skey + step.plain_tail  # as sent (stale: TTL 30)
             served = parse(reply_wire)
             ttl = min((r.ttl for r in served.records), default=0)
-            return make_entry(with_cname(served, pending.qwire, qtype, ttl), 12 + len(key), 0, stat, self.payload)
+            return make_entry(with_cname(served, pending.qwire, qtype, ttl), 12 + len(key), 0, stat, self.payload,
+                              cache.loadbalance)
         fallback = pending.fallback
         assert fallback is not None
         if cacheable:

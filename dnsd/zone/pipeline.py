@@ -12,14 +12,33 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
+from dnsd.cluster import selector
 from dnsd.cluster.model import EndpointSet, Service, ServiceKey
 from dnsd.cluster.store import Op, Replace, Store
+from dnsd.config import Config
 from dnsd.runtime import release_heap
 from dnsd.zone.index import Index, IndexWriter
 from dnsd.zone.records import REVERSE_ZONES, namespace_records, service_records, zone_records
 
 BIG_BATCH = 1000  # objects replaced in one batch: an initial sync or a relist
+
+
+class Scope(NamedTuple):
+    """What of the cluster the zone serves: CoreDNS's kubernetes-plugin options that leave records out."""
+
+    ignore_empty: bool = False  # --ignore-empty-service: a ClusterIP Service without endpoints is NXDOMAIN
+    endpoints: bool = True  # False (--no-endpoints): no endpoint records; a headless Service is NXDOMAIN
+    namespace_labels: selector.Selector | None = None  # --namespace-labels: only matching namespaces
+
+    @classmethod
+    def from_config(cls, config: Config) -> Scope:
+        labels = selector.parse(config.namespace_labels) if config.namespace_labels else None
+        return cls(config.ignore_empty_service, not config.no_endpoints, labels)
+
+
+EVERYTHING = Scope()  # no option leaves anything out
 
 
 @contextlib.contextmanager
@@ -44,14 +63,17 @@ def big_batch(ops: Sequence[Op]) -> Iterator[None]:
 class Pipeline:
     def __init__(
         self, zones: Sequence[str], ttl: int, ns_address: str | None = None, index: IndexWriter | None = None, *,
-        pods: bool = False,
+        pods: bool = False, scope: Scope = EVERYTHING,
     ) -> None:
         """``index``: an in-memory Index by default; the shared file's writer with workers.
-        ``pods``: the index holds ``ns.pod.Z`` for known namespaces (--pods insecure)."""
+        ``pods``: the index holds ``ns.pod.Z`` for known namespaces (--pods insecure).
+        ``scope``: which Services, endpoints and namespaces produce records."""
         self.zones = tuple(dict.fromkeys(z.lower().strip(".") for z in zones))
         self.ttl = ttl
         self.ns_address = ns_address
         self.pods = pods
+        self.scope = scope
+        self._namespaces: set[str] = set()  # the namespaces whose records the index holds
         self.store = Store(self._changed)
         self.index: IndexWriter = index if index is not None else Index(self.zones + REVERSE_ZONES)
         self.serial = 0  # the zones' SOA serial: the time of the last change
@@ -90,23 +112,54 @@ class Pipeline:
 
     def _change(self, services: set[ServiceKey], namespaces: set[str]) -> None:
         store, index, zones, inputs = self.store, self.index, self.zones, self._inputs
+        ignore_empty, endpoints = self.scope.ignore_empty, self.scope.endpoints
+        served = self._served_namespace()
+        if self.scope.namespace_labels is not None and namespaces:
+            # A namespace's labels decide for every Service in it: redo them all when they change.
+            services = services | {key for key in store.services if key[0] in namespaces}
         touched: set[str] = set()
         for key in services:
-            new = (store.services.get(key), store.endpoint_sets(key))
+            svc = store.services.get(key)
+            new = (svc if svc is None or served(svc.namespace) else None,
+                   store.endpoint_sets(key) if endpoints else ())
             old = inputs.pop(key, (None, ()))
             if new[0] is not None:
                 inputs[key] = new  # the store's own immutable objects: remembering them is free
-            touched |= index.apply(service_records(*old, zones), service_records(*new, zones))
+            touched |= index.apply(service_records(*old, zones, ignore_empty=ignore_empty),
+                                   service_records(*new, zones, ignore_empty=ignore_empty))
         for ns in namespaces:
+            exists = store.namespace_exists(ns) and served(ns)
+            if exists == (ns in self._namespaces):
+                continue  # e.g. a label changed that does not change the selector's verdict
             records = namespace_records(ns, zones, self.pods)
-            exists = store.namespace_exists(ns)
             touched |= index.apply(() if exists else records, records if exists else ())
+            (self._namespaces.add if exists else self._namespaces.discard)(ns)
         if touched:
             # As CoreDNS: the serial is the time of the last change, in seconds, never going back.
             self._set_serial(max(self.serial, int(time.time())))
             self.on_change(touched)
             if self.on_publish is not None:
                 self._touched |= touched
+
+    def _served_namespace(self) -> Callable[[str], bool]:
+        """Whether a namespace is served, decided here for every source (manifests and the API alike):
+        the pipeline is the one stage that chooses which Services produce records, and the store keeps
+        the whole cluster, so a namespace whose labels change back is served again at once. With
+        --namespace-labels, a namespace is served when a Namespace object with matching labels is known
+        (as CoreDNS, which serves the namespaces its selector lists). Memoised for one batch."""
+        labels = self.scope.namespace_labels
+        if labels is None:
+            return lambda ns: True
+        verdicts: dict[str, bool] = {}
+
+        def served(ns: str) -> bool:
+            verdict = verdicts.get(ns)
+            if verdict is None:
+                obj = self.store.namespace(ns)
+                verdict = verdicts[ns] = obj is not None and selector.matches(labels, dict(obj.labels))
+            return verdict
+
+        return served
 
     def _set_serial(self, serial: int) -> None:
         old = self.serial
@@ -124,4 +177,4 @@ class Pipeline:
                     self._touched |= touched
 
 
-__all__ = ["BIG_BATCH", "Pipeline", "big_batch"]
+__all__ = ["BIG_BATCH", "EVERYTHING", "Pipeline", "Scope", "big_batch"]

@@ -92,27 +92,38 @@ def _srv_name(port: Port, base: str) -> str:
 
 
 def service_records(
-    svc: Service | None, endpoint_sets: Sequence[EndpointSet], zones: Sequence[str]
+    svc: Service | None, endpoint_sets: Sequence[EndpointSet], zones: Sequence[str], *, ignore_empty: bool = False
 ) -> list[Record]:
     """Every record a Service owns in every cluster zone; PTRs in the first zone only.
 
     The bare name's SRV (``svc.ns.svc.Z`` SRV, as CoreDNS and kube-dns) has one record per
     port, unnamed ones included, reusing the per-port SrvData objects where there are some:
     at 100k endpoints a copy of each would cost ~10 MB, a shared reference 8 bytes.
+    ``ignore_empty`` (--ignore-empty-service): a ClusterIP Service without a published endpoint
+    keeps only its PTRs, so its name is NXDOMAIN (CoreDNS's ``ignore empty_service``).
     """
     if svc is None:
         return []  # endpoints without their Service are not served
     out: list[Record] = []
+    empty = ignore_empty and svc.type == CLUSTER_IP and not has_endpoints(endpoint_sets, svc.publish_not_ready)
     for i, zone in enumerate(zones):
         base = f"{svc.name}.{svc.namespace}.svc.{zone}"
         if svc.type == EXTERNAL_NAME:
             # Only the alias: CoreDNS answers no port/protocol names under an ExternalName Service.
             out.append((base, CNAME, svc.external_name))
+        elif empty:
+            # As CoreDNS: the name goes, so a pod's search path goes on; the clusterIP's PTR stays.
+            out += [(reverse_name(ip), PTR, base) for ip in svc.ips] if i == 0 else []
         elif svc.type == CLUSTER_IP:
             out += _cluster_ip(svc, base, reverse=i == 0)
         elif svc.type == HEADLESS:
             out += _headless(endpoint_sets, base, reverse=i == 0, not_ready=svc.publish_not_ready)
     return out
+
+
+def has_endpoints(endpoint_sets: Iterable[EndpointSet], not_ready: bool = False) -> bool:
+    """Whether any endpoint is published: a ready one, or with ``not_ready`` (publishNotReadyAddresses) any."""
+    return any(s.addresses or (not_ready and s.not_ready) for eps in endpoint_sets for s in eps.subsets)
 
 
 def _cluster_ip(svc: Service, base: str, reverse: bool) -> list[Record]:

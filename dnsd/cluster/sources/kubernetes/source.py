@@ -88,7 +88,12 @@ class KubernetesSource:
         watch_list: bool = True,
         warn_every: float = WARN_EVERY,
         pod_names: bool = False,
+        endpoints: bool = True,
+        namespace_labels: str | None = None,
     ) -> None:
+        """``endpoints`` False (--no-endpoints): no EndpointSlice/Endpoints watch at all.
+        ``namespace_labels``: the Namespace list asks only for those (the pipeline decides what is
+        served from the labels it holds; the API sending only matches saves holding the rest)."""
         self.emit = emit
         self.namespaces = tuple(dict.fromkeys(namespaces))
         for ns in self.namespaces:
@@ -101,7 +106,7 @@ class KubernetesSource:
                           backoff=backoff, watch_list=watch_list, warn_every=warn_every, pod_names=pod_names)
         self._reflectors: list[Reflector] = []
         endpoint_resource = _ENDPOINTS if endpoints_api else _SLICES
-        for resource in (_SERVICES, endpoint_resource):
+        for resource in (_SERVICES, endpoint_resource) if endpoints else (_SERVICES,):
             kwargs = {"label_selector": label_selector} if resource is _SERVICES and label_selector else {}
             if self.namespaces:
                 # One reflector per namespace with the namespaced calls: RBAC may be namespaced too.
@@ -111,7 +116,8 @@ class KubernetesSource:
             else:
                 self._add(f"k8s:{resource.plural}", resource, list_call(self._creds, resource.path(), **kwargs), options)
         if not self.namespaces:
-            self._add(NAMESPACES_ORIGIN, _NAMESPACES, list_call(self._creds, _NAMESPACES.path()), options)
+            ns_kwargs = {"label_selector": namespace_labels} if namespace_labels else {}
+            self._add(NAMESPACES_ORIGIN, _NAMESPACES, list_call(self._creds, _NAMESPACES.path(), **ns_kwargs), options)
         self._started: float | None = None
 
     def _add(self, origin: str, resource: _Resource, call: Callable[..., Any], options: Options) -> None:
