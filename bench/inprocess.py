@@ -2,7 +2,7 @@
 """Per-query cost of ``Responder.answer`` in-process, no sockets: an A/B of two source trees without
 the noise of dnsperf and a shared machine's scheduling.
 
-    python bench/inprocess.py [--tree DIR] [--autopath] [--passes 7]
+    python bench/inprocess.py [--tree DIR] [--autopath] [--loadbalance] [--passes 7]
 
 Loads bench/qps's generated cluster (1,000 Services, 10,000 endpoints, seed 1) from ``--tree``'s
 ``dnsd`` (default: this checkout), answers bench/qps's query mix once to warm the reply table,
@@ -28,6 +28,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent)
     parser.add_argument("--autopath", action="store_true")
+    parser.add_argument("--loadbalance", action="store_true", help="rotate A/AAAA records, as dnsd serve does by default")
     parser.add_argument("--passes", type=int, default=7)
     parser.add_argument("--queries", type=int, default=100_000)
     args = parser.parse_args()
@@ -48,7 +49,8 @@ def main() -> int:
 
         resolver = Autopath(["cluster.local"], ("example.org",))
     cluster = gen_cluster.generate(1000, 10_000, seed=1)
-    dp = Dataplane(["cluster.local"], 5, "127.0.0.1", resolver=resolver)
+    options = {"loadbalance": True} if args.loadbalance else {}  # trees before loadbalance lack the option
+    dp = Dataplane(["cluster.local"], 5, "127.0.0.1", resolver=resolver, **options)
     with tempfile.TemporaryDirectory() as tmp:
         ops: list = [Expect("bench")]
         for path in gen_cluster.write_manifests(cluster, Path(tmp), seed=1):
