@@ -1,7 +1,8 @@
 """Pure query resolution: (question, index) -> rcode and sections.
 
 Follows shared/reference/dns-behaviour.md: authoritative answers from the index,
-CNAME for ExternalName (not chased), NODATA for names with other types or empty
+CNAME for ExternalName followed by the target's records when the target is in a served
+zone (a target elsewhere is the forwarder's), NODATA for names with other types or empty
 non-terminals, NXDOMAIN otherwise, SERVFAIL instead of any negative answer before
 the first sync, REFUSED outside the served zones.
 """
@@ -13,6 +14,8 @@ from typing import NamedTuple
 from dnsd.dns.const import AAAA, ANY, AXFR, CNAME, IXFR, NOERROR, NS, NXDOMAIN, REFUSED, SERVFAIL, SOA, SRV, A
 from dnsd.zone.index import TYPES, IndexReader
 from dnsd.zone.records import Record, SrvData, address_type, pod_address
+
+MAX_CHAIN = 8  # aliases followed in one answer at most (CoreDNS stops at 8 too)
 
 
 class Answer(NamedTuple):
@@ -31,11 +34,13 @@ class Answer(NamedTuple):
     forward: tuple[str, ...] = ()
 
 
-def resolve(index: IndexReader, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
+def resolve(index: IndexReader, qname: str, qtype: int, synced: bool, minimal_any: bool = False,
+            chain: tuple[str, ...] = ()) -> Answer:
     """``qname`` is lowercase, without the final dot.
 
     Only the types in ``TYPES`` are ever answered: the index's internal marker (type 0) is
     not data. ``minimal_any`` (for UDP, RFC 8482 4.1): ANY gets one RRset, not every one.
+    ``chain``: the aliases already followed to reach ``qname`` (``_chase``).
     """
     zone = index.zone_of(qname)
     if zone is None:
@@ -51,8 +56,8 @@ def resolve(index: IndexReader, qname: str, qtype: int, synced: bool, minimal_an
                 found = found[:1]
         elif qtype in TYPES and (rrs := rrset(qname, qtype)):
             found = [(qtype, rrs)]
-        elif rrs := rrset(qname, CNAME):
-            found = [(CNAME, rrs)]  # RFC 1034: the alias answers every type; not chased
+        elif rrs := rrset(qname, CNAME):  # RFC 1034: the alias answers every type
+            return _chase(index, tuple((qname, CNAME, rdata) for rdata in rrs), qtype, synced, (*chain, qname))
         else:
             found = []
         if found:
@@ -68,6 +73,22 @@ def resolve(index: IndexReader, qname: str, qtype: int, synced: bool, minimal_an
     if has_data or index.has_children(qname) or qname == zone:  # it exists: NODATA
         return Answer(NOERROR, (), soa, negative=True)
     return Answer(NXDOMAIN, (), soa, negative=True)
+
+
+def _chase(index: IndexReader, alias: tuple[Record, ...], qtype: int, synced: bool, chain: tuple[str, ...]) -> Answer:
+    """The alias, then its target's records when the target is in a served zone: as CoreDNS answers an
+    ExternalName, since a pod's stub resolver (glibc) does not follow a bare CNAME. The target's own
+    answer decides the rcode (RFC 6604: NXDOMAIN when it does not exist). A loop or a chain over
+    MAX_CHAIN ends with the alias as it stands; a target outside the zones is the forwarder's."""
+    target = str(alias[0][2])
+    if target in chain or len(chain) > MAX_CHAIN or index.zone_of(target) is None:
+        return Answer(NOERROR, alias)
+    step = resolve(index, target, qtype, synced, chain=chain)
+    if step.rcode == SERVFAIL:
+        return step  # not synced, and nothing known of the target: never a cacheable negative
+    # Filed under the target (and the apex when the zone's SOA is in it): the reply goes when they change.
+    depends = (target, *step.depends, *(r[0] for r in step.authority[:1]))
+    return Answer(step.rcode, alias + step.answer, step.authority, step.additional, depends=depends)
 
 
 def _pod(index: IndexReader, qname: str, qtype: int, zone: str, synced: bool) -> Answer | None:

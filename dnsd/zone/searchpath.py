@@ -68,8 +68,8 @@ class Autopath:
 
     def __call__(self, index: IndexReader, qname: str, qtype: int, synced: bool, minimal_any: bool = False) -> Answer:
         answer = resolve(index, qname, qtype, synced, minimal_any)
-        if answer.rcode != NXDOMAIN:
-            return answer  # never applied to names that exist (or before the first sync)
+        if answer.rcode != NXDOMAIN or answer.answer:
+            return answer  # never applied to names that exist (an alias to a missing name too), nor before the sync
         zone = index.zone_of(qname)
         shape = candidates(qname, zone, self.search) if zone in self.zones else None
         if shape is None:

@@ -55,6 +55,16 @@ endpoints: [{addresses: [10.244.3.7]}]
 apiVersion: v1
 kind: Namespace
 metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: alias, namespace: shop}
+spec: {type: ExternalName, externalName: web.default.svc.cluster.local}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: chain, namespace: shop}
+spec: {type: ExternalName, externalName: alias.shop.svc.cluster.local}
 """
 
 
@@ -123,3 +133,14 @@ def test_one_query_per_type_with_autopath(tmp_path: Path, upstream: FakeUpstream
     assert plain_addresses == auto_addresses == want
     assert plain_queries == plain_cost
     assert auto_queries == 2  # one A, one AAAA
+
+
+@pytest.mark.parametrize("name", ["alias", "chain"])
+def test_glibc_resolves_an_external_name_whose_target_is_in_the_cluster(tmp_path: Path, name: str) -> None:
+    """glibc does not follow a bare CNAME: the reply must carry the target's address (here two aliases deep)."""
+    server = start(tmp_path, "--upstream", "none")
+    try:
+        addresses, _ = getent(server, tmp_path, name)
+    finally:
+        server.stop()
+    assert addresses == {"10.96.0.10"}
