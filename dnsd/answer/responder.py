@@ -21,7 +21,7 @@ from typing import Protocol, cast
 
 from dnsd.answer.render import render, template
 from dnsd.answer.replies import Replies
-from dnsd.dns.const import ANY, AXFR, DEFAULT_PAYLOAD, FORMERR, IXFR, MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT
+from dnsd.dns.const import ANY, AXFR, CNAME, DEFAULT_PAYLOAD, FORMERR, IXFR, MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT
 from dnsd.dns.names import labels_to_text, wire_labels
 from dnsd.dns.query import Pending, Query, error_reply, header_reply, options_ok, parse
 from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, make_entry, rotated, splice, with_opt
@@ -158,8 +158,8 @@ class Responder:
         labels = wire_labels(qwire)
         name = labels_to_text(labels)
         answer = self.resolve(self.index, name, qtype, self.synced(), minimal_any=not full_any)
-        if answer.forward and self.forward is not None:
-            return answer  # not this answer yet: the forwarder asks its steps first
+        if (answer.forward or answer.chase) and self.forward is not None:
+            return answer  # not this answer yet: the forwarder asks its steps (or the alias's target) first
         if not answer.answer:  # negative, refused, not yet synced: the same bytes for every name
             return self._template(answer)
         plain = render(answer, labels, qtype, self.ttl)
@@ -246,11 +246,20 @@ class Responder:
 
     def _continuation(self, query: bytes, q: Query, limit: int, answer: Answer) -> Pending:
         """An autopath answer that needs upstream steps first: a Pending carrying what to answer
-        if they are all NXDOMAIN (the answer as it stands) or if one fails (the plain NXDOMAIN)."""
+        if they are all NXDOMAIN (the answer as it stands) or if one fails (the plain NXDOMAIN).
+        Or an alias whose target is outside our zones (``Answer.chase``): a Pending asking the target,
+        answering the chain alone if that fails."""
         question = query[12 : q.qend]
         qwire = question[:-4].lower()
         labels = wire_labels(qwire)
         name = labels_to_text(labels)
+        if answer.chase:
+            alone = make_entry(render(answer, labels, q.qtype, self.ttl), 12 + len(qwire) + 4, 0, (q.qtype, answer.rcode),
+                               self.max_payload, self.loadbalance)
+            aliases = tuple(str(rdata) for _, rtype, rdata in answer.answer if rtype == CNAME)
+            depends = (*answer.depends, *aliases[:-1])  # our names on the way (the last one is not ours)
+            return Pending(query, question, qwire, q.qtype, q.edns, limit, name, (answer.chase,), alone, alone,
+                           depends, aliases)
         nxdomain = self._template(self._plain(name, q.qtype))
         nxdomain = nxdomain._replace(stat=(q.qtype, nxdomain.stat[1]))
         depends = answer.depends

@@ -44,6 +44,9 @@ class Pending(NamedTuple):
     fallback: Entry | None = None
     nxdomain: Entry | None = None
     depends: tuple[str, ...] = ()  # names of ours the reply is derived from (a cached one goes when they change)
+    # An ExternalName chain ending outside our zones: the aliases' targets in order, the last one (the
+    # only step) to ask upstream; the reply is the chain, then that name's records, with its rcode.
+    aliases: tuple[str, ...] = ()
 
 
 def _name(msg: bytes, i: int, end: int, pointers: bool) -> int:

@@ -42,10 +42,13 @@ NAMED_RDATA = {2: (0, 1), 3: (0, 1), 4: (0, 1), 5: (0, 1), 7: (0, 1), 8: (0, 1),
 _RR = struct.Struct("!HHIH")
 
 
-def with_cname(step: Reply, qwire: bytes, qtype: int, cname_ttl: int) -> bytes:
+def with_cname(step: Reply, qwire: bytes, qtype: int, cname_ttl: int, via: tuple[bytes, ...] = (),
+               rcode: bool = False) -> bytes:
     """``step`` (a reply to another name) as the reply to ``qwire``: a CNAME from ``qwire`` to the step's
     name first (TTL ``cname_ttl``), then the step's records. ID 0, RD clear, AA and AD clear (the data is
-    not ours, nor validated), RA as the upstream's.
+    not ours, nor validated), RA as the upstream's. ``via``: names (wire form) the alias goes through
+    before the step's name, one CNAME each (an ExternalName chain); ``rcode``: keep the step's rcode
+    (an alias answers with its target's, RFC 6604), else NOERROR.
 
     Moving the records behind another question would break their compression pointers, so every name
     in them is written out in full, except owners equal to the step's name, which point at the CNAME's
@@ -55,9 +58,12 @@ def with_cname(step: Reply, qwire: bytes, qtype: int, cname_ttl: int) -> bytes:
     target, _ = read_name(wire, 12)  # the step's name, as its question
     target_lower = target.lower()
     head_len = 12 + len(qwire) + 4
-    target_at = head_len + 2 + 10  # the CNAME's owner is a pointer to the question; then type..rdlength
-    body = bytearray(b"\xc0\x0c" + _RR.pack(CNAME, 1, cname_ttl, len(target)) + target)
-    pointer = bytes((0xC0 | target_at >> 8, target_at & 0xFF))
+    body, owner_at = bytearray(), 12  # each CNAME's owner points at the previous one's target
+    for alias in (*via, target):
+        body += bytes((0xC0 | owner_at >> 8, owner_at & 0xFF)) + _RR.pack(CNAME, 1, cname_ttl, len(alias))
+        owner_at = head_len + len(body)
+        body += alias
+    pointer = bytes((0xC0 | owner_at >> 8, owner_at & 0xFF))
     for record in step.records:
         owner, i = read_name(wire, record.start)
         body += pointer if owner.lower() == target_lower else owner
@@ -76,7 +82,8 @@ def with_cname(step: Reply, qwire: bytes, qtype: int, cname_ttl: int) -> bytes:
             rdata = b"".join(parts)
         body += _RR.pack(rtype, rclass, ttl, len(rdata)) + rdata
     an, ns, ar = (sum(1 for r in step.records if r.section == s) for s in range(3))
-    head = b"\x00\x00" + bytes((0x80, wire[3] & 0x80)) + struct.pack("!HHHH", 1, an + 1, ns, ar)
+    flags = wire[3] & (0x8F if rcode else 0x80)
+    head = b"\x00\x00" + bytes((0x80, flags)) + struct.pack("!HHHH", 1, an + 1 + len(via), ns, ar)
     return head + qwire + struct.pack("!HH", qtype, IN) + bytes(body)
 
 
@@ -115,6 +122,8 @@ class Walker:
         cache, qtype = self.cache, pending.qtype
         # Filed under our names before the first await: a change of them while we wait cancels the store.
         token = cache.reserve(key, pending.depends)
+        if pending.aliases:
+            return await self._chase(pending, key, token)
         until = float("inf")  # when the first reply the outcome relies on expires
         cacheable = True  # False once one of them was not cacheable
         for name in pending.steps:
@@ -155,6 +164,32 @@ class Walker:
             reply = parse(b"\x00\x00" + fallback.plain_heads[0] + key + fallback.plain_tail)
             return cache.put_derived(key, reply, now, ttl, fallback.stat, token, pending)
         return fallback
+
+    async def _chase(self, pending: Pending, key: bytes, token: object) -> Entry:
+        """An ExternalName chain ending outside our zones: the chain, then its target's records with the
+        target's rcode, cached as the target's reply is and for no longer than our own TTL. If the target
+        cannot be had (a failure, or no route), the chain alone, as without a forwarder."""
+        cache, qtype, target = self.cache, pending.qtype, pending.steps[0]
+        assert pending.fallback is not None  # the Responder sets it with the aliases
+        if not self.routed(target):
+            return pending.fallback
+        swire = name_wire(target)
+        skey = swire + struct.pack("!HH", qtype, IN)
+        step = await self.ask(swire, qtype, target)
+        rcode = _rcode(step)
+        if rcode not in (NOERROR, NXDOMAIN):
+            return pending.fallback
+        via = tuple(name_wire(alias) for alias in pending.aliases[:-1])
+        stat = (qtype, rcode)
+        item = cache.fresh_item(skey, step)
+        if item is not None:
+            ttl = int(min(item.expires - item.stored, self.ttl + cache.clock() - item.stored))  # the chain's minimum
+            reply = parse(with_cname(item.reply, pending.qwire, qtype, ttl, via, rcode=True))
+            return cache.put_derived(key, reply, item.stored, ttl, stat, token, pending)
+        served = parse(b"\x00\x00" + step.plain_heads[0] + skey + step.plain_tail)  # stale or uncacheable: not kept
+        ttl = min((r.ttl for r in served.records), default=self.ttl)
+        return make_entry(with_cname(served, pending.qwire, qtype, min(ttl, self.ttl), via, rcode=True),
+                          12 + len(key), 0, stat, self.payload, cache.loadbalance)
 
     async def refresh(self, key: bytes, derived: Item) -> None:
         """Prefetch for a hot autopath reply: ask again the steps whose replies end its life, then derive it

@@ -32,6 +32,8 @@ class Answer(NamedTuple):
     # Autopath steps outside our zones to ask upstream first, in order; this answer stands only
     # if every one of them is NXDOMAIN (searchpath.py).
     forward: tuple[str, ...] = ()
+    # An alias's target outside our zones: the forwarder asks it and answers the chain with its records.
+    chase: str = ""
 
 
 def resolve(index: IndexReader, qname: str, qtype: int, synced: bool, minimal_any: bool = False,
@@ -81,14 +83,16 @@ def _chase(index: IndexReader, alias: tuple[Record, ...], qtype: int, synced: bo
     answer decides the rcode (RFC 6604: NXDOMAIN when it does not exist). A loop or a chain over
     MAX_CHAIN ends with the alias as it stands; a target outside the zones is the forwarder's."""
     target = str(alias[0][2])
-    if target in chain or len(chain) > MAX_CHAIN or index.zone_of(target) is None:
+    if target in chain or len(chain) > MAX_CHAIN:
         return Answer(NOERROR, alias)
+    if index.zone_of(target) is None:
+        return Answer(NOERROR, alias, chase=target)  # without a forwarder: the alias alone
     step = resolve(index, target, qtype, synced, chain=chain)
     if step.rcode == SERVFAIL:
         return step  # not synced, and nothing known of the target: never a cacheable negative
     # Filed under the target (and the apex when the zone's SOA is in it): the reply goes when they change.
     depends = (target, *step.depends, *(r[0] for r in step.authority[:1]))
-    return Answer(step.rcode, alias + step.answer, step.authority, step.additional, depends=depends)
+    return Answer(step.rcode, alias + step.answer, step.authority, step.additional, depends=depends, chase=step.chase)
 
 
 def _pod(index: IndexReader, qname: str, qtype: int, zone: str, synced: bool) -> Answer | None:

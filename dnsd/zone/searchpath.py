@@ -95,7 +95,7 @@ class Autopath:
             return Answer(
                 NOERROR, ((qname, CNAME, name), *step.answer), step.authority, step.additional,
                 authoritative=step.authoritative, negative=step.negative, depends=tuple(tried), autopath=True,
-                forward=tuple(forward),
+                forward=tuple(forward), chase="" if forward else step.chase,
             )
         if forward:
             return answer._replace(depends=tuple(tried), forward=tuple(forward))

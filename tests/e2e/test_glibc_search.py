@@ -65,6 +65,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: chain, namespace: shop}
 spec: {type: ExternalName, externalName: alias.shop.svc.cluster.local}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: partner, namespace: shop}
+spec: {type: ExternalName, externalName: api.example.com}
 """
 
 
@@ -144,3 +149,14 @@ def test_glibc_resolves_an_external_name_whose_target_is_in_the_cluster(tmp_path
     finally:
         server.stop()
     assert addresses == {"10.96.0.10"}
+
+
+def test_glibc_resolves_an_external_name_whose_target_is_outside_the_cluster(tmp_path: Path,
+                                                                             upstream: FakeUpstream) -> None:
+    """The target is asked through the forwarder: glibc gets its addresses behind the CNAME."""
+    server = start(tmp_path, "--upstream", upstream.server)
+    try:
+        addresses, _ = getent(server, tmp_path, "partner")
+    finally:
+        server.stop()
+    assert addresses == {"192.0.2.1", "2001:db8::1"}
