@@ -47,7 +47,7 @@ def zone_lines(dataplane: Pipeline) -> list[str]:
 
 def records(config: Config, sync_timeout: float = 60.0) -> int:
     dataplane = Pipeline(config.domains, config.ttl, None, pods=config.pods == "insecure",
-                         scope=Scope.from_config(config))
+                         scope=Scope.from_config(config), external=config.external_zones)
     lock = threading.Lock()
 
     def emit(ops: list[Op]) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from dnsd.dns.const import REVERSE_ZONES
 from dnsd.servers import StubDomain, Upstream
 
 
@@ -107,6 +108,7 @@ class Config:
     namespace_labels: str | None = None  # a label selector: only the namespaces it matches are served
     transfer_to: tuple[str, ...] = ()  # CIDRs allowed to AXFR the served zones
     autopath: bool = False
+    external_zones: tuple[str, ...] = ()  # --external-zone: Services' external addresses (CoreDNS's k8s_external)
     loadbalance: bool = True  # each reply rotates its A/AAAA records (--no-loadbalance: a fixed order)
     autopath_search: tuple[str, ...] | None = None  # None: the search domains of /etc/resolv.conf
 
@@ -115,6 +117,11 @@ class Config:
         """(replies, bytes) one serving process may keep: --cache-size and --cache-bytes split between
         the workers, since each keeps only the names steered to it (process/steering.py)."""
         return max(1, self.cache_size // self.workers), max(1 << 20, self.cache_bytes // self.workers)
+
+    @property
+    def index_zones(self) -> tuple[str, ...]:
+        """Every zone the index holds: the cluster zones, the reverse zones, the external zones."""
+        return (*self.domains, *REVERSE_ZONES, *self.external_zones)
 
     @property
     def forwards(self) -> bool:

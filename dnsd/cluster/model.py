@@ -72,6 +72,8 @@ class Service(NamedTuple):
     ports: tuple[Port, ...]
     external_name: str = ""
     publish_not_ready: bool = False  # spec.publishNotReadyAddresses
+    # spec.externalIPs and status.loadBalancer.ingress[].ip: what --external-zone answers
+    external_ips: tuple[str, ...] = ()
 
     @property
     def key(self) -> Key:
@@ -181,7 +183,18 @@ def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ..
     return _share(tuple(p for p in ports if p is not None), _shared_port_lists)
 
 
-def _service(meta: dict, spec: dict, namespace: str, name: str) -> Service:
+def _external_ips(spec: dict, status: Any) -> tuple[str, ...]:
+    """spec.externalIPs, then the LoadBalancer's ingress IPs (an ingress with only a hostname has none)."""
+    raw = spec.get("externalIPs") or []
+    balancer = status.get("loadBalancer") if isinstance(status, dict) else None
+    ingress = (balancer.get("ingress") or []) if isinstance(balancer, dict) else []
+    if not isinstance(raw, list) or not isinstance(ingress, list):
+        raise ValueError("spec.externalIPs and status.loadBalancer.ingress must be lists")
+    found = [*raw, *(i.get("ip") for i in ingress if isinstance(i, dict) and i.get("ip"))]
+    return tuple(dict.fromkeys(canonical_ip(ip) for ip in found)) if found else ()
+
+
+def _service(meta: dict, spec: dict, namespace: str, name: str, status: Any = None) -> Service:
     ports = _ports(spec.get("ports"), "spec.ports")
     publish = spec.get("publishNotReadyAddresses") or False
     if not isinstance(publish, bool):
@@ -197,7 +210,8 @@ def _service(meta: dict, spec: dict, namespace: str, name: str) -> Service:
     if any(str(ip) == "None" for ip in ips_raw):
         return Service(namespace, name, HEADLESS, (), ports, publish_not_ready=publish)
     ips = tuple(dict.fromkeys(canonical_ip(ip) for ip in ips_raw))
-    return Service(namespace, name, CLUSTER_IP, ips, ports, publish_not_ready=publish)
+    return Service(namespace, name, CLUSTER_IP, ips, ports, publish_not_ready=publish,
+                   external_ips=_external_ips(spec, status))
 
 
 def _hostname(raw: dict, where: str, pod_names: bool) -> str:
@@ -302,7 +316,7 @@ def from_object(obj: Any, kind: str | None = None, *, pod_names: bool = False) -
         spec = obj.get("spec") or {}
         if not isinstance(spec, dict):
             raise ValueError("spec must be a mapping")
-        return _service(meta, spec, namespace, name)
+        return _service(meta, spec, namespace, name, obj.get("status"))
     if kind == ENDPOINT_SLICE:
         return _endpoint_slice(obj, namespace, name, pod_names)
     return _endpoints(obj, namespace, name, pod_names)

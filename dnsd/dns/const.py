@@ -14,6 +14,8 @@ OPT, IXFR, AXFR, ANY = 41, 251, 252, 255
 EXISTS = 0
 IN = 1
 
+REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")  # served with the cluster zones: PTRs of Services and endpoints
+
 MAX_NAME = 255  # bytes in wire form (RFC 1035 2.3.4)
 MIN_PAYLOAD = 512  # UDP without EDNS
 MAX_PAYLOAD = 4096

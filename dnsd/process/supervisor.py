@@ -26,7 +26,6 @@ from dnsd.process.ipc import CLEAR, frame
 from dnsd.process.spawn import Spawned, spawn
 from dnsd.process.zygote import Forked, Zygote
 from dnsd.zone.lmdb_index import SharedIndexWriter
-from dnsd.zone.records import REVERSE_ZONES
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ class WorkerPool:
         self.zygote: Zygote | None = zygote
         self.directory = zygote.directory
         self.tcp_counts = zygote.tcp_counts
-        self.index = SharedIndexWriter(self.directory, tuple(config.domains) + REVERSE_ZONES)
+        self.index = SharedIndexWriter(self.directory, config.index_zones)
         self.workers: dict[int, _Worker] = {}
         self.stats: dict[int, Snapshot] = {}  # each worker's latest, written by the monitor thread
         self.lock = threading.Lock()  # publish (loop thread) against respawn (monitor thread)

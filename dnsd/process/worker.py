@@ -28,7 +28,6 @@ from dnsd.process.ipc import CLEAR, Frames
 from dnsd.process.serving import Serving, run
 from dnsd.runtime import HeapTrim
 from dnsd.zone.lmdb_index import SharedIndex
-from dnsd.zone.records import REVERSE_ZONES
 from dnsd.zone.searchpath import resolver_for
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class Worker:
     async def startup(self) -> bool:
         """Listening on the shared port and reading changes; False (the main process told why) if not."""
         config, loop = self.config, asyncio.get_running_loop()
-        self.index = SharedIndex(self.path, tuple(config.domains) + REVERSE_ZONES)
+        self.index = SharedIndex(self.path, config.index_zones)
         serial, synced = self.index.read_meta()
         responder = Responder(self.index, config.ttl, lambda: self.changes.synced, *config.table_share,
                               config.udp_max_payload, resolver_for(config), loadbalance=config.loadbalance)

@@ -63,19 +63,21 @@ def big_batch(ops: Sequence[Op]) -> Iterator[None]:
 class Pipeline:
     def __init__(
         self, zones: Sequence[str], ttl: int, ns_address: str | None = None, index: IndexWriter | None = None, *,
-        pods: bool = False, scope: Scope = EVERYTHING,
+        pods: bool = False, scope: Scope = EVERYTHING, external: Sequence[str] = (),
     ) -> None:
         """``index``: an in-memory Index by default; the shared file's writer with workers.
         ``pods``: the index holds ``ns.pod.Z`` for known namespaces (--pods insecure).
-        ``scope``: which Services, endpoints and namespaces produce records."""
+        ``scope``: which Services, endpoints and namespaces produce records.
+        ``external``: zones of the Services' external addresses (--external-zone)."""
         self.zones = tuple(dict.fromkeys(z.lower().strip(".") for z in zones))
+        self.external = tuple(dict.fromkeys(z.lower().strip(".") for z in external))
         self.ttl = ttl
         self.ns_address = ns_address
         self.pods = pods
         self.scope = scope
         self._namespaces: set[str] = set()  # the namespaces whose records the index holds
         self.store = Store(self._changed)
-        self.index: IndexWriter = index if index is not None else Index(self.zones + REVERSE_ZONES)
+        self.index: IndexWriter = index if index is not None else Index(self.zones + REVERSE_ZONES + self.external)
         self.serial = 0  # the zones' SOA serial: the time of the last change
         # Called with the names whose answers changed, as soon as the index holds the change.
         self.on_change: Callable[[Iterable[str]], None] = lambda names: None
@@ -111,7 +113,7 @@ class Pipeline:
             del self.programming_seconds[:5_000]
 
     def _change(self, services: set[ServiceKey], namespaces: set[str]) -> None:
-        store, index, zones, inputs = self.store, self.index, self.zones, self._inputs
+        store, index, zones, inputs, external = self.store, self.index, self.zones, self._inputs, self.external
         ignore_empty, endpoints = self.scope.ignore_empty, self.scope.endpoints
         served = self._served_namespace()
         if self.scope.namespace_labels is not None and namespaces:
@@ -125,8 +127,8 @@ class Pipeline:
             old = inputs.pop(key, (None, ()))
             if new[0] is not None:
                 inputs[key] = new  # the store's own immutable objects: remembering them is free
-            touched |= index.apply(service_records(*old, zones, ignore_empty=ignore_empty),
-                                   service_records(*new, zones, ignore_empty=ignore_empty))
+            touched |= index.apply(service_records(*old, zones, ignore_empty=ignore_empty, external=external),
+                                   service_records(*new, zones, ignore_empty=ignore_empty, external=external))
         for ns in namespaces:
             exists = store.namespace_exists(ns) and served(ns)
             if exists == (ns in self._namespaces):
@@ -168,9 +170,10 @@ class Pipeline:
         self.serial = serial
         primary = self.zones[0]
         with self.index.batch():
-            for zone in self.zones + REVERSE_ZONES:
-                before = zone_records(zone, primary, old, self.ttl, self.ns_address) if old else ()
-                after = zone_records(zone, primary, serial, self.ttl, self.ns_address)
+            for zone in self.zones + REVERSE_ZONES + self.external:
+                ext = zone in self.external
+                before = zone_records(zone, primary, old, self.ttl, self.ns_address, ext) if old else ()
+                after = zone_records(zone, primary, serial, self.ttl, self.ns_address, ext)
                 touched = self.index.apply(before, after)
                 self.on_change(touched)
                 if self.on_publish is not None:

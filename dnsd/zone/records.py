@@ -12,10 +12,9 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple, cast
 
 from dnsd.cluster.model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, EndpointSet, Port, Service, canonical_ip
-from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A
+from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, TXT, A
 
 SCHEMA_VERSION = "1.1.0"
-REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
 
 
 class SrvData(NamedTuple):
@@ -92,7 +91,8 @@ def _srv_name(port: Port, base: str) -> str:
 
 
 def service_records(
-    svc: Service | None, endpoint_sets: Sequence[EndpointSet], zones: Sequence[str], *, ignore_empty: bool = False
+    svc: Service | None, endpoint_sets: Sequence[EndpointSet], zones: Sequence[str], *, ignore_empty: bool = False,
+    external: Sequence[str] = (),
 ) -> list[Record]:
     """Every record a Service owns in every cluster zone; PTRs in the first zone only.
 
@@ -118,6 +118,19 @@ def service_records(
             out += _cluster_ip(svc, base, reverse=i == 0)
         elif svc.type == HEADLESS:
             out += _headless(endpoint_sets, base, reverse=i == 0, not_ready=svc.publish_not_ready)
+    if svc.external_ips:
+        for zone in external:
+            out += _external(svc, f"{svc.name}.{svc.namespace}.{zone}")
+    return out
+
+
+def _external(svc: Service, base: str) -> list[Record]:
+    """``svc.ns.<external zone>`` (--external-zone, CoreDNS's k8s_external): the Service's external and
+    LoadBalancer addresses, and an SRV per named port; no PTRs (the addresses are not the cluster's)."""
+    out: list[Record] = [(base, address_type(ip), ip) for ip in svc.external_ips]
+    for p in svc.ports:
+        if p.name:
+            out.append((_srv_name(p, base), SRV, SrvData(0, 100, p.port, base)))
     return out
 
 
@@ -200,15 +213,18 @@ def pod_address(label: str) -> str | None:
         return None
 
 
-def zone_records(zone: str, primary: str, serial: int, ttl: int, ns_address: str | None) -> list[Record]:
-    """The apex of a served zone (cluster or reverse): SOA, NS, and for cluster zones the fixed names."""
-    ns_name = f"ns.dns.{primary}"
+def zone_records(zone: str, primary: str, serial: int, ttl: int, ns_address: str | None,
+                 external: bool = False) -> list[Record]:
+    """The apex of a served zone (cluster, reverse or ``external``): SOA, NS, and for cluster zones the
+    fixed names. An external zone's name server is its own ``ns.dns.<zone>``."""
+    owner = zone if external else primary  # the zone whose name server this is
+    ns_name = f"ns.dns.{owner}"
     out: list[Record] = [
-        (zone, SOA, SoaData(ns_name, f"hostmaster.{primary}", serial, 7200, 1800, 86400, ttl)),
+        (zone, SOA, SoaData(ns_name, f"hostmaster.{owner}", serial, 7200, 1800, 86400, ttl)),
         (zone, NS, ns_name),
     ]
-    if zone not in REVERSE_ZONES:
+    if zone not in REVERSE_ZONES and not external:
         out += [(f"dns-version.{zone}", TXT, SCHEMA_VERSION), (f"svc.{zone}", EXISTS, "")]
-        if zone == primary and ns_address:
-            out.append((ns_name, address_type(ns_address), ns_address))
+    if zone == owner and ns_address and zone not in REVERSE_ZONES:
+        out.append((ns_name, address_type(ns_address), ns_address))
     return out
