@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.kube_api import FakeKubeAPI, namespace, service
 from tests.helpers import ROOT, Dnsd, answers, rcode, wait_for
 
 EXT = "example.com"
@@ -74,3 +75,15 @@ def test_an_external_zone_overlapping_the_cluster_zone_is_a_usage_error(zone: st
     out = subprocess.run([sys.executable, "-m", "dnsd", "serve", "--external-zone", zone], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--external-zone" in out.stderr and "overlaps" in out.stderr
+
+
+def test_from_the_api_the_loadbalancer_status_is_read(start_dnsd: Callable[..., Dnsd], api: FakeKubeAPI,
+                                                      kubeconfig: str) -> None:
+    web = service("shop", "web", cluster_ip="10.96.0.10", type="LoadBalancer")
+    web["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}
+    api.load([namespace("shop"), web])
+    server = start_dnsd("--kubeconfig", kubeconfig, "--external-zone", EXT, "--kube-read-timeout", "1")
+    wait_for(lambda: server.http("/ready")[0] == 200, timeout=10)
+    assert answers(server.query(f"web.shop.{EXT}")) == [f"web.shop.{EXT}. A 203.0.113.10"]
+    api.update({**web, "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.11"}]}}})  # moved: a watch event
+    wait_for(lambda: answers(server.query(f"web.shop.{EXT}")) == [f"web.shop.{EXT}. A 203.0.113.11"], timeout=5)
