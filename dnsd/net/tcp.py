@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,7 +20,6 @@ from dnsd.runtime import release_heap
 if TYPE_CHECKING:
     from dnsd.upstream.forwarder import Forwarder
 
-log = logging.getLogger(__name__)
 
 
 class ConnectionCounts(Protocol):

@@ -30,8 +30,6 @@ from dnsd.runtime import HeapTrim
 from dnsd.zone.lmdb_index import SharedIndex
 from dnsd.zone.searchpath import resolver_for
 
-log = logging.getLogger(__name__)
-
 
 class Changes:
     """What a worker knows besides the file: whether to answer negatives yet, and the serial."""

@@ -10,7 +10,6 @@ precomputed-bytes splice as a cluster name: no parsing, no await.
 
 from __future__ import annotations
 
-import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +22,6 @@ from dnsd.dns.names import name_wire
 from dnsd.dns.reply import Entry, make_entry
 from dnsd.upstream.message import Reply, aged, cache_ttl, ttl_offset
 
-log = logging.getLogger(__name__)
 STALE_TTL = 30  # RFC 8767 4: the TTL of a stale answer
 PREFETCH_PERCENT = 10  # refresh when less than this share of the TTL is left (CoreDNS prefetch default)
 FORGET_TYPES = (PTR, A, AAAA, ANY, CNAME, TXT, SRV, NS, SOA)

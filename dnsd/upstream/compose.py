@@ -3,15 +3,12 @@ limit; and the entries of the error replies the forwarder answers without an ups
 
 from __future__ import annotations
 
-import logging
 import struct
 
 from dnsd.dns.const import IN
 from dnsd.dns.query import Pending
 from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, make_entry, splice, with_opt
 from dnsd.upstream.message import parse, truncate
-
-log = logging.getLogger(__name__)
 
 
 def compose(pending: Pending, entry: Entry, counts: dict[tuple[int, int], int], payload: int) -> bytes:

@@ -7,14 +7,12 @@ is ever re-packed: whatever types and compression the upstream used pass through
 
 from __future__ import annotations
 
-import logging
 import struct
 from typing import NamedTuple
 
 from dnsd.dns.const import NOERROR, NXDOMAIN, OPT, SOA
 from dnsd.dns.names import skip_name
 
-log = logging.getLogger(__name__)
 _U16 = struct.Struct("!H")
 _RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 

@@ -8,14 +8,11 @@ loop probes carry (loops.py).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from dnsd.config import Config
 from dnsd.servers import Upstream
 from dnsd.upstream.pool import Pool, State
-
-log = logging.getLogger(__name__)
 
 
 def is_own_address(upstream: Upstream, config: Config) -> bool:

@@ -19,7 +19,6 @@ filed under the names of ours it was derived from and dropped when one of them c
 from __future__ import annotations
 
 import asyncio
-import logging
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -31,8 +30,6 @@ from dnsd.observe.metrics import AUTOPATH_HIT
 from dnsd.upstream.cache import ForwardCache, Item
 from dnsd.upstream.inflight import shared
 from dnsd.upstream.message import Reply, parse
-
-log = logging.getLogger(__name__)
 
 # Types whose RDATA may hold compressed names (RFC 3597 4, and those RFC 3597 says receivers should
 # decompress): type -> (bytes before the first name, names in a row). Anything else is copied as is.

@@ -9,7 +9,6 @@ is dropped and counted: a spoofed packet cannot end the exchange early.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import ssl
 import struct
@@ -19,7 +18,6 @@ from dnsd.dns.const import DEFAULT_PAYLOAD, OPT
 from dnsd.servers import Upstream
 from dnsd.upstream.message import Reply, parse
 
-log = logging.getLogger(__name__)
 EDNS_PAYLOAD = DEFAULT_PAYLOAD  # what we advertise upstream: big answers come by UDP up to this, then by TCP
 _OPT = b"\x00" + struct.pack("!HHIH", OPT, EDNS_PAYLOAD, 0, 0)
 
