@@ -5,7 +5,8 @@ aiohttp.web), so synchronous tests, asyncio tests and other processes can all
 point the official ``kubernetes`` client at it through a kubeconfig file.
 
 Served: core v1 ``services``, ``endpoints``, ``namespaces`` and
-``discovery.k8s.io/v1`` ``endpointslices`` (list / watch / get), plus minimal
+``discovery.k8s.io/v1`` ``endpointslices`` and ``multicluster.x-k8s.io/v1alpha1``
+``serviceimports`` (list / watch / get), plus minimal
 discovery documents (``/api``, ``/apis``, ``/version``, ...).
 
 Semantics mirror kube-apiserver + etcd where dnsd can observe them:
@@ -40,7 +41,7 @@ resourceVersion, history), ``listing`` and ``watch`` (the handlers), ``routes`` 
 (certificates) and ``server`` (FakeKubeAPI: the HTTP(S) server, its thread and lifecycle).
 """
 
-from .objects import endpoint_slice, endpoints, namespace, service
+from .objects import endpoint_slice, endpoints, namespace, service, service_import
 from .requestlog import RequestRecord
 from .resources import (
     ADDED,
@@ -80,6 +81,7 @@ __all__ = [
     "endpoint_slice",
     "endpoints",
     "namespace",
+    "service_import",
     "parse_field_selector",
     "parse_label_selector",
     "resource_type",

@@ -155,3 +155,18 @@ def namespace(name: str, labels: Mapping[str, str] | None = None) -> JSON:
         "spec": {"finalizers": ["kubernetes"]},
         "status": {"phase": "Active"},
     }
+
+
+def service_import(
+    ns: str, name: str, type_: str = "ClusterSetIP", ips: Sequence[str] = (), ports: Sequence[PortSpec] = (("http", 80, "TCP"),),
+) -> JSON:
+    """A multicluster.x-k8s.io/v1alpha1 ServiceImport (KEP-1645): ``type_`` ClusterSetIP or Headless."""
+    spec: JSON = {"type": type_, "ports": _ports(ports, target=False)}
+    if ips:
+        spec["ips"] = list(ips)
+    return {
+        "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+        "kind": "ServiceImport",
+        "metadata": _meta(ns, name, None),
+        "spec": spec,
+    }

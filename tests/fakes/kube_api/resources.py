@@ -1,4 +1,5 @@
-"""The served resource types (core v1 Services, Endpoints, Namespaces; discovery.k8s.io/v1 EndpointSlices)."""
+"""The served resource types (core v1 Services, Endpoints, Namespaces; discovery.k8s.io/v1 EndpointSlices;
+multicluster.x-k8s.io/v1alpha1 ServiceImports, as when the MCS API's CRDs are installed)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,10 @@ SERVICES = ResourceType("services", "Service", "", "v1", True, "service")
 ENDPOINTS = ResourceType("endpoints", "Endpoints", "", "v1", True, "endpoints")
 NAMESPACES = ResourceType("namespaces", "Namespace", "", "v1", False, "namespace")
 ENDPOINTSLICES = ResourceType("endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", True, "endpointslice")
-RESOURCE_TYPES: Final = (SERVICES, ENDPOINTS, NAMESPACES, ENDPOINTSLICES)
+SERVICEIMPORTS = ResourceType(
+    "serviceimports", "ServiceImport", "multicluster.x-k8s.io", "v1alpha1", True, "serviceimport"
+)
+RESOURCE_TYPES: Final = (SERVICES, ENDPOINTS, NAMESPACES, ENDPOINTSLICES, SERVICEIMPORTS)
 
 _BY_NAME: Final = {alias: rt for rt in RESOURCE_TYPES for alias in (rt.resource, rt.kind.lower(), rt.singular)}
 BY_GROUP: Final = {(rt.group, rt.resource): rt for rt in RESOURCE_TYPES}

@@ -18,6 +18,8 @@ def route(path: str, query: Mapping[str, str]) -> tuple[str, str, ResourceType |
         group, rest = "", parts[2:]
     elif parts[:3] == ["apis", "discovery.k8s.io", "v1"]:
         group, rest = "discovery.k8s.io", parts[3:]
+    elif parts[:3] == ["apis", "multicluster.x-k8s.io", "v1alpha1"]:
+        group, rest = "multicluster.x-k8s.io", parts[3:]
     else:
         return "discovery", path, None, None, None
     watch = truthy(query.get("watch"))
