@@ -95,6 +95,11 @@ def _source_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--external-zone", action="append", metavar="ZONE", dest="external_zones", type=argtypes.domain,
                        help="also serve SVC.NS.ZONE: a Service's externalIPs and LoadBalancer ingress IPs, SRV per "
                             "named port, SOA/NS at the apex (repeatable; CoreDNS's k8s_external)")
+    group.add_argument("--multicluster-zone", action="append", metavar="ZONE", dest="multicluster_zones",
+                       type=argtypes.domain,
+                       help="also serve the clusterset's ServiceImports (multicluster.x-k8s.io) and their "
+                            "EndpointSlices as SVC.NS.svc.ZONE, e.g. clusterset.local (repeatable; KEP-1645, "
+                            "CoreDNS's multicluster)")
     group.add_argument("--ttl", type=argtypes.ttl, default=5, help="TTL of answers, 0-3600 seconds (default 5)")
     group.add_argument("--pods", choices=["disabled", "insecure"], default="insecure",
                        help="pod records 1-2-3-4.NS.pod.ZONE for known namespaces, no Pod watch (default insecure)")
@@ -278,10 +283,14 @@ def _scope_conflicts(fields: dict[str, Any]) -> None:
     if fields["ignore_empty_service"] and fields["no_endpoints"]:
         raise ValueError("--ignore-empty-service with --no-endpoints would answer NXDOMAIN for every ClusterIP "
                          "Service: without endpoints none has any")
-    for zone in fields["external_zones"]:
-        clash = [d for d in fields["domains"] if zone == d or zone.endswith("." + d) or d.endswith("." + zone)]
-        if clash:
-            raise ValueError(f"--external-zone {zone} overlaps the cluster zone {clash[0]}: give a zone of its own")
+    taken = [("the cluster zone", d) for d in fields["domains"]]
+    for flag, zones in (("--external-zone", fields["external_zones"]), ("--multicluster-zone", fields["multicluster_zones"])):
+        for zone in zones:
+            clash = [(what, d) for what, d in taken if zone == d or zone.endswith("." + d) or d.endswith("." + zone)]
+            if clash:
+                what, other = clash[0]
+                raise ValueError(f"{flag} {zone} overlaps {what} {other}: give a zone of its own")
+            taken.append((f"the {flag.lstrip('-').replace('-', ' ')}", zone))
     if fields["namespace_labels"] and fields["namespaces"]:
         raise ValueError("--namespace-labels needs the namespaces' labels, which --namespace does not read (it "
                          "watches no Namespace): give one or the other")
@@ -297,6 +306,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "label_selector": args.label_selector,
         "domains": tuple(args.domains or ("cluster.local",)),
         "external_zones": _each(args.external_zones or (), argtypes.domain, "DNSD_EXTERNAL_ZONE"),
+        "multicluster_zones": _each(args.multicluster_zones or (), argtypes.domain, "DNSD_MULTICLUSTER_ZONE"),
         "ttl": args.ttl,
         "log_level": args.log_level,
         "kube_watch_timeout": args.kube_watch_timeout,

@@ -47,7 +47,8 @@ def zone_lines(dataplane: Pipeline) -> list[str]:
 
 def records(config: Config, sync_timeout: float = 60.0) -> int:
     dataplane = Pipeline(config.domains, config.ttl, None, pods=config.pods == "insecure",
-                         scope=Scope.from_config(config), external=config.external_zones)
+                         scope=Scope.from_config(config), external=config.external_zones,
+                         multicluster=config.multicluster_zones)
     lock = threading.Lock()
 
     def emit(ops: list[Op]) -> None:
@@ -65,7 +66,7 @@ def records(config: Config, sync_timeout: float = 60.0) -> int:
             emit, kubeconfig=config.kubeconfig, namespaces=config.namespaces,
             label_selector=config.label_selector, endpoints_api=config.endpoints_api,
             pod_names=config.endpoint_pod_names, endpoints=not config.no_endpoints,
-            namespace_labels=config.namespace_labels,
+            namespace_labels=config.namespace_labels, multicluster=bool(config.multicluster_zones),
         )
         source.start()
         deadline = time.monotonic() + sync_timeout

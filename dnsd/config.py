@@ -109,6 +109,7 @@ class Config:
     transfer_to: tuple[str, ...] = ()  # CIDRs allowed to AXFR the served zones
     autopath: bool = False
     external_zones: tuple[str, ...] = ()  # --external-zone: Services' external addresses (CoreDNS's k8s_external)
+    multicluster_zones: tuple[str, ...] = ()  # --multicluster-zone: the clusterset's ServiceImports (KEP-1645)
     loadbalance: bool = True  # each reply rotates its A/AAAA records (--no-loadbalance: a fixed order)
     autopath_search: tuple[str, ...] | None = None  # None: the search domains of /etc/resolv.conf
 
@@ -120,8 +121,8 @@ class Config:
 
     @property
     def index_zones(self) -> tuple[str, ...]:
-        """Every zone the index holds: the cluster zones, the reverse zones, the external zones."""
-        return (*self.domains, *REVERSE_ZONES, *self.external_zones)
+        """Every zone the index holds: the cluster zones, the reverse zones, the external and multicluster zones."""
+        return (*self.domains, *REVERSE_ZONES, *self.external_zones, *self.multicluster_zones)
 
     @property
     def forwards(self) -> bool:

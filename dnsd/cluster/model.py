@@ -19,13 +19,18 @@ SERVICE = "Service"
 ENDPOINT_SLICE = "EndpointSlice"
 ENDPOINTS = "Endpoints"
 NAMESPACE = "Namespace"
-KINDS = (SERVICE, ENDPOINT_SLICE, ENDPOINTS, NAMESPACE)
+SERVICE_IMPORT = "ServiceImport"  # multicluster.x-k8s.io (KEP-1645): a Service of the clusterset
+KINDS = (SERVICE, ENDPOINT_SLICE, ENDPOINTS, NAMESPACE, SERVICE_IMPORT)
+MULTICLUSTER_GROUP = "multicluster.x-k8s.io"
 
 CLUSTER_IP = "ClusterIP"
 HEADLESS = "Headless"
 EXTERNAL_NAME = "ExternalName"
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# An EndpointSlice of a ServiceImport, and the member cluster its endpoints come from (KEP-1645).
+IMPORT_NAME_LABEL = "multicluster.kubernetes.io/service-name"
+SOURCE_CLUSTER_LABEL = "multicluster.kubernetes.io/source-cluster"
 _PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -94,6 +99,35 @@ class EndpointSet(NamedTuple):
         return (self.kind, self.namespace, self.name)
 
 
+class ServiceImport(NamedTuple):
+    """A ServiceImport: a Service exported by the clusterset's members, answered under --multicluster-zone."""
+
+    namespace: str
+    name: str
+    type: str  # CLUSTER_IP (spec.type ClusterSetIP) | HEADLESS
+    ips: tuple[str, ...]  # the ClusterSetIPs
+    ports: tuple[Port, ...]
+
+    @property
+    def key(self) -> Key:
+        return (SERVICE_IMPORT, self.namespace, self.name)
+
+
+class ImportedSlice(NamedTuple):
+    """An EndpointSlice labelled for a ServiceImport: the endpoints one member cluster contributes.
+    Its key is an EndpointSlice's (it is one), so a slice relabelled either way replaces itself."""
+
+    namespace: str
+    name: str
+    service: str  # the ServiceImport it belongs to
+    cluster: str  # its source cluster's id, a DNS label: <hostname>.<cluster>.<svc>.<ns>.svc.<zone>
+    subsets: tuple[Subset, ...]
+
+    @property
+    def key(self) -> Key:
+        return (ENDPOINT_SLICE, self.namespace, self.name)
+
+
 class Namespace(NamedTuple):
     name: str
     # metadata.labels as sorted (key, value) pairs: what --namespace-labels matches. A cluster
@@ -105,7 +139,7 @@ class Namespace(NamedTuple):
         return (NAMESPACE, "", self.name)
 
 
-Object = Service | EndpointSet | Namespace
+Object = Service | EndpointSet | Namespace | ServiceImport | ImportedSlice
 
 
 def subset(ports: tuple[Port, ...], ready: Iterable[tuple[str, str]], not_ready: Iterable[tuple[str, str]] = ()) -> Subset:
@@ -133,8 +167,8 @@ def _share(value: _T, table: dict[_T, _T]) -> _T:
     return shared
 
 
-def service_key(obj: Service | EndpointSet) -> ServiceKey:
-    return (obj.namespace, obj.name if isinstance(obj, Service) else obj.service)
+def service_key(obj: Service | EndpointSet | ServiceImport | ImportedSlice) -> ServiceKey:
+    return (obj.namespace, obj.name if isinstance(obj, Service | ServiceImport) else obj.service)
 
 
 def canonical_ip(value: Any) -> str:
@@ -214,6 +248,21 @@ def _service(meta: dict, spec: dict, namespace: str, name: str, status: Any = No
                    external_ips=_external_ips(spec, status))
 
 
+_IMPORT_TYPES = {"ClusterSetIP": CLUSTER_IP, "Headless": HEADLESS}
+
+
+def _service_import(spec: dict, namespace: str, name: str) -> ServiceImport:
+    """spec.type, spec.ips and spec.ports of a multicluster.x-k8s.io/v1alpha1 ServiceImport."""
+    kind = _IMPORT_TYPES.get(str(spec.get("type")))
+    if kind is None:
+        raise ValueError(f"spec.type {spec.get('type')!r} is not ClusterSetIP or Headless")
+    raw = spec.get("ips") or []
+    if not isinstance(raw, list):
+        raise ValueError("spec.ips must be a list")
+    ips = tuple(dict.fromkeys(canonical_ip(ip) for ip in raw)) if kind == CLUSTER_IP else ()
+    return ServiceImport(namespace, name, kind, ips, _ports(spec.get("ports"), "spec.ports"))
+
+
 def _hostname(raw: dict, where: str, pod_names: bool) -> str:
     """The endpoint's label source: its hostname; else, with ``pod_names``, its pod's name
     (CoreDNS's endpoint_pod_names). A pod name that is not one DNS label (names may hold
@@ -230,14 +279,29 @@ def _hostname(raw: dict, where: str, pod_names: bool) -> str:
     return ""
 
 
-def _endpoint_slice(obj: dict, namespace: str, name: str, pod_names: bool) -> EndpointSet | None:
+def _endpoint_slice(obj: dict, namespace: str, name: str, pod_names: bool) -> EndpointSet | ImportedSlice | None:
     labels = obj["metadata"].get("labels") or {}
+    if not isinstance(labels, dict):
+        raise ValueError("metadata.labels must be a mapping")
     service = labels.get(SERVICE_NAME_LABEL)
-    if not service:
-        return None  # not linked to a Service: nothing in DNS refers to it
-    service = sys.intern(_label(service, f"label {SERVICE_NAME_LABEL}"))
+    imported = labels.get(IMPORT_NAME_LABEL) if not service else None  # a Service's own slice comes first
+    if not service and not imported:
+        return None  # not linked to a Service or a ServiceImport: nothing in DNS refers to it
     if obj.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
         return None  # FQDN slices are not served (as CoreDNS)
+    if imported:
+        cluster = labels.get(SOURCE_CLUSTER_LABEL)
+        if not cluster:
+            raise ValueError(f"a slice labelled {IMPORT_NAME_LABEL} needs the label {SOURCE_CLUSTER_LABEL}: its "
+                             "endpoints are named <hostname>.<cluster id>.<service>")
+        return ImportedSlice(namespace, name, sys.intern(_label(imported, f"label {IMPORT_NAME_LABEL}")),
+                             sys.intern(_label(cluster, f"label {SOURCE_CLUSTER_LABEL}")),
+                             (_slice_subset(obj, pod_names),))
+    service = sys.intern(_label(service, f"label {SERVICE_NAME_LABEL}"))
+    return EndpointSet(ENDPOINT_SLICE, namespace, name, service, (_slice_subset(obj, pod_names),))
+
+
+def _slice_subset(obj: dict, pod_names: bool) -> Subset:
     raws = obj.get("endpoints") or []
     if not isinstance(raws, list):
         raise ValueError("endpoints must be a list")
@@ -253,8 +317,7 @@ def _endpoint_slice(obj: dict, namespace: str, name: str, pod_names: bool) -> En
         # ready unset means unknown: treated as ready; serving/terminating do not matter.
         ready = (ep.get("conditions") or {}).get("ready") is not False
         (endpoints if ready else not_ready).extend((a, hostname) for a in addresses)
-    ports = _ports(obj.get("ports"), "ports", allow_null=True)
-    return EndpointSet(ENDPOINT_SLICE, namespace, name, service, (subset(ports, endpoints, not_ready),))
+    return subset(_ports(obj.get("ports"), "ports", allow_null=True), endpoints, not_ready)
 
 
 def _addresses(raws: Any, where: str, pod_names: bool) -> list[tuple[str, str]]:
@@ -298,6 +361,9 @@ def from_object(obj: Any, kind: str | None = None, *, pod_names: bool = False) -
     kind = kind or obj.get("kind")
     if kind not in KINDS:
         return None
+    api_version = obj.get("apiVersion")  # absent from the items of a typed list
+    if kind == SERVICE_IMPORT and api_version and not str(api_version).startswith(MULTICLUSTER_GROUP + "/"):
+        return None  # another API's ServiceImport (e.g. a gateway controller's): not the clusterset's
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         raise ValueError(f"{kind} without metadata")
@@ -319,4 +385,9 @@ def from_object(obj: Any, kind: str | None = None, *, pod_names: bool = False) -
         return _service(meta, spec, namespace, name, obj.get("status"))
     if kind == ENDPOINT_SLICE:
         return _endpoint_slice(obj, namespace, name, pod_names)
+    if kind == SERVICE_IMPORT:
+        spec = obj.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise ValueError("spec must be a mapping")
+        return _service_import(spec, namespace, sys.intern(name))
     return _endpoints(obj, namespace, name, pod_names)

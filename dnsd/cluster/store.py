@@ -5,8 +5,9 @@ operations, so the same stream can feed this process's store or be forwarded to
 worker processes. Each op names its *origin* (one manifest file, or one watched API
 resource); when two origins hold the same object the higher-priority one wins
 (the Kubernetes API beats manifest files). After a batch the store reports which
-Services and namespaces changed (a namespace: started or stopped existing, or its
-Namespace object changed), and nothing else.
+Services, namespaces and ServiceImports changed (a namespace: started or stopped existing,
+or its Namespace object changed), and nothing else. ServiceImports and their slices are
+kept apart from Services: a ServiceImport shares its name with the exported Service.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from dnsd.cluster.model import (
     NAMESPACE,
     SERVICE,
     EndpointSet,
+    ImportedSlice,
     Key,
     Namespace,
     Object,
     Service,
+    ServiceImport,
     ServiceKey,
     service_key,
 )
@@ -67,7 +70,18 @@ def priority(origin: str) -> int:
     return 1 if origin.startswith("k8s:") else 0
 
 
-ChangeListener = Callable[[set[ServiceKey], set[str]], None]
+class Changes(NamedTuple):
+    """What one batch changed."""
+
+    services: set[ServiceKey]
+    namespaces: set[str]
+    imports: set[ServiceKey]  # ServiceImports, or their slices
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.namespaces or self.imports)
+
+
+ChangeListener = Callable[[Changes], None]
 
 
 class Store:
@@ -79,6 +93,8 @@ class Store:
         # Endpoint sets by the Service they belong to; slices win over legacy Endpoints.
         self.slices: dict[ServiceKey, dict[str, EndpointSet]] = {}
         self.legacy: dict[ServiceKey, EndpointSet] = {}
+        self.imports: dict[ServiceKey, ServiceImport] = {}
+        self.imported_slices: dict[ServiceKey, dict[str, ImportedSlice]] = {}
         self.namespaces: dict[str, int] = {}  # namespace -> Namespace objects + Services in it
         self._pending: set[str] = set()
         self._synced_once = False
@@ -97,6 +113,10 @@ class Store:
         legacy = self.legacy.get(key)
         return (legacy,) if legacy else ()
 
+    def import_slices(self, key: ServiceKey) -> tuple[ImportedSlice, ...]:
+        slices = self.imported_slices.get(key)
+        return tuple(slices.values()) if slices else ()
+
     def namespace_exists(self, namespace: str) -> bool:
         return namespace in self.namespaces
 
@@ -114,38 +134,35 @@ class Store:
         return ops
 
     # -- writing -----------------------------------------------------------------
-    def apply(self, ops: Sequence[Op]) -> tuple[set[ServiceKey], set[str]]:
-        services: set[ServiceKey] = set()
-        namespaces: set[str] = set()
+    def apply(self, ops: Sequence[Op]) -> Changes:
+        changes = Changes(set(), set(), set())
         for op in ops:
             if isinstance(op, Upsert):
-                self._set(op.origin, op.obj.key, op.obj, services, namespaces)
+                self._set(op.origin, op.obj.key, op.obj, changes)
             elif isinstance(op, Delete):
-                self._set(op.origin, op.key, None, services, namespaces)
+                self._set(op.origin, op.key, None, changes)
             elif isinstance(op, Replace):
                 old = self._by_origin.get(op.origin, {})
                 new = {o.key: o for o in op.objects}
                 for key in old.keys() - new.keys():
-                    self._set(op.origin, key, None, services, namespaces)
+                    self._set(op.origin, key, None, changes)
                 for key, obj in new.items():
                     if old.get(key) != obj:
-                        self._set(op.origin, key, obj, services, namespaces)
+                        self._set(op.origin, key, obj, changes)
             elif isinstance(op, Expect):
                 self._pending.add(op.origin)
                 self.healthy[op.origin] = False
             elif isinstance(op, Synced):
                 self._pending.discard(op.origin)
                 self.healthy[op.origin] = op.ok
-        if (services or namespaces) and self.on_change:
-            self.on_change(services, namespaces)
+        if changes and self.on_change:
+            self.on_change(changes)
         # Only now: /ready (read from another thread) must not turn 200 before the answers exist.
         if not self._synced_once and not self._pending and any(isinstance(op, Synced) and op.ok for op in ops):
             self._synced_once = True
-        return services, namespaces
+        return changes
 
-    def _set(
-        self, origin: str, key: Key, obj: Object | None, services: set[ServiceKey], namespaces: set[str]
-    ) -> None:
+    def _set(self, origin: str, key: Key, obj: Object | None, changes: Changes) -> None:
         held = self._by_origin.setdefault(origin, {})
         if obj is None:
             if held.pop(key, None) is None:
@@ -166,17 +183,26 @@ class Store:
         else:
             self._effective[key] = winner
         if old is not None:
-            self._unindex(old, services, namespaces)
+            self._unindex(old, changes)
         if winner is not None:
-            self._index(winner, services, namespaces)
+            self._index(winner, changes)
 
-    def _index(self, obj: Object, services: set[ServiceKey], namespaces: set[str]) -> None:
+    def _index(self, obj: Object, changes: Changes) -> None:
+        namespaces = changes.namespaces
         if isinstance(obj, Namespace):
             self._ns_ref(obj.name, 1, namespaces)
             namespaces.add(obj.name)  # its labels may have changed: --namespace-labels reads them
             return
         skey = service_key(obj)
-        services.add(skey)
+        if isinstance(obj, ServiceImport):
+            changes.imports.add(skey)
+            self.imports[skey] = obj
+            return
+        if isinstance(obj, ImportedSlice):
+            changes.imports.add(skey)
+            self.imported_slices.setdefault(skey, {})[obj.name] = obj
+            return
+        changes.services.add(skey)
         if isinstance(obj, Service):
             self.services[skey] = obj
             self._ns_ref(obj.namespace, 1, namespaces)
@@ -185,13 +211,25 @@ class Store:
         else:
             self.legacy[skey] = obj
 
-    def _unindex(self, obj: Object, services: set[ServiceKey], namespaces: set[str]) -> None:
+    def _unindex(self, obj: Object, changes: Changes) -> None:
+        namespaces = changes.namespaces
         if isinstance(obj, Namespace):
             self._ns_ref(obj.name, -1, namespaces)
             namespaces.add(obj.name)
             return
         skey = service_key(obj)
-        services.add(skey)
+        if isinstance(obj, ServiceImport):
+            changes.imports.add(skey)
+            del self.imports[skey]
+            return
+        if isinstance(obj, ImportedSlice):
+            changes.imports.add(skey)
+            imported = self.imported_slices[skey]
+            del imported[obj.name]
+            if not imported:
+                del self.imported_slices[skey]
+            return
+        changes.services.add(skey)
         if isinstance(obj, Service):
             del self.services[skey]
             self._ns_ref(obj.namespace, -1, namespaces)
@@ -214,6 +252,6 @@ class Store:
 
 
 __all__ = [
-    "Delete", "Expect", "Op", "Replace", "Store", "Synced", "Upsert",
+    "Changes", "Delete", "Expect", "Op", "Replace", "Store", "Synced", "Upsert",
     "ENDPOINT_SLICE", "ENDPOINTS", "NAMESPACE", "SERVICE",
 ]

@@ -22,10 +22,12 @@ class Dataplane(Pipeline):
         cache_bytes: int = 4 << 20, max_payload: int = DEFAULT_PAYLOAD,
         index: IndexWriter | None = None, *, pods: bool = False, resolver: Callable[..., Answer] = resolve,
         loadbalance: bool = False, scope: Scope = EVERYTHING, external: Sequence[str] = (),
+        multicluster: Sequence[str] = (),
     ) -> None:
         """``resolver``: what answers a question from the index (the resolver, or the autopath);
         ``loadbalance``: each reply rotates its A/AAAA records."""
-        super().__init__(zones, ttl, ns_address, index, pods=pods, scope=scope, external=external)
+        super().__init__(zones, ttl, ns_address, index, pods=pods, scope=scope, external=external,
+                         multicluster=multicluster)
         self.responder = Responder(
             self.index, ttl, lambda: self.store.synced, cache_size, cache_bytes, max_payload, resolver,
             loadbalance=loadbalance,
@@ -38,7 +40,8 @@ def from_config(config: Config, index: IndexWriter | None = None) -> Dataplane:
     cache_size, cache_bytes = config.table_share
     return Dataplane(config.domains, config.ttl, config.ns_address, cache_size, cache_bytes,
                      config.udp_max_payload, index, pods=config.pods == "insecure", resolver=resolver_for(config),
-                     loadbalance=config.loadbalance, scope=Scope.from_config(config), external=config.external_zones)
+                     loadbalance=config.loadbalance, scope=Scope.from_config(config), external=config.external_zones,
+                     multicluster=config.multicluster_zones)
 
 
 __all__ = ["Dataplane", "from_config"]

@@ -31,7 +31,7 @@ class Sources:
                 watch_timeout=config.kube_watch_timeout, read_timeout=config.kube_read_timeout,
                 warn_every=config.kube_warn_interval, backoff=(0.8, config.kube_max_backoff),
                 pod_names=config.endpoint_pod_names, endpoints=not config.no_endpoints,
-                namespace_labels=config.namespace_labels,
+                namespace_labels=config.namespace_labels, multicluster=bool(config.multicluster_zones),
             )
 
     def start(self) -> None:

@@ -15,12 +15,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from dnsd.cluster import selector
-from dnsd.cluster.model import EndpointSet, Service, ServiceKey
-from dnsd.cluster.store import Op, Replace, Store
+from dnsd.cluster.model import EndpointSet, ImportedSlice, Service, ServiceImport, ServiceKey
+from dnsd.cluster.store import Changes, Op, Replace, Store
 from dnsd.config import Config
 from dnsd.runtime import release_heap
 from dnsd.zone.index import Index, IndexWriter
-from dnsd.zone.records import REVERSE_ZONES, namespace_records, service_records, zone_records
+from dnsd.zone.records import (
+    CLUSTER,
+    EXTERNAL,
+    MULTICLUSTER,
+    REVERSE_ZONES,
+    import_records,
+    namespace_records,
+    service_records,
+    zone_records,
+)
 
 BIG_BATCH = 1000  # objects replaced in one batch: an initial sync or a relist
 
@@ -63,21 +72,23 @@ def big_batch(ops: Sequence[Op]) -> Iterator[None]:
 class Pipeline:
     def __init__(
         self, zones: Sequence[str], ttl: int, ns_address: str | None = None, index: IndexWriter | None = None, *,
-        pods: bool = False, scope: Scope = EVERYTHING, external: Sequence[str] = (),
+        pods: bool = False, scope: Scope = EVERYTHING, external: Sequence[str] = (), multicluster: Sequence[str] = (),
     ) -> None:
         """``index``: an in-memory Index by default; the shared file's writer with workers.
         ``pods``: the index holds ``ns.pod.Z`` for known namespaces (--pods insecure).
         ``scope``: which Services, endpoints and namespaces produce records.
-        ``external``: zones of the Services' external addresses (--external-zone)."""
+        ``external``: zones of the Services' external addresses (--external-zone).
+        ``multicluster``: zones of the clusterset's ServiceImports (--multicluster-zone)."""
         self.zones = tuple(dict.fromkeys(z.lower().strip(".") for z in zones))
         self.external = tuple(dict.fromkeys(z.lower().strip(".") for z in external))
+        self.multicluster = tuple(dict.fromkeys(z.lower().strip(".") for z in multicluster))
         self.ttl = ttl
         self.ns_address = ns_address
         self.pods = pods
         self.scope = scope
         self._namespaces: set[str] = set()  # the namespaces whose records the index holds
         self.store = Store(self._changed)
-        self.index: IndexWriter = index if index is not None else Index(self.zones + REVERSE_ZONES + self.external)
+        self.index: IndexWriter = index if index is not None else Index(self.apexes)
         self.serial = 0  # the zones' SOA serial: the time of the last change
         # Called with the names whose answers changed, as soon as the index holds the change.
         self.on_change: Callable[[Iterable[str]], None] = lambda names: None
@@ -85,8 +96,14 @@ class Pipeline:
         self.on_publish: Callable[[set[str], int, bool], None] | None = None
         self._touched: set[str] = set()
         self._inputs: dict[ServiceKey, tuple[Service | None, tuple[EndpointSet, ...]]] = {}
+        self._imports: dict[ServiceKey, tuple[ServiceImport | None, tuple[ImportedSlice, ...]]] = {}
         self.programming_seconds: list[float] = []  # how long each change took to reach the index
         self._set_serial(int(time.time()))
+
+    @property
+    def apexes(self) -> tuple[str, ...]:
+        """Every zone the index holds, in the order Config.index_zones names them."""
+        return self.zones + REVERSE_ZONES + self.external + self.multicluster
 
     def apply(self, ops: Sequence[Op]) -> None:
         synced = self.store.synced
@@ -104,22 +121,25 @@ class Pipeline:
         seconds, self.programming_seconds = self.programming_seconds, []
         return seconds
 
-    def _changed(self, services: set[ServiceKey], namespaces: set[str]) -> None:
+    def _changed(self, changes: Changes) -> None:
         started = time.perf_counter()
         with self.index.batch():
-            self._change(services, namespaces)
+            self._change(*changes)
         self.programming_seconds.append(time.perf_counter() - started)
         if len(self.programming_seconds) > 10_000:
             del self.programming_seconds[:5_000]
 
-    def _change(self, services: set[ServiceKey], namespaces: set[str]) -> None:
+    def _change(self, services: set[ServiceKey], namespaces: set[str], imports: set[ServiceKey]) -> None:
         store, index, zones, inputs, external = self.store, self.index, self.zones, self._inputs, self.external
         ignore_empty, endpoints = self.scope.ignore_empty, self.scope.endpoints
         served = self._served_namespace()
         if self.scope.namespace_labels is not None and namespaces:
             # A namespace's labels decide for every Service in it: redo them all when they change.
             services = services | {key for key in store.services if key[0] in namespaces}
+            imports = imports | {key for key in store.imports if key[0] in namespaces}
         touched: set[str] = set()
+        if self.multicluster:
+            touched |= self._change_imports(imports, served)
         for key in services:
             svc = store.services.get(key)
             new = (svc if svc is None or served(svc.namespace) else None,
@@ -142,6 +162,20 @@ class Pipeline:
             self.on_change(touched)
             if self.on_publish is not None:
                 self._touched |= touched
+
+    def _change_imports(self, imports: set[ServiceKey], served: Callable[[str], bool]) -> set[str]:
+        """ServiceImports and their slices, as Services above (their own inputs: names may be shared)."""
+        store, index, zones, inputs = self.store, self.index, self.multicluster, self._imports
+        touched: set[str] = set()
+        for key in imports:
+            imp = store.imports.get(key)
+            new = (imp if imp is None or served(imp.namespace) else None,
+                   store.import_slices(key) if self.scope.endpoints else ())
+            old = inputs.pop(key, (None, ()))
+            if new[0] is not None:
+                inputs[key] = new
+            touched |= index.apply(import_records(*old, zones), import_records(*new, zones))
+        return touched
 
     def _served_namespace(self) -> Callable[[str], bool]:
         """Whether a namespace is served, decided here for every source (manifests and the API alike):
@@ -170,10 +204,10 @@ class Pipeline:
         self.serial = serial
         primary = self.zones[0]
         with self.index.batch():
-            for zone in self.zones + REVERSE_ZONES + self.external:
-                ext = zone in self.external
-                before = zone_records(zone, primary, old, self.ttl, self.ns_address, ext) if old else ()
-                after = zone_records(zone, primary, serial, self.ttl, self.ns_address, ext)
+            for zone in self.apexes:
+                role = EXTERNAL if zone in self.external else MULTICLUSTER if zone in self.multicluster else CLUSTER
+                before = zone_records(zone, primary, old, self.ttl, self.ns_address, role) if old else ()
+                after = zone_records(zone, primary, serial, self.ttl, self.ns_address, role)
                 touched = self.index.apply(before, after)
                 self.on_change(touched)
                 if self.on_publish is not None:

@@ -11,10 +11,21 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple, cast
 
-from dnsd.cluster.model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, EndpointSet, Port, Service, canonical_ip
+from dnsd.cluster.model import (
+    CLUSTER_IP,
+    EXTERNAL_NAME,
+    HEADLESS,
+    EndpointSet,
+    ImportedSlice,
+    Port,
+    Service,
+    ServiceImport,
+    canonical_ip,
+)
 from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, TXT, A
 
 SCHEMA_VERSION = "1.1.0"
+MULTICLUSTER_SCHEMA_VERSION = "1.0.0"  # KEP-1645's DNS specification, 2.2
 
 
 class SrvData(NamedTuple):
@@ -134,12 +145,31 @@ def _external(svc: Service, base: str) -> list[Record]:
     return out
 
 
+def import_records(imp: ServiceImport | None, slices: Sequence[ImportedSlice], zones: Sequence[str]) -> list[Record]:
+    """Every record a ServiceImport owns in the multicluster zones (--multicluster-zone; KEP-1645's DNS
+    specification): a ClusterSetIP import's IPs and an SRV per port, or a headless import's ready
+    endpoints, each also as ``<hostname>.<cluster id>.<svc>.<ns>.svc.<zone>``, with an SRV per
+    (endpoint, named port). No PTRs, as CoreDNS: the specification asks for them only where the
+    address has none, and a clusterset's addresses are mostly the members' own (a local Service's IP,
+    a local pod's), whose PTR already names them in the cluster zone."""
+    if imp is None:
+        return []  # slices without their ServiceImport are not served
+    out: list[Record] = []
+    for zone in zones:
+        base = f"{imp.name}.{imp.namespace}.svc.{zone}"
+        if imp.type == CLUSTER_IP:
+            out += _cluster_ip(imp, base, reverse=False)
+        else:
+            out += _headless(slices, base, reverse=False, not_ready=False)
+    return out
+
+
 def has_endpoints(endpoint_sets: Iterable[EndpointSet], not_ready: bool = False) -> bool:
     """Whether any endpoint is published: a ready one, or with ``not_ready`` (publishNotReadyAddresses) any."""
     return any(s.addresses or (not_ready and s.not_ready) for eps in endpoint_sets for s in eps.subsets)
 
 
-def _cluster_ip(svc: Service, base: str, reverse: bool) -> list[Record]:
+def _cluster_ip(svc: Service | ServiceImport, base: str, reverse: bool) -> list[Record]:
     out: list[Record] = [(base, address_type(ip), ip) for ip in svc.ips]
     if not svc.ips:
         out.append((base, EXISTS, ""))  # no address allocated yet: the name still exists
@@ -153,12 +183,16 @@ def _cluster_ip(svc: Service, base: str, reverse: bool) -> list[Record]:
     return out
 
 
-def _headless(endpoint_sets: Iterable[EndpointSet], base: str, reverse: bool, not_ready: bool) -> list[Record]:
+def _headless(
+    endpoint_sets: Iterable[EndpointSet | ImportedSlice], base: str, reverse: bool, not_ready: bool
+) -> list[Record]:
+    """A headless Service's endpoints; an imported slice's are named below its cluster's id."""
     out: list[Record] = []
     seen: set[str] = set()
     srv: dict[str, dict[int, list[str]]] = {}  # srv name -> port -> targets
     bare: dict[tuple[str, int], list[str]] = {}  # (srv name or "", port) -> targets, for the bare name's SRV
     for eps in endpoint_sets:
+        below = f"{eps.cluster}.{base}" if isinstance(eps, ImportedSlice) else base
         for subset in eps.subsets:
             # publishNotReadyAddresses: not-ready endpoints are published like ready ones.
             for address, hostname in subset.endpoints(not_ready):
@@ -166,7 +200,7 @@ def _headless(endpoint_sets: Iterable[EndpointSet], base: str, reverse: bool, no
                     continue  # one address in several slices is answered once
                 seen.add(address)
                 rtype = address_type(address)
-                target = f"{hostname or endpoint_label(address)}.{base}"
+                target = f"{hostname or endpoint_label(address)}.{below}"
                 out.append((base, rtype, address))
                 out.append((target, rtype, address))
                 if reverse:
@@ -213,18 +247,24 @@ def pod_address(label: str) -> str | None:
         return None
 
 
+CLUSTER, EXTERNAL, MULTICLUSTER = "cluster", "external", "multicluster"  # what a zone serves
+
+
 def zone_records(zone: str, primary: str, serial: int, ttl: int, ns_address: str | None,
-                 external: bool = False) -> list[Record]:
-    """The apex of a served zone (cluster, reverse or ``external``): SOA, NS, and for cluster zones the
-    fixed names. An external zone's name server is its own ``ns.dns.<zone>``."""
+                 role: str = CLUSTER) -> list[Record]:
+    """The apex of a served zone (cluster or reverse, ``EXTERNAL`` or ``MULTICLUSTER``): SOA, NS, and
+    for cluster zones the fixed names (a multicluster zone's schema version is its own). The name server
+    of an external or multicluster zone is its own ``ns.dns.<zone>``."""
+    external = role != CLUSTER
     owner = zone if external else primary  # the zone whose name server this is
     ns_name = f"ns.dns.{owner}"
     out: list[Record] = [
         (zone, SOA, SoaData(ns_name, f"hostmaster.{owner}", serial, 7200, 1800, 86400, ttl)),
         (zone, NS, ns_name),
     ]
-    if zone not in REVERSE_ZONES and not external:
-        out += [(f"dns-version.{zone}", TXT, SCHEMA_VERSION), (f"svc.{zone}", EXISTS, "")]
+    if zone not in REVERSE_ZONES and role != EXTERNAL:
+        version = MULTICLUSTER_SCHEMA_VERSION if role == MULTICLUSTER else SCHEMA_VERSION
+        out += [(f"dns-version.{zone}", TXT, version), (f"svc.{zone}", EXISTS, "")]
     if zone == owner and ns_address and zone not in REVERSE_ZONES:
         out.append((ns_name, address_type(ns_address), ns_address))
     return out

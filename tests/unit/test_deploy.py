@@ -189,6 +189,24 @@ def test_clusterrole_is_list_watch_only() -> None:
     assert granted == EXPECTED_RULES
 
 
+def test_multicluster_rbac_adds_only_service_imports() -> None:
+    """deploy/multicluster/ (applied with --multicluster-zone): list/watch of ServiceImports, bound to dnsd."""
+    with (DEPLOY / "multicluster" / "rbac.yaml").open(encoding="utf-8") as fh:
+        docs = {doc["kind"]: doc for doc in yaml.safe_load_all(fh) if doc}
+    assert set(docs) == {"ClusterRole", "ClusterRoleBinding"}
+    for doc in docs.values():
+        validate(doc)
+    assert docs["ClusterRole"]["rules"] == [
+        {"apiGroups": ["multicluster.x-k8s.io"], "resources": ["serviceimports"], "verbs": ["list", "watch"]}]
+    binding = docs["ClusterRoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": docs["ClusterRole"]["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
+    # The paths dnsd asks for are the ones granted.
+    from dnsd.cluster.sources.kubernetes import source
+    assert source._IMPORTS.path() == "/apis/multicluster.x-k8s.io/v1alpha1/serviceimports"
+
+
 def test_clusterrolebinding_binds_serviceaccount() -> None:
     binding = _one("ClusterRoleBinding")
     assert binding["roleRef"] == {

@@ -6,7 +6,7 @@ import pytest
 
 from dnsd.cluster.model import from_object
 from dnsd.dns.const import AAAA, NS, SOA, SRV, A
-from dnsd.zone.records import service_records, zone_records
+from dnsd.zone.records import EXTERNAL, service_records, zone_records
 
 
 def service(spec: dict, status: dict | None = None) -> object:
@@ -49,6 +49,6 @@ def test_headless_services_are_not_in_it() -> None:
 
 
 def test_the_apex_names_its_own_server() -> None:
-    apex = zone_records("example.com", "cluster.local", 1, 5, "10.0.0.53", external=True)
+    apex = zone_records("example.com", "cluster.local", 1, 5, "10.0.0.53", EXTERNAL)
     assert [(name, rtype) for name, rtype, _ in apex] == [("example.com", SOA), ("example.com", NS), ("ns.dns.example.com", A)]
     assert apex[0][2].mname == "ns.dns.example.com"  # type: ignore[attr-defined]

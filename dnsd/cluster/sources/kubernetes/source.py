@@ -22,7 +22,17 @@ import urllib3
 from kubernetes import config as kube_config
 from kubernetes.client import ApiClient, Configuration
 
-from dnsd.cluster.model import ENDPOINT_SLICE, ENDPOINTS, NAMESPACE, SERVICE, Namespace, from_object
+from dnsd.cluster.model import (
+    ENDPOINT_SLICE,
+    ENDPOINTS,
+    IMPORT_NAME_LABEL,
+    MULTICLUSTER_GROUP,
+    NAMESPACE,
+    SERVICE,
+    SERVICE_IMPORT,
+    Namespace,
+    from_object,
+)
 from dnsd.cluster.sources.kubernetes.client import Credentials, list_call
 from dnsd.cluster.sources.kubernetes.probe import ApiProbe
 from dnsd.cluster.sources.kubernetes.reflector import WARN_EVERY, Options, Reflector, ReflectorStatus
@@ -48,6 +58,9 @@ _SERVICES = _Resource("services", SERVICE, "/api/v1", True)
 _SLICES = _Resource("endpointslices", ENDPOINT_SLICE, "/apis/discovery.k8s.io/v1", True)
 _ENDPOINTS = _Resource("endpoints", ENDPOINTS, "/api/v1", True)
 _NAMESPACES = _Resource("namespaces", NAMESPACE, "/api/v1", False)
+_IMPORTS = _Resource("serviceimports", SERVICE_IMPORT, f"/apis/{MULTICLUSTER_GROUP}/v1alpha1", True)
+# With --endpoints-api no slice is watched: the ServiceImports' own slices still are, and only they.
+_IMPORTED_SLICES = _Resource("endpointslices", ENDPOINT_SLICE, "/apis/discovery.k8s.io/v1", True)
 
 
 def api_client(kubeconfig: str | None = None) -> ApiClient:
@@ -71,7 +84,7 @@ def api_client(kubeconfig: str | None = None) -> ApiClient:
 
 
 class KubernetesSource:
-    """Services, EndpointSlices (or Endpoints) and Namespaces from the API, as store ops."""
+    """Services, EndpointSlices (or Endpoints), Namespaces and ServiceImports from the API, as store ops."""
 
     def __init__(
         self,
@@ -90,8 +103,11 @@ class KubernetesSource:
         pod_names: bool = False,
         endpoints: bool = True,
         namespace_labels: str | None = None,
+        multicluster: bool = False,
     ) -> None:
         """``endpoints`` False (--no-endpoints): no EndpointSlice/Endpoints watch at all.
+        ``multicluster`` (--multicluster-zone): ServiceImports too, and their slices (among all slices,
+        or watched alone with --endpoints-api).
         ``namespace_labels``: the Namespace list asks only for those (the pipeline decides what is
         served from the labels it holds; the API sending only matches saves holding the rest)."""
         self.emit = emit
@@ -105,16 +121,25 @@ class KubernetesSource:
         options = Options(page_size=page_size, watch_timeout=watch_timeout, read_timeout=read_timeout,
                           backoff=backoff, watch_list=watch_list, warn_every=warn_every, pod_names=pod_names)
         self._reflectors: list[Reflector] = []
-        endpoint_resource = _ENDPOINTS if endpoints_api else _SLICES
-        for resource in (_SERVICES, endpoint_resource) if endpoints else (_SERVICES,):
+        resources = [_SERVICES]
+        if endpoints:
+            resources.append(_ENDPOINTS if endpoints_api else _SLICES)
+        if multicluster:
+            resources.append(_IMPORTS)
+            if endpoints and endpoints_api:
+                resources.append(_IMPORTED_SLICES)
+        for resource in resources:
             kwargs = {"label_selector": label_selector} if resource is _SERVICES and label_selector else {}
+            if resource is _IMPORTED_SLICES:
+                kwargs = {"label_selector": IMPORT_NAME_LABEL}
+            origin = "k8s:imported-endpointslices" if resource is _IMPORTED_SLICES else f"k8s:{resource.plural}"
             if self.namespaces:
                 # One reflector per namespace with the namespaced calls: RBAC may be namespaced too.
                 for ns in self.namespaces:
                     call = list_call(self._creds, resource.path(ns), **kwargs)
-                    self._add(f"k8s:{resource.plural}/{ns}", resource, call, options)
+                    self._add(f"{origin}/{ns}", resource, call, options)
             else:
-                self._add(f"k8s:{resource.plural}", resource, list_call(self._creds, resource.path(), **kwargs), options)
+                self._add(origin, resource, list_call(self._creds, resource.path(), **kwargs), options)
         if not self.namespaces:
             ns_kwargs = {"label_selector": namespace_labels} if namespace_labels else {}
             self._add(NAMESPACES_ORIGIN, _NAMESPACES, list_call(self._creds, _NAMESPACES.path(), **ns_kwargs), options)
