@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -599,6 +600,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="before each measured run, wait up to this many seconds for other processes to go "
                              "below 0.2 cores (default 8; 0: do not wait)")
     parser.add_argument("--servers", default="dnsd,knot,naive", help="comma-separated subset of dnsd,knot,naive")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                        help="also run dnsd with these extra flags, as its own row (repeatable), e.g. "
+                             "--variant 'no-top=--no-top-talkers' --variant 'log=--log-queries --log-queries-rate 0'")
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--endpoints", type=int, default=10_000)
     parser.add_argument("--query-count", type=int, default=100_000)
@@ -607,6 +611,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (manifests, zones, logs, dnsperf output)")
     args = parser.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    try:
+        args.variants = {name.strip(): shlex.split(flags) for name, flags in (v.split("=", 1) for v in args.variant)}
+    except ValueError:
+        parser.error("--variant takes NAME=FLAGS")
     if unknown := set(args.servers) - {"dnsd", "knot", "naive"}:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if args.rate is not None and args.rate < 1:
@@ -660,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
                   random.Random(args.seed).sample(query_lines, min(SAMPLE, len(query_lines))))]
 
         plan = [s for s in ("dnsd", "knot", "naive") if s in args.servers]
+        plan[1:1] = [f"dnsd:{name}" for name in args.variants]  # beside plain dnsd, for the same conditions
         if args.scaling and args.workers != 2 and "dnsd" in args.servers:
             plan.append("dnsd-w2")
             if len(os.sched_getaffinity(0)) < 3:
@@ -672,6 +681,12 @@ def main(argv: list[str] | None = None) -> int:
         by_key: dict[str, Result] = {}
 
         def make_server(key: str, port: int) -> Server:
+            if key.startswith("dnsd:"):
+                name = key.partition(":")[2]
+                return Server(key, f"dnsd {name} ({' '.join(args.variants[name])})",
+                              [sys.executable, "-m", "dnsd", "serve", "--manifests", str(tmp / "cluster"), "--port", str(port),
+                               "--address", "127.0.0.1", "--workers", str(args.workers), "--http-address", "",
+                               "--upstream", "none", *args.variants[name]], args.workers, env)
             if key in ("dnsd", "dnsd-w2", "dnsd-w2-1cpu"):
                 workers = args.workers if key == "dnsd" else 2
                 cpus = 1 if key == "dnsd-w2-1cpu" else workers
