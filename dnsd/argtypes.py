@@ -38,6 +38,13 @@ def address(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is not an IP address") from None
 
 
+def non_negative(value: str) -> int:
+    number = whole(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
+
+
 def positive(value: str) -> int:
     number = whole(value)
     if number < 1:

@@ -16,6 +16,19 @@ from dnsd.config import Config, usable_cpus
 ENV_PREFIX = "DNSD_"
 
 
+def _observe_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("observing: who asks what (docs/observability.md)")
+    group.add_argument("--log-queries", nargs="?", const="all", choices=("all", "success", "denial", "error"),
+                       metavar="CLASS", help="log each answered query to standard output, in CoreDNS's log format: "
+                                             "all (the default when given), success, denial (NXDOMAIN, NODATA) or "
+                                             "error (default: off)")
+    group.add_argument("--log-queries-rate", type=argtypes.non_negative, default=1000, metavar="LINES",
+                       help="query log lines per second and serving process at most; the rest are counted, not "
+                            "written (0: no bound; default 1000)")
+    group.add_argument("--no-top-talkers", action="store_true",
+                       help="do not count top clients and names for /debug/top and dnsd top (default: counted)")
+
+
 def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
@@ -252,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-loadbalance", action="store_true",
                        help="answer A/AAAA records in a fixed order (default: each reply rotates them, as CoreDNS's "
                             "loadbalance in kubeadm's Corefile, so clients taking the first address spread out)")
+    _observe_flags(serve)
     serve.add_argument("--shared-dir", metavar="DIR",
                        help="with --workers above 1: the directory for the index file every worker reads (a few "
                             "dozen MB at 100k endpoints; default $TMPDIR or /tmp); must be writable")
@@ -333,6 +347,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             if args.autopath_search is not None else None,
 
             shared_dir=args.shared_dir, loadbalance=not args.no_loadbalance,
+            log_queries=args.log_queries, log_queries_rate=args.log_queries_rate, top_talkers=not args.no_top_talkers,
         )
     return Config(**fields)
 

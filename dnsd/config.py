@@ -111,6 +111,9 @@ class Config:
     external_zones: tuple[str, ...] = ()  # --external-zone: Services' external addresses (CoreDNS's k8s_external)
     multicluster_zones: tuple[str, ...] = ()  # --multicluster-zone: the clusterset's ServiceImports (KEP-1645)
     loadbalance: bool = True  # each reply rotates its A/AAAA records (--no-loadbalance: a fixed order)
+    log_queries: str | None = None  # --log-queries CLASS: all, success, denial, error; None: no query log
+    log_queries_rate: int = 1000  # query log lines per second and process at most (0: no bound)
+    top_talkers: bool = True  # count top clients and names (/debug/top)
     autopath_search: tuple[str, ...] | None = None  # None: the search domains of /etc/resolv.conf
 
     @property

@@ -22,6 +22,7 @@ from dnsd.net.udp import SO_TIMESTAMP, UdpListener
 from dnsd.observe.metrics import Listener
 
 if TYPE_CHECKING:
+    from dnsd.observe.tap import Tap
     from dnsd.upstream.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,17 @@ class DnsServer:
     """The UDP and TCP listeners of one process."""
 
     def __init__(self, config: Config, responder: Responder, reuse_port: bool = False, slots: Slots | None = None,
-                 forwarder: Forwarder | None = None) -> None:
+                 forwarder: Forwarder | None = None, tap: Tap | None = None) -> None:
+        """``tap``: what watches the answers (observe/tap.py); None when nothing does."""
         self.config = config
+        self.tap = tap
         self.responder = responder
         self.reuse_port = reuse_port
         self.forwarder = forwarder
         self.allowed = Allowed(config.allow_from) if config.allow_from else None
         transfer = ZoneTransfer(config.transfer_to, responder) if config.transfer_to else None
         self.tcp = TcpConnections(responder, slots or Slots(config.tcp_max_connections), config.tcp_idle_timeout,
-                                  forwarder, self.allowed, transfer)
+                                  forwarder, self.allowed, transfer, tap)
         self.listeners: list[Listener] = []
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.Server] = []
@@ -89,7 +92,8 @@ class DnsServer:
                 reuse_port=self.reuse_port or None, backlog=1024, limit=READ_LIMIT,
             ))
             # UDP is read only once TCP listens too: a client that got a UDP answer (or TC) can use TCP.
-            reader = UdpListener(sock, self.responder, udp, self.forwarder, self.allowed, self.config.shed_after)
+            reader = UdpListener(sock, self.responder, udp, self.forwarder, self.allowed, self.config.shed_after,
+                                 self.tap)
             loop.add_reader(sock.fileno(), reader.readable)
             if self.forwarder is not None:
                 self.forwarder.between(reader.hits_only)

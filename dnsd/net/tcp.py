@@ -18,6 +18,7 @@ from dnsd.observe.metrics import Listener
 from dnsd.runtime import release_heap
 
 if TYPE_CHECKING:
+    from dnsd.observe.tap import Tap
     from dnsd.upstream.forwarder import Forwarder
 
 
@@ -67,8 +68,9 @@ class TcpConnections:
     """The TCP connections of one process's listeners."""
 
     def __init__(self, responder: Responder, slots: Slots, idle_timeout: float, forwarder: Forwarder | None = None,
-                 allowed: Allowed | None = None, transfer: ZoneTransfer | None = None) -> None:
+                 allowed: Allowed | None = None, transfer: ZoneTransfer | None = None, tap: Tap | None = None) -> None:
         self.responder = responder
+        self.tap = tap
         self.slots = slots
         self.idle_timeout = idle_timeout
         self.forwarder = forwarder
@@ -94,7 +96,9 @@ class TcpConnections:
         self._connections.add(task)
         transport.set_write_buffer_limits(high=0)
         idle = self.idle_timeout
-        peer = (writer.get_extra_info("peername") or ("",))[0]
+        client = writer.get_extra_info("peername") or ("", 0)
+        peer = client[0]
+        tap = self.tap
         try:
             while True:
                 size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), idle), "big")
@@ -122,7 +126,10 @@ class TcpConnections:
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 if transport.get_write_buffer_size():
                     await asyncio.wait_for(writer.drain(), idle)
-                lst.duration.observe(perf_counter() - start)
+                seconds = perf_counter() - start
+                lst.duration.observe(seconds)
+                if tap is not None:
+                    tap.one(query, client, reply, seconds, True)
                 self._busy.discard(task)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, asyncio.CancelledError):
             pass

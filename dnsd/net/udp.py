@@ -21,6 +21,7 @@ from dnsd.observe.metrics import Listener
 
 if TYPE_CHECKING:
     from dnsd.net.acl import Allowed
+    from dnsd.observe.tap import Answered, Tap
     from dnsd.upstream.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,15 @@ class UdpListener:
     READ = MAX_QUERY + 1  # one byte more than a query may have: a longer datagram is seen, and gets FORMERR
 
     def __init__(self, sock: socket.socket, responder: Responder, listener: Listener,
-                 forwarder: Forwarder | None = None, allowed: Allowed | None = None, shed_after: float = 0.0) -> None:
+                 forwarder: Forwarder | None = None, allowed: Allowed | None = None, shed_after: float = 0.0,
+                 tap: Tap | None = None) -> None:
+        """``tap``: what watches the answers (top talkers, query log, dnstap); None: nothing does."""
         self.sock = sock
         self.responder = responder
         self.listener = listener
         self.backlogged = False
+        self.tap = tap
+        self._full = False  # the last batch read was full: the process is saturated
         self.late = 0  # queries dropped for waiting too long
         self.forwarder = forwarder
         self.allowed = allowed
@@ -82,6 +87,9 @@ class UdpListener:
         # socket (kernel timestamp) and then in the queue.
         shed_after, arrived = self.shed_after, 0.0
         full = True
+        tap = self.tap
+        weight = tap.take(self._full) if tap is not None else 0
+        answered: list[Answered] | None = [] if weight else None
         for n in range(self.BATCH):
             try:
                 if backlogged:
@@ -116,9 +124,14 @@ class UdpListener:
                     continue
             if reply is not None:
                 send(reply, addr)
+                if answered is not None:
+                    answered.append((data, addr, reply, perf_counter() - last))
             now = perf_counter()
             observe(now - last)  # one clock read per query: receive, answer and send
             last = now
+        self._full = full
+        if answered and tap is not None:
+            tap.batch(answered, weight=weight)
         if misses:
             if self.forwarder is None:
                 self._misses(misses, False)  # no forwards: a miss costs ~10 hits, answered in place
@@ -172,6 +185,9 @@ class UdpListener:
     def _misses(self, misses: list[tuple[bytes, Any]], waited: bool) -> None:
         miss, send, counts, observe = self.responder.miss, self._send, self.listener.counts, self.listener.duration.observe
         hits_only = self.hits_only if self.forwarder is not None else None
+        tap = self.tap
+        weight = tap.take(self._full or waited) if tap is not None else 0  # a saturated flood's misses: sampled
+        answered: list[Answered] | None = [] if weight else None
         last = perf_counter()
         for data, addr in misses:
             reply = miss(data, MIN_PAYLOAD, counts)
@@ -179,11 +195,15 @@ class UdpListener:
                 reply = self._forward(reply, addr, waited)
             if reply is not None:
                 send(reply, addr)
+                if answered is not None:
+                    answered.append((data, addr, reply, perf_counter() - last))
             now = perf_counter()
             observe(now - last)
             last = now
             if hits_only is not None:
                 hits_only()
+        if answered and tap is not None:
+            tap.batch(answered, weight=weight)
 
     HITS_ONLY = 16  # datagrams read per hits_only() call
 
@@ -196,6 +216,9 @@ class UdpListener:
             return
         fast, send, counts, recvfrom = self.responder.fast, self._send, self.listener.counts, self.sock.recvfrom
         allowed, observe = self.allowed, self.listener.duration.observe
+        tap = self.tap
+        weight = tap.take(self._full) if tap is not None else 0
+        answered: list[Answered] | None = [] if weight else None
         last = perf_counter()
         for _ in range(self.HITS_ONLY):
             try:
@@ -217,9 +240,13 @@ class UdpListener:
                     break
                 continue
             send(reply, addr)
+            if answered is not None:
+                answered.append((data, addr, reply, perf_counter() - last))
             now = perf_counter()
             observe(now - last)
             last = now
+        if answered and tap is not None:
+            tap.batch(answered)
         if queue:
             self._schedule()
 
@@ -255,12 +282,17 @@ class UdpListener:
             start = perf_counter()
             sendto, observe = self.sock.sendto, self.listener.duration.observe
 
+            tap = self.tap
+
             def send(reply: bytes) -> None:
                 try:
                     sendto(reply, addr)
                 except OSError as exc:
                     log.debug("UDP send to %s failed: %s", addr, exc)
-                observe(perf_counter() - start)
+                seconds = perf_counter() - start
+                observe(seconds)
+                if tap is not None:
+                    tap.one(pending.query, addr, reply, seconds, False)
 
             forwarder.ask(pending, self.listener.counts, send)
         return reply

@@ -83,6 +83,21 @@ class DnsdCollector(Collector):
         yield errors
         if t.forward is not None:
             yield from forward_families(t.forward)
+        yield from observe_families(t.observe)
+
+
+_OBSERVED = (  # observe/tap.py's counters: family, help (present only while that output is on)
+    ("log_written", "dnsd_query_log_lines", "Query log lines written (--log-queries)."),
+    ("log_dropped", "dnsd_query_log_dropped", "Query log lines left out over --log-queries-rate."),
+    ("dnstap_sent", "dnsd_dnstap_frames", "dnstap messages written to the collector (--dnstap)."),
+    ("dnstap_dropped", "dnsd_dnstap_dropped", "dnstap messages dropped: the collector absent or too slow."),
+)
+
+
+def observe_families(counts: dict[str, int]) -> Iterator[Any]:
+    for key, name, text in _OBSERVED:
+        if key in counts:
+            yield CounterMetricFamily(name, text, value=counts[key])
 
 
 def forward_families(t: dict[str, Any]) -> Iterator[Any]:

@@ -1,4 +1,4 @@
-"""/health, /ready and /metrics on their own port, served from a thread (never on the DNS path).
+"""/health, /ready, /metrics and /debug/top on their own port, served from a thread (never on the DNS path).
 
 /ready policy: 503 until every source completed its first full sync, then 200 for
 good — an API outage after that keeps /ready at 200, because the last good data is
@@ -9,19 +9,28 @@ dnsd_source_healthy / dnsd_watch_last_event_age_seconds.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from dnsd.observe.talkers import CAPACITY
+
 log = logging.getLogger(__name__)
+
+TOP_LIMIT = CAPACITY  # /debug/top?limit= at most: what each summary keeps
 
 
 class HttpServer:
-    def __init__(self, address: tuple[str, int], ready: Callable[[], bool], registry: CollectorRegistry) -> None:
+    def __init__(self, address: tuple[str, int], ready: Callable[[], bool], registry: CollectorRegistry,
+                 top: Callable[[int], dict[str, Any]] | None = None) -> None:
+        """``top``: /debug/top's report for a limit (observe/sketch.py); None when top talkers are off."""
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,8 +43,25 @@ class HttpServer:
                     self._reply(200 if ok else 503, b"OK\n" if ok else b"not synced\n")
                 elif path == "/metrics":
                     self._reply(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
+                elif path == "/debug/top":
+                    self._top()
                 else:
                     self._reply(404, b"not found\n")
+
+            def _top(self) -> None:
+                if outer.top is None:
+                    self._reply(404, b"top talkers are off (--no-top-talkers)\n")
+                    return
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                try:
+                    limit = int(query.get("limit", ["10"])[0])
+                except ValueError:
+                    limit = -1
+                if not 1 <= limit <= TOP_LIMIT:
+                    self._reply(400, f"limit must be a whole number from 1 to {TOP_LIMIT}\n".encode())
+                    return
+                body = json.dumps(outer.top(limit), separators=(",", ":")).encode()
+                self._reply(200, body, "application/json")
 
             def _reply(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
                 self.send_response(status)
@@ -49,6 +75,7 @@ class HttpServer:
 
         self.ready = ready
         self.registry = registry
+        self.top = top
         server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
         if ":" in address[0]:
             import socket
@@ -61,7 +88,7 @@ class HttpServer:
 
     def start(self) -> None:
         self._thread.start()
-        log.info("HTTP on %s:%d (/health /ready /metrics)", self.server.server_address[0], self.port)
+        log.info("HTTP on %s:%d (/health /ready /metrics /debug/top)", self.server.server_address[0], self.port)
 
     def stop(self) -> None:
         self.server.shutdown()

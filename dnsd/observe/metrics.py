@@ -73,14 +73,19 @@ class Snapshot(TypedDict):
     programming: list[float]  # seconds each change took to reach the index, since the last snapshot
     synced: bool
     forward: dict[str, Any] | None  # upstream/stats.py snapshot(); None when forwarding is off
+    observe: dict[str, Any]  # observe/tap.py snapshot(): top talkers' delta, query log and dnstap counters
 
 
 class Forwarding(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
 
 
+class Observing(Protocol):
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 def snapshot(listeners: Iterable[Listener], forwarder: Forwarding | None, *, synced: bool, records: int = 0,
-             services: int = 0, programming: list[float] | None = None) -> Snapshot:
+             services: int = 0, programming: list[float] | None = None, tap: Observing | None = None) -> Snapshot:
     """What a serving process reports."""
     return {
         "listeners": [
@@ -92,6 +97,7 @@ def snapshot(listeners: Iterable[Listener], forwarder: Forwarding | None, *, syn
         "programming": programming or [],
         "synced": synced,
         "forward": forwarder.snapshot() if forwarder is not None else None,
+        "observe": tap.snapshot() if tap is not None else {},
     }
 
 
@@ -128,6 +134,7 @@ class Totals:
     autopath: dict[str, int] = field(default_factory=dict)  # server -> replies the search path answered
     programming: Histogram = field(default_factory=lambda: Histogram(PROGRAMMING_BUCKETS))
     forward: dict[str, Any] | None = None  # merge() of the forwarders' snapshots: None when forwarding is off
+    observe: dict[str, int] = field(default_factory=dict)  # query log and dnstap counters, summed (observe/tap.py)
 
 
 def totals(snapshots: Iterable[Snapshot], programming: Histogram) -> Totals:
@@ -136,6 +143,8 @@ def totals(snapshots: Iterable[Snapshot], programming: Histogram) -> Totals:
     for snap in snapshots:
         out.records = max(out.records, snap["records"])
         out.services = max(out.services, snap["services"])
+        for name, n in snap.get("observe", {}).items():
+            out.observe[name] = out.observe.get(name, 0) + n
         for proto, family, server, counts, dcounts, dtotal in snap["listeners"]:
             for (qtype, rcode), n in counts.items():
                 if rcode & AUTOPATH_HIT:

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ from dnsd.cluster.store import Op
 from dnsd.config import Config
 from dnsd.net.tcp import Slots
 from dnsd.observe.metrics import PROGRAMMING_BUCKETS, Histogram, Snapshot, Totals, totals
+from dnsd.observe.sketch import Windows
+from dnsd.observe.talkers import CAPACITY, KINDS
 from dnsd.process.dataplane import Dataplane, from_config
 from dnsd.process.ipc import SharedCounts
 from dnsd.process.serving import Serving
@@ -71,6 +74,8 @@ class Server:
         self.http: HttpServer | None = None
         self.stop = asyncio.Event()
         self.programming = Histogram(PROGRAMMING_BUCKETS)
+        # Every serving process's top talkers, over the last minute and quarter hour (/debug/top).
+        self.top = Windows(KINDS, CAPACITY) if config.top_talkers else None
 
     # Set by startup() before anything can read them (the HTTP endpoint starts after both).
     dataplane: Dataplane
@@ -94,6 +99,8 @@ class Server:
         """Everything up and answering; the reason when something cannot start."""
         config, loop = self.config, self.loop
         pool = self.pool = WorkerPool(config, self.zygote, loop) if self.zygote else None
+        if pool and self.top is not None:
+            pool.on_top = self._add_top
         dataplane = self.dataplane = from_config(config, pool.index if pool else None)
         if pool:
             dataplane.on_publish = pool.publish
@@ -121,7 +128,7 @@ class Server:
                 return error
         serving.forward()
         try:
-            self.http = _start_http(config, self.ready, self.read)
+            self.http = _start_http(config, self.ready, self.read, self.top_report if self.top else None)
         except OSError as exc:
             return f"cannot serve HTTP on {config.http_address}: {exc}"
         loop.add_signal_handler(signal.SIGHUP, lambda: threading.Thread(target=self.sources_reload, daemon=True).start())
@@ -139,6 +146,8 @@ class Server:
                 await asyncio.wait_for(self.stop.wait(), 1)
             except TimeoutError:
                 trim.tick()
+                if self.serving is not None and (top := self.serving.top()) is not None:
+                    self._add_top(top)
         log.info("shutting down")
 
     async def shutdown(self) -> None:
@@ -166,6 +175,18 @@ class Server:
         snaps = [future.result(timeout=5), *(list(self.pool.stats.values()) if self.pool else ())]
         return totals(snaps, self.programming), self.sources.status()
 
+    def _add_top(self, delta: dict[str, Any]) -> None:
+        """One serving process's top talkers since its last report (from the loop, or the workers' monitor)."""
+        if self.top is not None:
+            self.top.add(delta["summaries"], delta["queries"], time.time())
+
+    def top_report(self, limit: int) -> dict[str, Any]:
+        """/debug/top, from the HTTP thread."""
+        assert self.top is not None
+        report = self.top.report(time.time(), limit)
+        report["workers"] = self.config.workers
+        return report
+
     def _snapshot(self) -> Snapshot:
         """On the loop: the main process's counters; the changes' timings go into the histogram."""
         assert self.serving is not None
@@ -182,7 +203,8 @@ async def _call(fn: Callable[[], Any]) -> Any:
 
 
 def _start_http(
-    config: Config, ready: Callable[[], bool], read: Callable[[], tuple[Totals, dict[str, Any]]]
+    config: Config, ready: Callable[[], bool], read: Callable[[], tuple[Totals, dict[str, Any]]],
+    top: Callable[[int], dict[str, Any]] | None = None,
 ) -> HttpServer | None:
     endpoint = config.http_endpoint
     if endpoint is None:
@@ -195,6 +217,6 @@ def _start_http(
 
     registry = CollectorRegistry()
     registry.register(DnsdCollector(read))
-    http = HttpServer(endpoint, ready, registry)
+    http = HttpServer(endpoint, ready, registry, top)
     http.start()
     return http

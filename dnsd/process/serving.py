@@ -12,6 +12,7 @@ from dnsd.config import Config
 from dnsd.net.listeners import DnsServer
 from dnsd.net.tcp import Slots
 from dnsd.observe.metrics import Snapshot, snapshot
+from dnsd.observe.tap import Tap
 from dnsd.runtime import tune_gc, use_uvloop
 
 if TYPE_CHECKING:
@@ -40,10 +41,16 @@ class Serving:
 
             self.forwarder = Forwarder(config)
         responder.forward = self.forwarder
-        self.dns = DnsServer(config, responder, reuse_port=reuse_port, slots=slots, forwarder=self.forwarder)
+        self.tap = Tap.from_config(config)
+        if self.tap is not None and self.forwarder is not None:
+            self.forwarder.asked = self.tap.upstream
+        self.dns = DnsServer(config, responder, reuse_port=reuse_port, slots=slots, forwarder=self.forwarder,
+                             tap=self.tap)
 
     async def listen(self) -> str | None:
         """Open every listener; the reason when one cannot be opened."""
+        if self.tap is not None:
+            self.tap.start()
         try:
             await self.dns.start()
         except OSError as exc:
@@ -59,13 +66,19 @@ class Serving:
                  programming: list[float] | None = None) -> Snapshot:
         """This process's counters (a worker holds no data of its own: records and services 0)."""
         return snapshot(self.dns.listeners, self.forwarder, synced=synced, records=records, services=services,
-                        programming=programming or [])
+                        programming=programming or [], tap=self.tap)
+
+    def top(self) -> dict[str, Any] | None:
+        """Top talkers counted since the last call; None when they are not counted."""
+        return self.tap.drain() if self.tap is not None else None
 
     async def close(self) -> None:
         """Stop answering: UDP at once, TCP once the query in hand is answered; then forwarding."""
         await self.dns.close()
         if self.forwarder is not None:
             self.forwarder.stop()
+        if self.tap is not None:
+            self.tap.stop()
 
 
 __all__ = ["Serving", "run"]

@@ -16,6 +16,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
 from typing import Any, cast
@@ -127,6 +128,7 @@ class WorkerPool:
         self.index = SharedIndexWriter(self.directory, config.index_zones)
         self.workers: dict[int, _Worker] = {}
         self.stats: dict[int, Snapshot] = {}  # each worker's latest, written by the monitor thread
+        self.on_top: Callable[[dict[str, Any]], None] | None = None  # a worker's top talkers since its last report
         self.lock = threading.Lock()  # publish (loop thread) against respawn (monitor thread)
         self.last: tuple[Any, int, bool] = (CLEAR, 0, False)
         self.closing = threading.Event()
@@ -202,6 +204,8 @@ class WorkerPool:
                     continue
                 if kind == "stats":
                     self.stats[number] = detail
+                elif kind == "top" and self.on_top is not None:
+                    self.on_top(detail)
 
     def _respawn(self, number: int) -> None:
         with self.lock:

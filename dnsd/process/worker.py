@@ -114,6 +114,9 @@ class Worker:
             trim.tick()
             with contextlib.suppress(OSError):
                 self.conn.send(("stats", self.serving.snapshot(self.changes.synced)))
+                top = self.serving.top()
+                if top is not None:
+                    self.conn.send(("top", top))
             reported = self.changes.synced
             for _ in range(20):
                 if self.stop.is_set() or reported != self.changes.synced:

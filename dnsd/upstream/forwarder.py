@@ -59,6 +59,7 @@ class Forwarder:
         self.walker = Walker(self.cache, self.resolve_entry, self.refetch, self.routes.routed, config.ttl, self.payload)
         self._refusals: dict[int, Entry] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.asked: Callable[[str], None] | None = None  # told each name asked upstream (top talkers)
 
     # -- what the Responder asks -----------------------------------------------------
     def is_stub(self, name: str) -> bool:
@@ -184,6 +185,8 @@ class Forwarder:
             return
         inflight[key] = [deliver]
         self.stats.misses += 1
+        if self.asked is not None:
+            self.asked(name)
         if pool is None or qtype in (AXFR, IXFR):
             inflight.finish(key, fetcher.error(qwire, qtype, REFUSED))
             return
