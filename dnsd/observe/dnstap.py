@@ -12,13 +12,14 @@ Usage, in each serving process (a worker makes its own; the readers accept one c
     tap.stop()                               # at shutdown: best-effort flush, STOP, wait FINISH
 
 The four hit-path methods only append a tuple to a bounded deque (O(1), no lock, no I/O); when the
-queue is full they count a drop and return. A daemon thread connects to the collector, does the Frame
+queue is full they count a drop and return. Call them from one thread (the event loop): the append is
+safe from any thread, but the queue-full counter is a plain int. A daemon thread connects to the collector, does the Frame
 Streams bidirectional handshake (framestream.py), encodes each message with the ``dnstap-pb``
 protobuf classes and writes frames in batches. A collector that is absent, slow or gone never blocks
 the caller: while there is no connection the writer retries with a backoff (0.1 s doubling to 5 s) and
 drops, counted, what was queued at each failed attempt, so a reconnect never delivers a stale burst;
 a slow one fills the queue and the callers' drops are counted. Each message is encoded on the writer
-thread, which holds the GIL while it does (about 1.5 us a message).
+thread, which holds the GIL while it does (about 2.3 us of CPU a message: docs/performance.md).
 
 Fields, as the dnstap schema defines them: CLIENT_* messages have the client as query_address/port
 and dnsd's listening address (``local=``, optional) as response_address/port; FORWARDER_* messages have
