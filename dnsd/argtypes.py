@@ -131,3 +131,14 @@ def directory_problem(path: str) -> str | None:
     if not os.access(path, os.W_OK | os.X_OK):
         return f"{path!r} is not writable"
     return None
+
+
+def dnstap_target(value: str) -> str:
+    """unix:PATH or tcp:HOST:PORT, checked as the dnstap writer reads it."""
+    from dnsd.observe.framestream import parse_target
+
+    try:
+        parse_target(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -25,6 +26,12 @@ def _observe_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--log-queries-rate", type=argtypes.non_negative, default=1000, metavar="LINES",
                        help="query log lines per second and serving process at most; the rest are counted, not "
                             "written (0: no bound; default 1000)")
+    group.add_argument("--dnstap", type=argtypes.dnstap_target, metavar="TARGET",
+                       help="stream every query and reply, and every upstream exchange, to a dnstap collector: "
+                            "unix:PATH or tcp:HOST:PORT (a slow or absent one never delays answers: messages are "
+                            "dropped and counted)")
+    group.add_argument("--dnstap-identity", metavar="NAME",
+                       help="this server's identity in the dnstap messages (default: the host name)")
     group.add_argument("--no-top-talkers", action="store_true",
                        help="do not count top clients and names for /debug/top and dnsd top (default: counted)")
 
@@ -348,6 +355,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
             shared_dir=args.shared_dir, loadbalance=not args.no_loadbalance,
             log_queries=args.log_queries, log_queries_rate=args.log_queries_rate, top_talkers=not args.no_top_talkers,
+            dnstap=args.dnstap, dnstap_identity=args.dnstap_identity or socket.gethostname(),
         )
     return Config(**fields)
 

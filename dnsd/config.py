@@ -114,6 +114,8 @@ class Config:
     log_queries: str | None = None  # --log-queries CLASS: all, success, denial, error; None: no query log
     log_queries_rate: int = 1000  # query log lines per second and process at most (0: no bound)
     top_talkers: bool = True  # count top clients and names (/debug/top)
+    dnstap: str | None = None  # --dnstap unix:PATH or tcp:HOST:PORT: a collector of every query and reply
+    dnstap_identity: str = ""  # --dnstap-identity: this server's name in the messages (default: the host name)
     autopath_search: tuple[str, ...] | None = None  # None: the search domains of /etc/resolv.conf
 
     @property

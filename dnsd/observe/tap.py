@@ -15,12 +15,13 @@ from dnsd.observe.talkers import SAMPLE, Talkers
 
 if TYPE_CHECKING:
     from dnsd.config import Config
+    from dnsd.observe.dnstap import Dnstap
 
 Answered = tuple[bytes, Any, bytes, float]  # query, client address, reply, seconds it took
 
 
 class Tap:
-    def __init__(self, talkers: Talkers | None, log: QueryLog | None, dnstap: Any = None) -> None:
+    def __init__(self, talkers: Talkers | None, log: QueryLog | None, dnstap: Dnstap | None = None) -> None:
         self.talkers = talkers
         self.log = log
         self.dnstap = dnstap
@@ -32,6 +33,10 @@ class Tap:
         talkers = Talkers() if config.top_talkers else None
         log = QueryLog(config.log_queries, config.log_queries_rate) if config.log_queries else None
         dnstap = None
+        if config.dnstap:
+            from dnsd.observe.dnstap import Dnstap  # protobuf loads only when asked for
+
+            dnstap = Dnstap(config.dnstap, identity=config.dnstap_identity.encode())
         if talkers is None and log is None and dnstap is None:
             return None
         return cls(talkers, log, dnstap)
@@ -66,6 +71,14 @@ class Tap:
 
     def one(self, query: bytes, client: Any, reply: bytes, seconds: float, tcp: bool) -> None:
         self.batch([(query, client, reply, seconds)], tcp)
+
+    def forwarded(self, upstream: tuple[str, int], query: bytes, reply: bytes, sent: float, tcp: bool) -> None:
+        """An upstream's reply to ``query``, sent at perf_counter ``sent``: dnstap's FORWARDER_* pair."""
+        if self.dnstap is not None:
+            now = time.time()
+            asked = now - (time.perf_counter() - sent)
+            self.dnstap.forwarder_query(query, upstream, tcp, asked)
+            self.dnstap.forwarder_response(query, reply, upstream, tcp, asked, now)
 
     def upstream(self, name: str) -> None:
         """A name asked upstream (a forwarded query that the cache did not answer)."""

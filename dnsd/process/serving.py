@@ -44,6 +44,10 @@ class Serving:
         self.tap = Tap.from_config(config)
         if self.tap is not None and self.forwarder is not None:
             self.forwarder.asked = self.tap.upstream
+            if config.dnstap:
+                tap, tcp = self.tap, config.force_tcp
+                self.forwarder.fetcher.tapped = lambda up, query, reply, sent: tap.forwarded(
+                    (up.host, up.port), query, reply, sent, tcp or bool(up.tls_name))
         self.dns = DnsServer(config, responder, reuse_port=reuse_port, slots=slots, forwarder=self.forwarder,
                              tap=self.tap)
 

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 
 from dnsd.config import Config
 from dnsd.dns.const import AXFR, IXFR, REFUSED, SERVFAIL
@@ -50,6 +51,8 @@ class Fetcher:
         self.payload = config.udp_max_payload
         self.tls: ssl.SSLContext | None = transport.default_tls(config.upstream_tls_ca) if uses_tls(config) else None
         self.udp: Exchanges | None = None  # made in the running loop, at the first use
+        # Told of each upstream's reply: (upstream, the query it answers, the reply, perf_counter when sent).
+        self.tapped: Callable[[Upstream, bytes, bytes, float], None] | None = None
 
     def exchanges(self) -> Exchanges:
         if self.udp is None:
@@ -73,6 +76,8 @@ class Fetcher:
         else:
             pool.succeeded(state)
             self.stats.answered(state.label, reply.rcode, time.perf_counter() - started)
+            if self.tapped is not None:
+                self.tapped(state.upstream, transport.query_of(reply.wire, reply.qend), reply.wire, started)
 
     def settle(self, key: bytes, qwire: bytes, qtype: int, reply: Reply | None) -> None:
         """Everyone waiting for ``key`` gets what the upstreams said; the cache insertion comes after,

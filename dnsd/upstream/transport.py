@@ -39,6 +39,11 @@ def build_query(question: bytes) -> tuple[bytes, bytes]:
     return qid + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01" + question + _OPT, qid
 
 
+def query_of(reply: bytes, qend: int) -> bytes:
+    """The query ``reply`` answers, as build_query made it (its ID, its question): for dnstap."""
+    return reply[:2] + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01" + reply[12:qend] + _OPT
+
+
 def check(data: bytes, qid: bytes, question: bytes) -> str | None:
     """Why ``data`` is not the reply to our query, or None when it is (its body is parsed later)."""
     if len(data) < 12 + len(question) or not data[2] & 0x80:

@@ -1,10 +1,12 @@
 """Who asks what, on the real server: the query log's lines against the queries sent, field by field;
-/debug/top across workers (clients, names, NXDOMAIN names, forwarded names); their metrics."""
+/debug/top across workers (clients, names, NXDOMAIN names, forwarded names); dnstap to golang-dnstap's
+reader; their metrics."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.dnstap_reader import Reader
 from tests.fakes.upstream import FakeUpstream
 from tests.helpers import Dnsd, wait_for
 
@@ -151,3 +154,35 @@ def test_top_talkers_can_be_turned_off(start_dnsd: Callable[..., Dnsd], cluster:
     server = start_dnsd("--manifests", str(cluster), "--no-top-talkers")
     status, body = server.http("/debug/top")
     assert status == 404 and "--no-top-talkers" in body
+
+
+@pytest.mark.skipif(shutil.which("dnstap") is None, reason="no dnstap reader (.ci/run installs it)")
+def test_dnstap_streams_client_and_forwarder_messages(start_dnsd: Callable[..., Dnsd], cluster: Path,
+                                                      tmp_path: Path) -> None:
+    socket_path = tmp_path / "dnstap.sock"
+    reader = Reader(f"unix:{socket_path}", tmp_path)
+    try:
+        with FakeUpstream() as upstream:
+            server = start_dnsd("--manifests", str(cluster), "--upstream", f"127.0.0.1:{upstream.port}",
+                                "--dnstap", f"unix:{socket_path}", "--dnstap-identity", "dnsd-test", workers=2)
+            wait_for(lambda: metric(server, "dnsd_dnstap_frames_total") >= 2, timeout=10)  # the start-up probe's
+            before = reader.count()
+            cluster_q, cluster_reply, cluster_port = ask(server, "web.shop.svc.cluster.local", source="127.0.0.2")
+            fwd_q, _, fwd_port = ask(server, "www.example.org", source="127.0.0.3", tcp=True)
+            docs = reader.messages(before + 6)[before:]
+    finally:
+        reader.kill()
+    kinds = sorted(d["message"]["type"] for d in docs)
+    assert kinds == sorted(["CLIENT_QUERY", "CLIENT_RESPONSE"] * 2 + ["FORWARDER_QUERY", "FORWARDER_RESPONSE"])
+    assert {d["identity"] for d in docs} == {"dnsd-test"} and {d["type"] for d in docs} == {"MESSAGE"}
+    clients = [d["message"] for d in docs if d["message"]["type"].startswith("CLIENT_")]
+    by_port = {m["query_port"]: m for m in clients if m["type"] == "CLIENT_RESPONSE"}
+    assert by_port[cluster_port]["query_address"] == "127.0.0.2" and by_port[cluster_port]["socket_protocol"] == "UDP"
+    assert by_port[fwd_port]["query_address"] == "127.0.0.3" and by_port[fwd_port]["socket_protocol"] == "TCP"
+    assert f"id: {cluster_q.id}" in by_port[cluster_port]["response_message"]
+    assert f"id: {fwd_q.id}" in by_port[fwd_port]["response_message"]
+    assert by_port[cluster_port]["response_message"].count("IN\tA") == len(dns.message.from_wire(cluster_reply).answer)
+    assert "web.shop.svc.cluster.local.\t5\tIN\tA\t10.96.0.10" in by_port[cluster_port]["response_message"]
+    upstream_reply = next(d["message"] for d in docs if d["message"]["type"] == "FORWARDER_RESPONSE")
+    assert upstream_reply["response_address"] == "127.0.0.1" and upstream_reply["response_port"] == upstream.port
+    assert "www.example.org." in upstream_reply["response_message"]
