@@ -357,6 +357,8 @@ def perf_cmd(port: int, queries: Path, seconds: float, args: argparse.Namespace,
              rate: float | None = None, once: bool = False) -> list[str]:
     cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", f"{seconds:g}",
            "-c", str(args.clients), "-T", "1", "-t", str(DNSPERF_TIMEOUT)]
+    if args.tcp:
+        cmd += ["-m", "tcp"]  # -c connections, each pipelining its share of the -q queries in flight
     if once:
         cmd += ["-n", "1"]  # one pass over the query file, if the time limit allows
     if rate is None:
@@ -594,6 +596,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="fixed rate (qps) of the latency run for every server (default: half of dnsd's max QPS); "
                              "a fixed number makes p99 comparable across commits")
     parser.add_argument("--scaling", action="store_true", help="also run dnsd with --workers 2")
+    parser.add_argument("--tcp", action="store_true",
+                        help="queries over TCP: --clients connections, pipelined (as node-local caches reach the "
+                             "cluster DNS); every server is measured so")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over all servers (each restarts the server); the best run of each counts (default 1)")
     parser.add_argument("--quiet-wait", type=float, default=8,

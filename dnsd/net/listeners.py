@@ -17,7 +17,7 @@ from dnsd.answer.responder import Responder
 from dnsd.answer.transfer import ZoneTransfer
 from dnsd.config import Config
 from dnsd.net.acl import Allowed
-from dnsd.net.tcp import READ_LIMIT, Slots, TcpConnections
+from dnsd.net.tcp import Slots, TcpConnections
 from dnsd.net.udp import SO_TIMESTAMP, UdpListener
 from dnsd.observe.metrics import Listener
 
@@ -87,9 +87,9 @@ class DnsServer:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)  # arrival times, read only when backlogged
             self._udp.append(sock)
             tcp = Listener("tcp", family, server)
-            self._tcp.append(await asyncio.start_server(
-                functools.partial(self.tcp.serve, lst=tcp), host=address, port=self.config.port,
-                reuse_port=self.reuse_port or None, backlog=1024, limit=READ_LIMIT,
+            self._tcp.append(await loop.create_server(
+                functools.partial(self.tcp.connection, tcp), host=address, port=self.config.port,
+                reuse_port=self.reuse_port or None, backlog=1024,
             ))
             # UDP is read only once TCP listens too: a client that got a UDP answer (or TC) can use TCP.
             reader = UdpListener(sock, self.responder, udp, self.forwarder, self.allowed, self.config.shed_after,
