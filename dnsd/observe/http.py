@@ -1,10 +1,13 @@
-"""/health, /ready and /metrics on their own port, served from a thread (never on the DNS path).
+"""/health, /ready, /metrics and POST /reload on their own port, served from a thread (never on the DNS path).
 
 /ready policy: 503 until every source completed its first full sync, then 200 for
 good — an API outage after that keeps /ready at 200, because the last good data is
 still served and pulling every replica out of the Service would turn a control-plane
 outage into a cluster-wide DNS outage. The outage shows in the logs and in
 dnsd_source_healthy / dnsd_watch_last_event_age_seconds.
+
+POST /reload rescans the manifest files at once and answers once every serving process
+answers from the result: a test or a script that wrote a file knows the next query sees it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,14 @@ from prometheus_client.registry import CollectorRegistry
 log = logging.getLogger(__name__)
 
 
+# What ``reload`` returns: the manifest files' current problems, or None without manifest files.
+Reload = Callable[[], list[str] | None]
+
+
 class HttpServer:
-    def __init__(self, address: tuple[str, int], ready: Callable[[], bool], registry: CollectorRegistry) -> None:
+    def __init__(self, address: tuple[str, int], ready: Callable[[], bool], registry: CollectorRegistry,
+                 reload: Reload | None = None) -> None:
+        """``reload``: what POST /reload runs (raising TimeoutError when the processes did not confirm in time)."""
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,8 +43,27 @@ class HttpServer:
                     self._reply(200 if ok else 503, b"OK\n" if ok else b"not synced\n")
                 elif path == "/metrics":
                     self._reply(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
+                elif path == "/reload":
+                    self._reply(405, b"POST only\n")
                 else:
                     self._reply(404, b"not found\n")
+
+            def do_POST(self) -> None:
+                self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 16))  # no body is read
+                if self.path.split("?", 1)[0] != "/reload" or outer.reload is None:
+                    self._reply(404, b"not found\n")
+                    return
+                try:
+                    problems = outer.reload()
+                except TimeoutError as exc:
+                    self._reply(504, f"{exc}\n".encode())
+                    return
+                if problems is None:
+                    self._reply(409, b"no manifest files to reload (--manifests)\n")
+                elif problems:  # the other files are applied; each bad one keeps its last good version
+                    self._reply(422, "".join(f"{line}\n" for line in problems).encode())
+                else:
+                    self._reply(200, b"reloaded\n")
 
             def _reply(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
                 self.send_response(status)
@@ -49,6 +77,7 @@ class HttpServer:
 
         self.ready = ready
         self.registry = registry
+        self.reload = reload
         server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
         if ":" in address[0]:
             import socket
@@ -61,7 +90,7 @@ class HttpServer:
 
     def start(self) -> None:
         self._thread.start()
-        log.info("HTTP on %s:%d (/health /ready /metrics)", self.server.server_address[0], self.port)
+        log.info("HTTP on %s:%d (/health /ready /metrics, POST /reload)", self.server.server_address[0], self.port)
 
     def stop(self) -> None:
         self.server.shutdown()
