@@ -17,18 +17,19 @@ import yaml
 from dnsd.cluster.model import ENDPOINT_SLICE, KINDS, NAMESPACE, SERVICE_NAME_LABEL, from_object
 from dnsd.cluster.sources.manifests import documents, expand, load_documents
 
-# What ``apply`` takes: a path (a str without a newline or ':'), YAML or JSON text, an object, or a list of objects.
+# What ``apply`` takes: a path (see as_path), YAML or JSON text, an object, or a list of objects.
 Source = Union[str, "os.PathLike[str]", Mapping[str, Any], Sequence[Mapping[str, Any]]]
 Key = tuple[str, str, str]  # (kind, namespace, name); namespace "" for a Namespace
 
 
 def as_path(source: object) -> Path | None:
     """``source`` as a path, when it names one: a PathLike, or a str holding no newline and no ':'
-    (every YAML or JSON object holds a ':'); None for text and objects."""
+    (every YAML or JSON object holds a ':') and not starting with '{' or '['; None for text and objects."""
     if isinstance(source, os.PathLike):
         return Path(source)
-    if isinstance(source, str) and "\n" not in source and ":" not in source and source.strip():
-        return Path(source)
+    text = source.strip() if isinstance(source, str) else ""
+    if text and "\n" not in text and ":" not in text and text[0] not in "{[":
+        return Path(text)
     return None
 
 

@@ -138,7 +138,8 @@ class DnsServer:
     def apply(self, obj: Source) -> None:
         """Add or replace objects, as ``kubectl apply``: a dict, a list of dicts, YAML or JSON text (one or
         many documents, ``kind: List`` too) or a path (a file, or a directory of ``*.yaml``/``*.yml``/
-        ``*.json``; a str is a path when it holds no newline and no ':'). Served before this returns.
+        ``*.json``; a str is a path unless it holds a newline or ':' or starts with '{' or '[').
+        Served before this returns.
         ValueError naming the object and the reason when dnsd cannot use one, and then nothing changes.
         Kinds dnsd does not read (Deployment, ConfigMap, ...) are left out; a kind close to one it reads
         (``Servce``) is a ValueError."""
