@@ -273,6 +273,21 @@ def test_asyncio_getaddrinfo_and_connections_go_through_the_patch(clean: DnsServ
     assert body.endswith(b"hello from /async")
 
 
+def test_aiohttp_and_requests_reach_it_too(clean: DnsServer, web_server: int) -> None:
+    import aiohttp
+
+    clean.apply(service("orders", "127.0.0.1", ns="shop"))
+
+    async def fetch() -> str:
+        async with aiohttp.ClientSession() as session, session.get(f"http://orders:{web_server}/aiohttp") as reply:
+            return await reply.text()
+
+    with clean.patch_getaddrinfo("shop"):
+        assert asyncio.run(fetch()) == "hello from /aiohttp"  # its default resolver: loop.getaddrinfo
+        requests = pytest.importorskip("requests")
+        assert requests.get(f"http://orders.shop:{web_server}/requests", timeout=5).text == "hello from /requests"
+
+
 @pytest.mark.parametrize("family", [0, socket.AF_INET, socket.AF_INET6])
 @pytest.mark.parametrize("kind", [0, socket.SOCK_STREAM, socket.SOCK_DGRAM])
 def test_getaddrinfo_has_the_real_shape(srv: DnsServer, family: int, kind: int) -> None:
