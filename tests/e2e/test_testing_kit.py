@@ -288,6 +288,23 @@ def test_aiohttp_and_requests_reach_it_too(clean: DnsServer, web_server: int) ->
         assert requests.get(f"http://orders.shop:{web_server}/requests", timeout=5).text == "hello from /requests"
 
 
+def test_httpx_and_psycopg_when_installed(clean: DnsServer, web_server: int) -> None:
+    """Not in the test extra: run where they are installed (psycopg 3.2+ resolves in Python, then hands libpq the address)."""
+    httpx = pytest.importorskip("httpx")
+    conninfo = pytest.importorskip("psycopg.conninfo")
+    clean.apply(service("orders", "127.0.0.1", ns="shop"))
+
+    async def fetch() -> str:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"http://orders.shop:{web_server}/httpx-async")).text
+
+    with clean.patch_getaddrinfo("shop"):
+        assert httpx.get(f"http://orders:{web_server}/httpx").text == "hello from /httpx"
+        assert asyncio.run(fetch()) == "hello from /httpx-async"
+        attempts = conninfo.conninfo_attempts(conninfo.conninfo_to_dict("host=orders port=5432"))
+        assert [a["hostaddr"] for a in attempts] == ["127.0.0.1"]
+
+
 @pytest.mark.parametrize("family", [0, socket.AF_INET, socket.AF_INET6])
 @pytest.mark.parametrize("kind", [0, socket.SOCK_STREAM, socket.SOCK_DGRAM])
 def test_getaddrinfo_has_the_real_shape(srv: DnsServer, family: int, kind: int) -> None:
