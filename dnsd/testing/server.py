@@ -191,6 +191,8 @@ class DnsServer:
     def _running(self) -> ObjectFiles:
         if self._files is None or self._proc is None:
             raise RuntimeError("this DnsServer is not started: use `with DnsServer() as server:` or .start()")
+        if self._cleanup is not None and not self._cleanup.alive:
+            raise RuntimeError("this DnsServer was stopped")
         if self._proc.poll() is not None:
             raise RuntimeError(self._died())
         return self._files
