@@ -49,7 +49,9 @@ class HttpServer:
                     self._reply(404, b"not found\n")
 
             def do_POST(self) -> None:
-                self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 16))  # no body is read
+                length = self.headers.get("Content-Length", "")
+                if length.isdigit():  # a body means nothing here: read (some of) it so the reply is not reset
+                    self.rfile.read(min(int(length), 1 << 16))
                 if self.path.split("?", 1)[0] != "/reload" or outer.reload is None:
                     self._reply(404, b"not found\n")
                     return
