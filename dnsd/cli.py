@@ -1,4 +1,4 @@
-"""Command line: ``dnsd serve | records | check``. Every flag can also come from ``DNSD_<FLAG>``."""
+"""Command line: ``dnsd serve | records | check | wait``. Every flag can also come from ``DNSD_<FLAG>``."""
 
 from __future__ import annotations
 
@@ -284,7 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("paths", nargs="+", metavar="PATH")
     check.add_argument("--endpoint-pod-names", action="store_true",
                        help="check endpoints as named after their pods (as serve and records would)")
-    for command in (serve, records, check):
+
+    wait = sub.add_parser("wait", help="wait until a dnsd is ready (for scripts); non-zero exit on timeout")
+    wait.add_argument("--http", metavar="HOST:PORT",
+                      help="poll http://HOST:PORT/ready (dnsd's --http-address) until it answers 200")
+    wait.add_argument("--dns", metavar="IP:PORT", type=argtypes.checked(servers.parse_server),
+                      help="ask the DNS server at IP:PORT until NAME gets NOERROR or NXDOMAIN (SERVFAIL: not synced)")
+    wait.add_argument("--name", default="dns-version.cluster.local",
+                      help="the name --dns asks for, type A (default dns-version.cluster.local)")
+    wait.add_argument("--timeout", type=argtypes.number, default=30.0,
+                      help="seconds before giving up, exit status 1 (default 30)")
+    for command in (serve, records, check, wait):
         command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                              help="log verbosity (default info)")
     _apply_env(parser)
@@ -370,6 +380,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dnsd.commands import check
 
         return check(args.paths, pod_names=args.endpoint_pod_names)
+    if args.command == "wait":
+        if not (args.http or args.dns):
+            build_parser().error("dnsd wait: give --http HOST:PORT and/or --dns IP:PORT")
+        from dnsd.commands import wait
+
+        return wait(args.http, servers.parse_server(args.dns) if args.dns else None, args.name, args.timeout)
     try:
         config = config_from_args(args)
     # A bad repeatable value from DNSD_<FLAG> (kept as text), or a bad --upstream/--stub-domain/--allow-from

@@ -1,11 +1,13 @@
-"""The one-shot subcommands: ``dnsd check`` and ``dnsd records``."""
+"""The one-shot subcommands: ``dnsd check``, ``dnsd records`` and ``dnsd wait``."""
 
 from __future__ import annotations
 
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 
 from dnslib import RR
 
@@ -15,6 +17,7 @@ from dnsd.cluster.store import Op
 from dnsd.config import Config
 from dnsd.dns.const import EXISTS, TXT
 from dnsd.dns.names import label_tuple
+from dnsd.servers import Upstream
 from dnsd.zone.pipeline import Pipeline, Scope
 
 
@@ -80,3 +83,52 @@ def records(config: Config, sync_timeout: float = 60.0) -> int:
         lines = zone_lines(dataplane)
     sys.stdout.write("".join(line + "\n" for line in lines))
     return 0
+
+
+def wait(http: str | None, dns_server: Upstream | None, name: str, timeout: float, interval: float = 0.05) -> int:
+    """Poll until dnsd is ready: ``http://HTTP/ready`` answers 200 and ``name`` asked of ``dns_server``
+    gets NOERROR or NXDOMAIN (dnsd answers SERVFAIL until its first sync). 0 then; 1 after ``timeout``
+    seconds, printing why the last probe failed."""
+    probes: list[Callable[[float], str | None]] = []
+    if http:
+        url = (http if "://" in http else f"http://{http}").rstrip("/")
+        probes.append(lambda limit: _http_ready(url if url.endswith("/ready") else url + "/ready", limit))
+    if dns_server:
+        probes.append(lambda limit: _dns_ready(dns_server, name, limit))
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        reasons = [reason for probe in probes if (reason := probe(max(0.05, min(1.0, left))))]
+        if not reasons:
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"dnsd wait: not ready after {timeout:g} s: {'; '.join(reasons)}", file=sys.stderr)
+            return 1
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def _http_ready(url: str, timeout: float) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return None if reply.status == 200 else f"{url}: HTTP {reply.status}"
+    except urllib.error.HTTPError as exc:
+        return f"{url}: HTTP {exc.code} {exc.read().decode(errors='replace').strip()}".rstrip()
+    except (urllib.error.URLError, OSError) as exc:
+        return f"{url}: {getattr(exc, 'reason', exc)}"
+
+
+def _dns_ready(server: Upstream, name: str, timeout: float) -> str | None:
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    where = f"{name} A at {server}"
+    try:
+        reply = dns.query.udp(dns.message.make_query(name, "A"), server.host, port=server.port, timeout=timeout)
+    except (dns.exception.DNSException, OSError) as exc:
+        return f"{where}: {exc.__class__.__name__}: {exc}" if str(exc) else f"{where}: no answer"
+    code = reply.rcode()
+    if code in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return None
+    return f"{where}: {dns.rcode.to_text(code)}"

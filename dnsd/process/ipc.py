@@ -11,10 +11,16 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 _P = TypeVar("_P")
 CLEAR = None  # in place of the names: every rendered reply may be stale (a relist touched too many to list)
+
+
+class Barrier(NamedTuple):
+    """Sent to a worker after changes; it reports ``("read", token)`` once it has read every message before."""
+
+    token: int
 
 
 def worker_ends(start: Callable[[tuple[int, int]], _P]) -> tuple[_P, Connection, socket.socket]:
@@ -114,4 +120,4 @@ class _FileLock:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
-__all__ = ["CLEAR", "Frames", "SharedCounts", "frame", "worker_ends"]
+__all__ = ["CLEAR", "Barrier", "Frames", "SharedCounts", "frame", "worker_ends"]

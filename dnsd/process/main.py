@@ -128,7 +128,7 @@ class Server:
                 return error
         serving.forward()
         try:
-            self.http = _start_http(config, self.ready, self.read, self.top_report if self.top else None)
+            self.http = _start_http(config, self.ready, self.read, self.reload, self.top_report if self.top else None)
         except OSError as exc:
             return f"cannot serve HTTP on {config.http_address}: {exc}"
         loop.add_signal_handler(signal.SIGHUP, lambda: threading.Thread(target=self.sources_reload, daemon=True).start())
@@ -168,6 +168,26 @@ class Server:
     def ready(self) -> bool:
         return self.dataplane.store.synced and (self.pool is None or self.pool.synced())
 
+    def reload(self, timeout: float = 10.0) -> list[str] | None:
+        """POST /reload, from the HTTP thread: the manifest files rescanned now, returning once every
+        serving process answers from the result; the files' problems (None: no manifest files)."""
+        manifests = self.sources.manifests if self.sources else None
+        if manifests is None:
+            return None
+        problems = manifests.rescan()  # its changes are queued on the loop before what follows
+        future = asyncio.run_coroutine_threadsafe(self._settled(timeout), self.loop)
+        try:
+            future.result(timeout + 1)
+        except TimeoutError:
+            raise TimeoutError(f"the workers did not confirm the reload within {timeout:g} s") from None
+        return problems
+
+    async def _settled(self, timeout: float) -> None:
+        """On the loop, after every change queued before: the main process answers from them; then
+        each worker, once it confirms it has read every change sent before."""
+        if self.pool:
+            await asyncio.wait_for(self.pool.settled(), timeout)
+
     def read(self) -> tuple[Totals, dict[str, Any]]:
         """For a scrape, from the HTTP thread: every process's counters, and the sources' state."""
         assert self.sources is not None
@@ -204,6 +224,7 @@ async def _call(fn: Callable[[], Any]) -> Any:
 
 def _start_http(
     config: Config, ready: Callable[[], bool], read: Callable[[], tuple[Totals, dict[str, Any]]],
+    reload: Callable[[], list[str] | None],
     top: Callable[[int], dict[str, Any]] | None = None,
 ) -> HttpServer | None:
     endpoint = config.http_endpoint
@@ -217,6 +238,6 @@ def _start_http(
 
     registry = CollectorRegistry()
     registry.register(DnsdCollector(read))
-    http = HttpServer(endpoint, ready, registry, top)
+    http = HttpServer(endpoint, ready, registry, reload, top)
     http.start()
     return http

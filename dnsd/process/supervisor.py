@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from dnsd.config import Config
 from dnsd.observe.metrics import Snapshot
-from dnsd.process.ipc import CLEAR, frame
+from dnsd.process.ipc import CLEAR, Barrier, frame
 from dnsd.process.spawn import Spawned, spawn
 from dnsd.process.zygote import Forked, Zygote
 from dnsd.zone.lmdb_index import SharedIndexWriter
@@ -133,6 +133,9 @@ class WorkerPool:
         self.last: tuple[Any, int, bool] = (CLEAR, 0, False)
         self.closing = threading.Event()
         self.monitor = threading.Thread(target=self._monitor, name="dnsd-workers", daemon=True)
+        # settled(): per barrier token, the workers yet to confirm it (read and written on the loop).
+        self._barriers: dict[int, tuple[set[int], asyncio.Future[None]]] = {}
+        self._token = 0
 
     def publish(self, touched: set[str], serial: int, synced: bool) -> None:
         """On the loop thread, after a change (and the serial) is committed to the file: tell every
@@ -143,6 +146,33 @@ class WorkerPool:
             workers = list(self.workers.values())
         for w in workers:
             w.send((names, serial, synced))
+
+    async def settled(self) -> None:
+        """On the loop thread: returns once every worker has read every change published before the call
+        (each answers a Barrier sent after them; one that dies meanwhile is not waited for)."""
+        with self.lock:
+            numbers = set(self.workers)
+            workers = list(self.workers.values())
+        if not numbers:
+            return
+        self._token += 1
+        token = self._token
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._barriers[token] = (numbers, future)
+        for w in workers:
+            w.send(Barrier(token))
+        try:
+            await future
+        finally:
+            del self._barriers[token]
+
+    def _confirmed(self, number: int, token: int | None) -> None:
+        """On the loop thread: worker ``number`` read every change before barrier ``token`` (None: it is gone)."""
+        for key, (waiting, future) in self._barriers.items():
+            if token in (None, key):
+                waiting.discard(number)
+                if not waiting and not future.done():
+                    future.set_result(None)
 
     def synced(self) -> bool:
         """Every worker reports (once a second) that it answers from synced data."""
@@ -206,6 +236,8 @@ class WorkerPool:
                     self.stats[number] = detail
                 elif kind == "top" and self.on_top is not None:
                     self.on_top(detail)
+                elif kind == "read":
+                    self.loop.call_soon_threadsafe(self._confirmed, number, detail)
 
     def _respawn(self, number: int) -> None:
         with self.lock:
@@ -213,6 +245,7 @@ class WorkerPool:
         self.stats.pop(number, None)
         old.process.join(timeout=1)
         self.loop.call_soon_threadsafe(old.close)
+        self.loop.call_soon_threadsafe(self._confirmed, number, None)  # a fresh one reads the file
         log.error("worker %d exited; starting a new one", number)
         time.sleep(0.5)  # a worker that dies at once must not spin the main process
         try:

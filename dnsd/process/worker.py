@@ -24,7 +24,7 @@ from typing import Any
 from dnsd.answer.responder import Responder
 from dnsd.config import Config
 from dnsd.net.tcp import Slots
-from dnsd.process.ipc import CLEAR, Frames
+from dnsd.process.ipc import CLEAR, Barrier, Frames
 from dnsd.process.serving import Serving, run
 from dnsd.runtime import HeapTrim
 from dnsd.zone.lmdb_index import SharedIndex
@@ -141,7 +141,11 @@ class Worker:
             self.stop.set()  # the main process is gone: so are we
             return
         for message in self.frames.feed(data):
-            self.changes.apply(message)
+            if isinstance(message, Barrier):
+                with contextlib.suppress(OSError):
+                    self.conn.send(("read", message.token))  # every change before it is applied
+            else:
+                self.changes.apply(message)
 
 
 __all__ = ["Changes", "Worker", "main"]

@@ -47,7 +47,7 @@ def expand(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(files)
 
 
-def _documents(doc: Any, where: str) -> Iterator[tuple[str, Any]]:
+def documents(doc: Any, where: str) -> Iterator[tuple[str, Any]]:
     """A document, or the items of a ``kind: List`` (``v1/List``, ``ServiceList``, ...)."""
     if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc:
         items = doc.get("items") or []
@@ -70,18 +70,23 @@ def _json_documents(text: str) -> Iterator[Any]:
         raise yaml.YAMLError(f"invalid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
 
 
+def load_documents(text: str, name: str) -> Iterator[Any]:
+    """One file's documents, parsed as they are read: JSON for a ``.json`` name, else YAML (``yaml.YAMLError``)."""
+    return _json_documents(text) if name.endswith(".json") else yaml.load_all(text, Loader=_Loader)
+
+
 def parse(text: str, name: str, pod_names: bool = False) -> tuple[list[Object], list[str]]:
     """Objects and ``name:document: reason`` errors of one file's text (documents count from 1)."""
     objects: list[Object] = []
     errors: list[str] = []
     index = 0
-    documents = _json_documents(text) if name.endswith(".json") else yaml.load_all(text, Loader=_Loader)
+    docs = load_documents(text, name)
     try:
-        for index, doc in enumerate(documents, start=1):
+        for index, doc in enumerate(docs, start=1):
             if doc is None:
                 continue  # an empty document (e.g. a trailing ---)
             try:
-                for where, item in _documents(doc, f"{name}:{index}"):
+                for where, item in documents(doc, f"{name}:{index}"):
                     try:
                         obj = from_object(item, pod_names=pod_names)
                     except ValueError as exc:
@@ -159,9 +164,11 @@ class ManifestSource:
             self._examined.clear()
         self.rescan()
 
-    def rescan(self) -> None:
+    def rescan(self) -> list[str]:
+        """Apply what changed in the files since the last scan; the files' current problems."""
         with self._lock:
             self._rescan()
+            return [error for errors in self.errors.values() for error in errors]
 
     def _rescan(self) -> None:
         ops: list[Op] = []
