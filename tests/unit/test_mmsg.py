@@ -1,0 +1,75 @@
+"""recvmmsg/sendmmsg through ctypes (net/mmsg.py) on real loopback sockets, IPv4 and IPv6: datagrams and
+their peers read in one call, replies sent back in one call to the right peers; and the listener's
+plain recvfrom/sendto loop, kept for systems without them, answering alike."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from dnsd.net import mmsg
+from dnsd.net.udp import UdpListener
+from dnsd.observe.metrics import Listener
+
+pytestmark = pytest.mark.skipif(not mmsg.available(), reason="no recvmmsg/sendmmsg here")
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_a_batch_is_read_and_answered_to_each_peer(family: int) -> None:
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family, socket.SOCK_DGRAM) as server:
+        server.bind((host, 0))
+        server.setblocking(False)
+        batch = mmsg.Batch(server, 8, 513)
+        assert batch.receive() == 0  # nothing waiting: no error, no block
+        clients = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(3)]
+        for c in clients:
+            c.bind((host, 0))
+        try:
+            for i, client in enumerate(clients * 4):  # 12 datagrams: more than a batch
+                client.sendto(b"query %d" % i, server.getsockname()[:2])
+            n = batch.receive()
+            assert n == 8
+            seen = [(batch.data(i), batch.address(i)) for i in range(n)]
+            assert [data for data, _ in seen] == [b"query %d" % i for i in range(8)]
+            assert [addr for _, addr in seen] == [c.getsockname()[:2] for c in clients * 3][:8]
+            for i in range(n):
+                batch.reply(i, b"reply to " + batch.data(i) + b"x" * 1000 * (i == 2))  # one big reply
+            batch.flush()
+            assert batch.receive() == 4  # the rest
+            for c in clients:
+                c.settimeout(1)
+            got = {c.getsockname()[:2]: sorted(c.recv(4096) for _ in range([3, 3, 2][k])) for k, c in enumerate(clients)}
+            assert got[clients[0].getsockname()[:2]] == [b"reply to query 0", b"reply to query 3", b"reply to query 6"]
+            assert got[clients[2].getsockname()[:2]] == [b"reply to query 2" + b"x" * 1000, b"reply to query 5"]
+        finally:
+            for c in clients:
+                c.close()
+
+
+class _Table:
+    """A Responder whose table answers every query with its reverse."""
+
+    forward = None
+
+    def fast(self, query: bytes, limit: int, counts: dict) -> bytes | None:
+        return query[::-1]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_listener_answers_alike_with_and_without_mmsg(batched: bool) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        listener = UdpListener(server, _Table(), Listener("udp", "1", "dns://test"))  # type: ignore[arg-type]
+        if not batched:
+            listener.batch = None  # as on a system without recvmmsg
+        assert (listener.batch is not None) is batched
+        for i in range(5):
+            client.sendto(b"abc%d" % i, server.getsockname())
+        listener.readable()
+        client.settimeout(1)
+        assert sorted(client.recv(100) for _ in range(5)) == sorted(b"%dcba" % i for i in range(5))
+        assert listener.listener.duration.counts and sum(listener.listener.duration.counts) == 5
