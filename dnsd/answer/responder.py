@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+NEGATIVES_SEEN = 4096  # negative questions remembered as asked once, before a second ask keeps the reply
 _SPECIAL_TYPES = frozenset((0, 41, 251, 252, 255))  # internal marker, OPT, IXFR, AXFR, ANY: the strict path's
 
 
@@ -68,6 +69,7 @@ class Responder:
         self._table = self.replies.entries
         # (rcode, AA, authority) -> the name-independent reply; a handful (one per zone and rcode).
         self._templates: dict[tuple[int, bool, tuple[Record, ...]], Entry] = {}
+        self._negatives_seen: dict[bytes, None] = {}  # negative questions asked once (_remember_negative)
         self.counts: dict[tuple[int, int], int] = {}  # (qtype, rcode) -> replies
         self.failures = 0  # queries answered SERVFAIL by the catch-all (a bug if ever above 0)
         self.forward: Forwarding | None = None  # set when upstreams are configured
@@ -343,7 +345,23 @@ class Responder:
         entry = self._template(answer)
         stat = (qtype, answer.rcode)
         counts[stat] = counts.get(stat, 0) + 1
+        if answer.negative and answer.authority:
+            self._remember_negative(query[12:qend].lower(), name, entry, stat, answer)
         return splice(entry, query, query[12:qend], edns)
+
+    def _remember_negative(self, key: bytes, name: str, entry: Entry, stat: tuple[int, int], answer: Answer) -> None:
+        """A negative reply asked for the second time goes into the table, filed under the zone's apex (its
+        SOA's serial moves with every change) and under its name: the names pods ask that do not exist
+        (the search list's expansions, ~30% of a cluster's queries) are answered by the fast path. Asked
+        once, a name is only noted: a flood of unique names never enters the table."""
+        seen = self._negatives_seen
+        if key not in seen:
+            if len(seen) >= NEGATIVES_SEEN:
+                seen.clear()
+            seen[key] = None
+            return
+        del seen[key]
+        self.replies.store(key, name, entry._replace(stat=stat), (answer.authority[0][0], *answer.depends))
 
     def miss(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | Pending | None:
         """The strict path, guarded: a bug costs one SERVFAIL and a rate-limited log line, never the server."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import dnslib
 import pytest
@@ -142,3 +143,58 @@ def test_a_change_drops_every_type_asked_of_the_name(relist: bool) -> None:
     assert all(dp.responder.fast(query, MIN_PAYLOAD, {}) is not None for query in queries[12:])
     reply = dnslib.DNSRecord.parse(dp.responder.answer(queries[0]))
     assert str(reply.rr[0].rdata) == "new.example.org."
+
+
+def test_negatives_asked_twice_take_the_fast_path_byte_for_byte(dataplane: Dataplane) -> None:
+    """The search list's expansions and other names that do not exist, asked again and again: from the
+    second ask the reply comes from the table, the same bytes the strict path gives."""
+    responder = dataplane.responder
+    responder.clear()
+    negatives = [("web.default.svc.cluster.local.default.svc.cluster.local", "A"), ("nope.shop.svc.cluster.local", "AAAA"),
+                 ("web.default.svc.cluster.local", "AAAA"), ("shop.svc.cluster.local", "A")]  # NXDOMAIN, NODATA
+    for name, qtype in negatives:
+        for edns in (False, True):
+            q = dnslib.DNSRecord.question(name.upper() if edns else name, qtype)
+            if edns:
+                q.add_ar(dnslib.EDNS0(udp_len=1232))
+            query = bytes(q.pack())
+            if not edns:  # the EDNS spelling shares the key (the question lowercased): kept already
+                assert responder.fast(query, MIN_PAYLOAD, {}) is None
+                responder.answer(query)
+                assert responder.fast(query, MIN_PAYLOAD, {}) is None  # asked once: only noted
+                responder.answer(query)
+            fast = responder.fast(query, MIN_PAYLOAD, {})
+            assert fast is not None and fast == responder.full(query, MIN_PAYLOAD, {}), (name, qtype, edns)
+            assert dnslib.DNSRecord.parse(fast).header.rcode in (0, 3) and not dnslib.DNSRecord.parse(fast).rr
+
+
+def test_a_kept_negative_follows_every_change() -> None:
+    from dnsd.cluster.model import Service
+
+    dp = Dataplane(["cluster.local"], 5, None)
+    dp.apply([Expect("t"), Replace("file:t", (Service("default", "web", "ClusterIP", ("10.96.0.1",), ()),)), Synced("t")])
+    query = bytes(dnslib.DNSRecord.question("late.default.svc.cluster.local", "A").pack())
+    for _ in range(2):
+        dp.responder.answer(query)
+    kept = dp.responder.fast(query, MIN_PAYLOAD, {})
+    assert kept is not None and dnslib.DNSRecord.parse(kept).auth[0].rdata.times[0] == dp.serial
+    # Another name changes a second later: the serial moves, and the kept reply with its SOA goes.
+    time.sleep(1.05)
+    dp.apply([Replace("file:u", (Service("default", "other", "ClusterIP", ("10.96.0.2",), ()),))])
+    assert dp.responder.fast(query, MIN_PAYLOAD, {}) is None
+    fresh = dnslib.DNSRecord.parse(dp.responder.answer(query))
+    assert fresh.header.rcode == dnslib.RCODE.NXDOMAIN and fresh.auth[0].rdata.times[0] == dp.serial
+    dp.responder.answer(query)
+    assert dp.responder.fast(query, MIN_PAYLOAD, {}) is not None
+    # The name itself appears: answered at once.
+    dp.apply([Replace("file:v", (Service("default", "late", "ClusterIP", ("10.96.9.9",), ()),))])
+    assert dp.responder.fast(query, MIN_PAYLOAD, {}) is None
+    assert str(dnslib.DNSRecord.parse(dp.responder.answer(query)).rr[0].rdata) == "10.96.9.9"
+
+
+def test_a_flood_of_unique_negative_names_keeps_nothing() -> None:
+    dp = Dataplane(["cluster.local"], 5, None)
+    dp.apply([Expect("t"), Replace("file:t", ()), Synced("t")])
+    for i in range(10_000):
+        dp.responder.answer(bytes(dnslib.DNSRecord.question(f"r{i}.default.svc.cluster.local", "A").pack()))
+    assert not dp.responder._table and len(dp.responder._negatives_seen) <= 4096
