@@ -91,7 +91,7 @@ def header(view: View) -> Panel:
 def upstream_table(stats: Stats | None) -> RenderableType:
     if stats is None or not stats.forwarding:
         return Text("")
-    table = Table(title="Upstreams", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
+    table = Table(title="Upstreams", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for name, justify in (("upstream", "left"), ("queries", "right"), ("failed", "right"), ("mean", "right"),
                           ("p50", "right"), ("p99", "right"), ("failed checks", "right"), ("state", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -108,7 +108,8 @@ def upstream_table(stats: Stats | None) -> RenderableType:
 def talker_table(title: str, what: str, entries: tuple[Entry, ...], window: Window, limit: int) -> Table:
     table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
     table.add_column("#", justify="right", width=3)
-    table.add_column(what, ratio=1, no_wrap=True, overflow="ellipsis")
+    # folded, not cut: the end of a long name is what tells a search-path expansion from the name meant
+    table.add_column(what, ratio=1, overflow="fold")
     table.add_column("count", justify="right")
     table.add_column("/s", justify="right")
     table.add_column("share", justify="right")
