@@ -6,7 +6,6 @@ until its timeout. Nothing here computes: scrape.py, talkers.py and screen.py do
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import select
@@ -139,11 +138,17 @@ class Keys:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
 
     def read(self, timeout: float) -> str | None:
+        """A key, None when none came within ``timeout``, "" once the terminal is gone (hung up)."""
         if self.fd is None:
             time.sleep(timeout)
             return None
         ready, _, _ = select.select([self.fd], [], [], timeout)
-        return os.read(self.fd, 1).decode(errors="replace") if ready else None
+        if not ready:
+            return None
+        try:
+            return os.read(self.fd, 1).decode(errors="replace")
+        except OSError:
+            return ""
 
 
 def _view(base: str, interval: float, window: str, limit: int, polled: Polled, live: bool = True) -> View:
@@ -168,7 +173,7 @@ def run(base: str, interval: float = 1.0, limit: int = 10, window: str = "1m") -
             live.update(screen(_view(base, interval, window, limit, poller.polled)), refresh=True)
             while True:
                 key = keys.read(0.1)
-                if key in ("q", "Q"):
+                if key in ("q", "Q", ""):
                     break
                 if key in ("w", "W"):
                     window = WINDOWS[(WINDOWS.index(window) + 1) % len(WINDOWS)] if window in WINDOWS else WINDOWS[0]
@@ -186,11 +191,13 @@ def run(base: str, interval: float = 1.0, limit: int = 10, window: str = "1m") -
 def once(base: str, interval: float, limit: int, window: str) -> int:
     """For a pipe or a file: two scrapes ``interval`` apart (so rates exist), one frame; 1 if unreachable."""
     poller = Poller(base, interval, limit)
-    poller.poll()
-    if poller.polled.error is None:
-        with contextlib.suppress(KeyboardInterrupt):
-            time.sleep(interval)
+    try:
         poller.poll()
+        if poller.polled.error is None:
+            time.sleep(interval)
+            poller.poll()
+    except KeyboardInterrupt:
+        return 130  # as a shell reports Ctrl-C, without a traceback
     polled = poller.polled
     # rich reads COLUMNS; without it a pipe would get 80 columns, too narrow for two tables side by side
     console = Console(width=None if "COLUMNS" in os.environ else 160)

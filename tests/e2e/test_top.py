@@ -56,7 +56,7 @@ class Tmux:
     def keys(self, *keys: str) -> None:
         self.tmux("send-keys", "-t", "top", *keys)
 
-    def wait(self, *texts: str, timeout: float = 15.0) -> str:
+    def wait(self, *texts: str, timeout: float = 30.0) -> str:
         """The screen once it shows every text in ``texts``."""
         def shown() -> str | None:
             screen = self.screen()
@@ -110,7 +110,7 @@ def test_top_shows_rates_clients_and_names_then_q_quits(terminal: Callable[..., 
                 assert re.search(r"127\.0\.0\.2 +9 ", screen), screen
                 assert "Traceback" not in screen
                 # queries while it watches: the rate between two scrapes shows them
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + 20
                 seen = 0.0
                 while seen <= 0 and time.monotonic() < deadline:
                     for _ in range(20):
@@ -155,3 +155,10 @@ def test_top_into_a_pipe_prints_one_frame() -> None:
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and f"cannot reach http://127.0.0.1:{port}/metrics: connection refused" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("flags", "says"), [(["--http", "localhost"], "--http"), (["--interval", "0"], "--interval"),
+                                             (["--limit", "0"], "--limit"), (["--window", "5m"], "--window")])
+def test_bad_flags_are_usage_errors(flags: list[str], says: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "dnsd", "top", *flags], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
