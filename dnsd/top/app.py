@@ -26,12 +26,20 @@ from dnsd.top import scrape, talkers
 from dnsd.top.screen import View, screen
 
 WINDOWS = ("1m", "15m")
+# /debug/top answers 400 to a limit above its sketches' capacity: ask for at most this until an answer
+# tells the real capacity (128 is what dnsd keeps, docs/observability.md).
+CAPACITY = 128
+DEFAULT_LIMIT = 10
 # Straight to the address given: a proxy from the environment has no business between top and dnsd.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class Unreachable(Exception):
     """A request that got no usable answer; the message says why, for the screen."""
+
+    def __init__(self, why: str, status: int | None = None) -> None:
+        super().__init__(why)
+        self.status = status  # the HTTP status, when there was an answer
 
 
 def get(url: str, timeout: float) -> bytes:
@@ -40,7 +48,7 @@ def get(url: str, timeout: float) -> bytes:
             body: bytes = reply.read()
             return body
     except urllib.error.HTTPError as exc:
-        raise Unreachable(f"HTTP {exc.code} from {url}") from None
+        raise Unreachable(f"HTTP {exc.code} from {url}", exc.code) from None
     except urllib.error.URLError as exc:
         reason = exc.reason
         why = (reason.strerror or str(reason)) if isinstance(reason, OSError) else str(reason)
@@ -66,6 +74,7 @@ class Poller(threading.Thread):
     def __init__(self, base: str, interval: float, limit: int) -> None:
         super().__init__(name="dnsd-top-poll", daemon=True)
         self.base, self.interval, self.limit = base, interval, limit
+        self.capacity = CAPACITY  # then what the last /debug/top said
         self.timeout = max(2.0, interval)
         self.changed = threading.Event()
         self._halt = threading.Event()
@@ -99,12 +108,16 @@ class Poller(threading.Thread):
         stats = scrape.compare(self._before, after)
         self._before = after
         heavy, note = None, None
-        top_url = f"{self.base}/debug/top?limit={self.limit}"
+        top_url = f"{self.base}/debug/top?limit={max(1, min(self.limit, self.capacity))}"
         try:
             heavy = talkers.parse(get(top_url, self.timeout))
+            self.capacity = heavy.capacity
         except Unreachable as exc:
-            note = ("this dnsd has no /debug/top (a version before it): no top talkers" if " 404 " in f" {exc} "
-                    else str(exc))
+            note = str(exc)
+            if exc.status == 404:
+                note = "this dnsd has no /debug/top (top talkers off, or a version before them)"
+            elif exc.status == 400 and self.capacity > DEFAULT_LIMIT:
+                self.capacity = DEFAULT_LIMIT  # a smaller capacity than thought: the default is always valid
         except ValueError as exc:
             note = f"{top_url}: unexpected answer: {exc}"
         self._publish(Polled(stats, heavy, None, note, time.time()))

@@ -1,8 +1,8 @@
 """A fake dnsd HTTP port for ``dnsd top``: /metrics and /debug/top?limit=N on loopback, from a thread.
 
-``metrics`` is the text /metrics answers, or with ``proxy`` set, the /metrics of a real dnsd at that
-base URL is passed through. ``top`` is the /debug/top document (the schema of dnsd/top/talkers.py),
-cut to ``limit`` rows per table as the real endpoint does; None answers 404, as a dnsd without it.
+``metrics`` is the text /metrics answers. ``top`` is the /debug/top document (the schema of dnsd/top/talkers.py),
+cut to ``limit`` rows per table as the real endpoint does (400 above its capacity); None answers 404,
+as a dnsd without it.
 Every path asked is recorded in ``asked``.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,11 +39,9 @@ def window(seconds: int, clients: dict[str, int], names: dict[str, int], nxdomai
 
 
 class FakeTopHttp:
-    def __init__(self, metrics: str = CANNED_METRICS, top: dict[str, Any] | None = None, proxy: str | None = None,
-                 port: int | None = None) -> None:
+    def __init__(self, metrics: str = CANNED_METRICS, top: dict[str, Any] | None = None, port: int | None = None) -> None:
         self.metrics = metrics
         self.top = top
-        self.proxy = proxy
         self.asked: list[str] = []
         self.port = port or free_port()
         outer = self
@@ -54,9 +51,12 @@ class FakeTopHttp:
                 outer.asked.append(self.path)
                 parts = urlsplit(self.path)
                 if parts.path == "/metrics":
-                    self._reply(200, outer._metrics().encode(), "text/plain; version=0.0.4; charset=utf-8")
+                    self._reply(200, outer.metrics.encode(), "text/plain; version=0.0.4; charset=utf-8")
                 elif parts.path == "/debug/top" and outer.top is not None:
                     limit = int(parse_qs(parts.query).get("limit", ["10"])[0])
+                    if not 1 <= limit <= outer.top.get("capacity", 128):  # as dnsd: 400, not a shorter list
+                        self._reply(400, b"limit out of range\n", "text/plain")
+                        return
                     self._reply(200, json.dumps(outer._cut(limit)).encode(), "application/json")
                 else:
                     self._reply(404, b"not found\n", "text/plain")
@@ -79,16 +79,9 @@ class FakeTopHttp:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _metrics(self) -> str:
-        if self.proxy is None:
-            return self.metrics
-        with urllib.request.urlopen(self.proxy + "/metrics", timeout=5) as reply:
-            return reply.read().decode()
-
     def _cut(self, limit: int) -> dict[str, Any]:
         assert self.top is not None
         doc = json.loads(json.dumps(self.top))
-        limit = min(limit, doc.get("capacity", limit))
         for win in doc["windows"].values():
             for name in ("clients", "names", "nxdomain", "forwarded"):
                 win[name] = win.get(name, [])[:limit]

@@ -239,6 +239,18 @@ def test_poller_rates_between_two_polls_and_talkers() -> None:
         assert "/debug/top?limit=7" in fake.asked
 
 
+def test_poller_asks_at_most_the_capacity() -> None:
+    """/debug/top answers 400 above its capacity: --limit 500 asks 128 (dnsd's); a 400 then, the default
+    of 10, then the capacity the answer gives."""
+    with FakeTopHttp(exposition(requests=1), document({"1m": window(60, {}, {})}, capacity=50)) as fake:
+        poller = Poller(f"http://{fake.address}", 1.0, 500)
+        for _ in range(4):
+            poller.poll()
+        asked = [p.removeprefix("/debug/top?limit=") for p in fake.asked if p.startswith("/debug/top")]
+        assert asked == ["128", "10", "50", "50"]
+        assert poller.polled.talkers is not None and poller.polled.talkers_note is None
+
+
 def test_poller_without_debug_top_or_with_garbage() -> None:
     with FakeTopHttp(exposition(requests=1), top=None) as fake:
         poller = Poller(f"http://{fake.address}", 1.0, 10)
