@@ -1,8 +1,6 @@
 """``dnsd top`` as a person meets it: in a real terminal (tmux, read back with capture-pane), against a real
-dnsd on loopback, with queries sent from several client addresses; ``q`` and Ctrl-C end it cleanly.
-
-Until dnsd serves /debug/top itself, a fake HTTP port (tests/fakes/top_http.py) passes the real dnsd's
-/metrics through and answers /debug/top with exactly the queries these tests sent.
+dnsd on loopback and its /debug/top, with queries sent from several client addresses; ``q`` and Ctrl-C end
+it cleanly. The unreachable address and the one-frame mode for pipes use a fake HTTP port.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 
 import dns.message
@@ -91,37 +88,35 @@ def ask(server: Dnsd, name: str, source: str) -> None:
 
 
 def test_top_shows_rates_clients_and_names_then_q_quits(terminal: Callable[..., Tmux]) -> None:
+    """Two workers: each counts what it answered and the main process merges their counts (each second)."""
     with FakeUpstream() as upstream:
-        server = Dnsd("--upstream", upstream.server).wait_listening()
+        server = Dnsd("--upstream", upstream.server, workers=2).wait_listening()
         try:
-            sent: Counter[str] = Counter()
-            names: Counter[str] = Counter()
-            for i, client in enumerate(CLIENTS):  # 127.0.0.2 asks most, then .3, then .4
+            for i, client in enumerate(CLIENTS):  # 127.0.0.2 asks 9 times, 127.0.0.3 6 times, 127.0.0.4 3 times
                 for _ in range(3 - i):
                     for name in (WEB, NOPE, EXT):
                         ask(server, name, client)
-                        sent[client] += 1
-                        names[name] += 1
-            with FakeTopHttp(proxy=f"http://127.0.0.1:{server.http_port}") as fake:
-                fake.top = document({"1m": window(60, dict(sent), dict(names), {NOPE: names[NOPE]}, {EXT: names[EXT]}),
-                                     "15m": window(900, dict(sent), dict(names))})
-                term = terminal(fake.address, "--interval", "0.5")
-                screen = term.wait("Top clients", *CLIENTS, WEB, NOPE, EXT, "Upstreams", upstream.server)
-                assert re.search(r"127\.0\.0\.2 +9 ", screen), screen
-                assert "Traceback" not in screen
-                # queries while it watches: the rate between two scrapes shows them
-                deadline = time.monotonic() + 20
-                seen = 0.0
-                while seen <= 0 and time.monotonic() < deadline:
-                    for _ in range(20):
-                        ask(server, WEB, CLIENTS[0])
-                    seen = max((float(m.replace(",", "")) for m in QPS.findall(term.screen())), default=0.0)
-                assert seen > 0, term.screen()
-                term.keys("w")
-                term.wait("window 15m")
-                term.keys("q")
-                screen = term.wait("dnsd top exited with 0")
-                assert "Traceback" not in screen
+            term = terminal(f"127.0.0.1:{server.http_port}", "--interval", "0.5")
+            screen = term.wait("Top clients", *CLIENTS, WEB, NOPE, EXT, "Upstreams", upstream.server, "workers 2")
+            # small counts are exact: the sketches count every key exactly until they are full
+            for client, count in zip(CLIENTS, (9, 6, 3), strict=True):
+                assert re.search(rf"{re.escape(client)} +{count} ", screen), screen
+            nxdomain = screen[screen.index("Top NXDOMAIN names"):]
+            assert NOPE in nxdomain and EXT in nxdomain  # NXDOMAIN on the left, forwarded on the right
+            assert "Traceback" not in screen
+            # queries while it watches: the rate between two scrapes shows them
+            deadline = time.monotonic() + 20
+            seen = 0.0
+            while seen <= 0 and time.monotonic() < deadline:
+                for _ in range(20):
+                    ask(server, WEB, CLIENTS[0])
+                seen = max((float(m.replace(",", "")) for m in QPS.findall(term.screen())), default=0.0)
+            assert seen > 0, term.screen()
+            term.keys("w")
+            term.wait("window 15m", "last 15m:")
+            term.keys("q")
+            screen = term.wait("dnsd top exited with 0")
+            assert "Traceback" not in screen
         finally:
             assert server.stop() == 0, server.log()
 
