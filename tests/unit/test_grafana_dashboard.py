@@ -1,8 +1,9 @@
 """deploy/grafana/dnsd-dashboard.json: a well-formed Grafana dashboard whose queries name only metrics a real
 dnsd exports, and which shows every family dnsd exports (so a new metric cannot be forgotten silently).
 
-The metrics are read from a real dnsd (forwarding on, to a loopback fake upstream, so the forward and cache
-families exist), not from a list kept here: that is what keeps this test honest as metrics come and go.
+The metrics are read from a real dnsd with every output on that has metrics of its own (forwarding to a
+loopback fake upstream, so the forward and cache families exist; the query log; dnstap, to a socket no
+collector listens on), not from a list kept here: that keeps this test honest as metrics come and go.
 With promtool installed (Debian's prometheus package), every query's PromQL syntax is checked too.
 """
 
@@ -45,10 +46,11 @@ def dashboard() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def families() -> Iterator[dict[str, str]]:
-    """family name -> type, from the /metrics of a real dnsd that forwards."""
+def families(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """family name -> type, from the /metrics of a real dnsd with every optional output on."""
+    absent = tmp_path_factory.mktemp("dnstap") / "nobody.sock"
     with FakeUpstream() as upstream:
-        server = Dnsd("--upstream", upstream.server).wait_listening()
+        server = Dnsd("--upstream", upstream.server, "--log-queries", "--dnstap", f"unix:{absent}").wait_listening()
         try:
             server.query("www.example.com")  # one forwarded name: every forward series has samples
             status, text = server.http("/metrics")
