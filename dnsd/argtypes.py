@@ -142,3 +142,19 @@ def dnstap_target(value: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def http_base(value: str) -> str:
+    """HOST:PORT, [IPv6]:PORT or an http(s):// URL -> the base URL ``dnsd top`` asks (no final slash)."""
+    from urllib.parse import urlsplit
+
+    text = value.strip().rstrip("/")
+    url = text if "://" in text else "http://" + text
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or (port is None and "://" not in text):
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT, [IPv6]:PORT or an http(s):// URL")
+    return url

@@ -1,4 +1,4 @@
-"""Command line: ``dnsd serve | records | check | wait``. Every flag can also come from ``DNSD_<FLAG>``."""
+"""Command line: ``dnsd serve | records | check | wait | top``. Every flag can also come from ``DNSD_<FLAG>``."""
 
 from __future__ import annotations
 
@@ -294,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the name --dns asks for, type A (default dns-version.cluster.local)")
     wait.add_argument("--timeout", type=argtypes.number, default=30.0,
                       help="seconds before giving up, exit status 1 (default 30)")
+
+    top = sub.add_parser("top", help="live view of a running dnsd: qps, cache, upstreams, top clients and names",
+                         description="A live terminal view of a dnsd, read from its HTTP port (/metrics and "
+                         "/debug/top), local or remote. Keys: q quits, w switches the window (1m/15m).")
+    top.add_argument("--http", type=argtypes.http_base, default="127.0.0.1:8080", metavar="HOST:PORT",
+                     help="the dnsd's --http-address: HOST:PORT, [IPv6]:PORT or an http(s):// URL "
+                          "(default 127.0.0.1:8080)")
+    top.add_argument("--interval", type=argtypes.number, default=1.0, metavar="SECONDS",
+                     help="seconds between refreshes; rates are taken over this interval (default 1)")
+    top.add_argument("--limit", type=argtypes.positive, default=10, metavar="N",
+                     help="rows in each top table (default 10; the server caps it at its sketches' capacity)")
+    top.add_argument("--window", choices=["1m", "15m"], default="1m",
+                     help="the heavy hitters of the last minute or the last 15 minutes (default 1m)")
     for command in (serve, records, check, wait):
         command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                              help="log verbosity (default info)")
@@ -372,6 +385,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "top":
+        # Before logging is set up: a log line on stderr would tear the screen. Imported here: only top needs rich.
+        from dnsd.top.app import run as top
+
+        return top(args.http, args.interval, args.limit, args.window)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

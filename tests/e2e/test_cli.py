@@ -77,7 +77,7 @@ def test_serve_help_names_the_variable_of_each_flag() -> None:
 def test_top_level_help_lists_the_subcommands() -> None:
     result = dnsd("--help")
     assert result.returncode == 0
-    for command in ("serve", "records", "check"):
+    for command in ("serve", "records", "check", "top"):
         assert command in result.stdout
 
 
