@@ -5,7 +5,10 @@
 
 1. Cached external names vs cluster names, in the same run: dnsperf against dnsd for a
    file of cluster names, then a file of external names already in the forward cache,
-   then the cluster file again. Target: external >= 80% of cluster QPS.
+   then the cluster file again. Target: external >= 80% of cluster QPS. With --unbound,
+   unbound too (Debian's, one thread, forward-zone "." to the same Knot), asked the same
+   warm external names in the same rounds: dnsd / unbound per core. The servers are pinned
+   to CPU 0 and dnsperf to CPU 1 when there are two CPUs.
 2. Uncached forwarding latency: a one-thread probe asks unique names (never cached; Knot
    answers them from a wildcard) one at a time, alternating blocks straight to Knot and
    through dnsd. Added p50 = dnsd p50 - Knot p50. Target <= 0.3 ms.
@@ -32,7 +35,7 @@ from pathlib import Path
 
 from bench import common
 from bench.common import Procs, log, wire_query
-from bench.qps import knot_config
+from bench.qps import knot_config, pinning, taskset
 
 ROOT = Path(__file__).resolve().parent.parent
 ZONE = """$ORIGIN example.test.
@@ -60,9 +63,29 @@ def pss_kb(pid: int) -> int:
     return total
 
 
+GEN_CPUS: str | None = None  # dnsperf's CPUs when the servers are pinned apart
+
+
+def unbound_config(tmp: Path, port: int, upstream: int) -> Path:
+    """unbound as a node cache: one thread, everything forwarded to ``upstream``, no DNSSEC, nothing on disk."""
+    conf = tmp / "unbound.conf"
+    conf.write_text(
+        "server:\n"
+        f"    interface: 127.0.0.1@{port}\n    port: {port}\n    num-threads: 1\n"
+        f"    directory: \"{tmp}\"\n    chroot: \"\"\n    username: \"\"\n    pidfile: \"{tmp / 'unbound.pid'}\"\n"
+        "    use-syslog: no\n    logfile: \"\"\n    verbosity: 0\n    do-not-query-localhost: no\n"
+        "    access-control: 127.0.0.0/8 allow\n    module-config: \"iterator\"\n"
+        "    local-zone: \"test.\" nodefault\n    msg-cache-size: 64m\n    rrset-cache-size: 64m\n"
+        "forward-zone:\n    name: \".\"\n"
+        f"    forward-addr: 127.0.0.1@{upstream}\n"
+    )
+    return conf
+
+
 def dnsperf(port: int, queries: Path, seconds: float | None, once: bool = False, outstanding: int = 100,
             rate: int = 0) -> dict[str, float]:
-    cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-q", str(outstanding), "-t", "2", "-c", "4"]
+    cmd = taskset(GEN_CPUS, ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-q", str(outstanding),
+                             "-t", "2", "-c", "4"])
     if rate:
         cmd += ["-Q", str(rate)]
     cmd += (["-n", "1"] if once else []) + (["-l", f"{seconds:g}"] if seconds else [])  # -n and -l: whichever ends first
@@ -123,8 +146,11 @@ def main() -> int:
     parser.add_argument("--skip-flood", action="store_true", help="only parts 1-3")
     parser.add_argument("--autopath", action="store_true", help="dnsd with --autopath; part 1 adds warm autopath hits")
     parser.add_argument("--only-cached", action="store_true", help="only part 1")
+    parser.add_argument("--unbound", action="store_true", help="part 1 also measures unbound on the same warm names")
     args = parser.parse_args()
-    common.ensure_packages({"dnsperf": "dnsperf", "knotd": "knot"})
+    common.ensure_packages({"dnsperf": "dnsperf", "knotd": "knot", **({"unbound": "unbound"} if args.unbound else {})})
+    global GEN_CPUS
+    server_cpus, GEN_CPUS = pinning(1)
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="dnsd-forward-"))
     try:
@@ -132,15 +158,23 @@ def main() -> int:
         (tmp / "example.test.zone").write_text(ZONE)
         knot = procs.start(["knotd", "-c", str(knot_config(tmp, knot_port, {"example.test": tmp / "example.test.zone"}))],
                            tmp / "knot.log")
-        dnsd = procs.start([sys.executable, "-m", "dnsd", "serve", "--port", str(port), "--address", "127.0.0.1",
+        dnsd = procs.start(taskset(server_cpus, [
+                            sys.executable, "-m", "dnsd", "serve", "--port", str(port), "--address", "127.0.0.1",
                             "--workers", "1", "--http-address", f"127.0.0.1:{http}", "--upstream", f"127.0.0.1:{knot_port}",
                             "--forward-cache-size", str(args.cache_size),
                             *(["--shed-after", str(args.shed_after)] if args.shed_after is not None else []),
-                            *(["--autopath", "--autopath-search", "example.test"] if args.autopath else [])],
+                            *(["--autopath", "--autopath-search", "example.test"] if args.autopath else [])]),
                            tmp / "dnsd.log", cwd=ROOT,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
         common.wait_until(lambda: bool(probe(knot_port, ["x.example.test"], 0.3)), 20, "knot", knot)
         common.wait_until(lambda: bool(probe(port, ["web.default.svc.cluster.local"], 0.3)), 20, "dnsd", dnsd)
+        args.unbound_port = None
+        if args.unbound:
+            args.unbound_port = common.free_port()
+            unbound = procs.start(taskset(server_cpus, ["unbound", "-d", "-c", str(unbound_config(tmp, args.unbound_port,
+                                                                                                   knot_port))]),
+                                  tmp / "unbound.log")
+            common.wait_until(lambda: bool(probe(args.unbound_port, ["x.example.test"], 0.3)), 20, "unbound", unbound)
         log(f"knot on {knot_port}, dnsd on {port} (pid {dnsd.pid}); machine load {os.getloadavg()[0]:.2f}")
 
         tag = int(time.time())
@@ -164,21 +198,29 @@ def cached_and_uncached(args: argparse.Namespace, port: int, http: int, knot_por
     searched = tmp / "autopath.txt"
     searched.write_text("".join(f"c{i}.shop.svc.cluster.local A\n" for i in range(1000)))
     dnsperf(port, external, None, once=True)  # warm the forward cache
+    if args.unbound_port:
+        dnsperf(args.unbound_port, external, None, once=True)
     dnsperf(port, cluster, None, once=True)
     if args.autopath:
         dnsperf(port, searched, None, once=True)
     cl: list[float] = []
     ex: list[float] = []
     ap: list[float] = []
+    ub: list[float] = []
     sent = metric(http, "coredns_forward_requests_total")
     for _ in range(args.repeat):  # interleaved, best of each: the machine is shared
         cl.append(dnsperf(port, cluster, args.duration)["Queries per second"])
         ex.append(dnsperf(port, external, args.duration)["Queries per second"])
+        if args.unbound_port:
+            ub.append(dnsperf(args.unbound_port, external, args.duration)["Queries per second"])
         if args.autopath:
             ap.append(dnsperf(port, searched, args.duration)["Queries per second"])
     print(f"cached external names: {max(ex):,.0f} qps (runs {', '.join(f'{x:,.0f}' for x in ex)}); cluster names "
           f"{max(cl):,.0f} qps (runs {', '.join(f'{x:,.0f}' for x in cl)}); best/best {max(ex) / max(cl):.0%} "
           f"(target >= 80%)")
+    if ub:
+        print(f"unbound, the same cached external names: {max(ub):,.0f} qps (runs {', '.join(f'{x:,.0f}' for x in ub)}); "
+              f"dnsd / unbound {max(ex) / max(ub):.2f}x (target >= 0.8x; both on one core)")
     if args.autopath:
         print(f"warm autopath hits (cN.shop.svc.cluster.local -> CNAME cN.example.test + A): {max(ap):,.0f} qps "
               f"(runs {', '.join(f'{x:,.0f}' for x in ap)}); vs cached external {max(ap) / max(ex):.0%}, "
