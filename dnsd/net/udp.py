@@ -151,22 +151,21 @@ class UdpListener:
         """readable() with one recvmmsg and one sendmmsg: table hits answered in the batch's own buffers,
         misses (and a full batch's backlog check) as readable() does them."""
         try:
-            n = batch.receive()
+            datagrams = batch.receive()
         except OSError as exc:
             log.debug("UDP receive error: %s", exc)
             return
-        if not n:
+        if not datagrams:
             self._full = False
             return
-        fast, data_at, reply_to = self.responder.fast, batch.data, batch.reply
+        fast, reply_to = self.responder.fast, batch.reply
         counts, observe, address = self.listener.counts, self.listener.duration.observe, batch.address
         allowed, tap = self.allowed, self.tap
         weight = tap.take(self._full) if tap is not None else 0
         answered: list[Answered] | None = [] if weight else None
         misses: list[tuple[bytes, Any]] = []
         last = started = perf_counter()
-        for i in range(n):
-            data = data_at(i)
+        for i, data in enumerate(datagrams):
             if allowed is not None and not allowed(address(i)[0]):
                 reply = refused(data)
                 if reply is None:
@@ -183,7 +182,7 @@ class UdpListener:
             observe(now - last)
             last = now
         batch.flush()
-        full = self._full = n == self.BATCH
+        full = self._full = len(datagrams) == self.BATCH
         if answered and tap is not None:
             tap.batch(answered, weight=weight)
         if misses:
