@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="HOST:PORT for /health, /ready and /metrics; empty to disable (default 127.0.0.1:8080)")
     serve.add_argument("--tcp-idle-timeout", type=argtypes.number, default=10.0,
                        help="seconds before an idle TCP connection closes")
+    serve.add_argument("--lameduck", type=argtypes.duration, default=0.0, metavar="SECONDS",
+                       help="after SIGTERM, keep answering this long while /ready says 503, then drain and exit "
+                            "(CoreDNS's health lameduck; default 0). A second SIGTERM, or SIGINT, stops at once")
     serve.add_argument("--tcp-max-connections", type=argtypes.positive, default=1024,
                        help="concurrent TCP connections, for the whole server (all workers together)")
     serve.add_argument("--cache-size", type=argtypes.positive, default=200_000,
@@ -324,7 +327,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         fields.update(
             addresses=_each(args.addresses or ("127.0.0.1",), argtypes.address, "DNSD_ADDRESS"), port=args.port,
             workers=args.workers or usable_cpus(),
-            http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
+            http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout, lameduck=args.lameduck,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
             cache_bytes=args.cache_bytes, udp_max_payload=args.udp_max_payload,
             **_upstream_fields(args),

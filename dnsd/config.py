@@ -70,6 +70,7 @@ class Config:
     http_address: str | None = "127.0.0.1:8080"
     log_level: str = "info"
     tcp_idle_timeout: float = 10.0
+    lameduck: float = 0.0  # seconds answering after SIGTERM while /ready says 503 (CoreDNS's health lameduck)
     tcp_max_connections: int = 1024
     cache_size: int = 200_000
     # The reply tables' bound in bytes, split between the workers (table_share): ~11,000 answers at

@@ -145,6 +145,14 @@ class TcpConnections:
                 gc.collect()
                 release_heap()
 
+    async def drain(self, limit: float, grace: float = 3.0) -> None:
+        """Serve the open connections until each closes or idles out (reads and writes keep their idle
+        timeout); after ``limit`` seconds, close the rest as ``close`` does."""
+        deadline = time.monotonic() + limit
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.close(grace)
+
     async def close(self, grace: float = 3.0) -> None:
         """Let connections finish the query they are answering; close the rest."""
         deadline = time.monotonic() + grace

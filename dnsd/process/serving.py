@@ -30,8 +30,7 @@ def run(main: Coroutine[Any, Any, _T]) -> _T:
 class Serving:
     """A Responder's DNS listeners (UDP and TCP) and forwarder, started and closed together."""
 
-    def __init__(self, config: Config, responder: Responder, *, reuse_port: bool = False,
-                 slots: Slots | None = None) -> None:
+    def __init__(self, config: Config, responder: Responder, *, slots: Slots | None = None) -> None:
         self.config = config
         self.forwarder: Forwarder | None = None
         if config.forwards:  # each process forwards and caches for itself
@@ -40,7 +39,7 @@ class Serving:
 
             self.forwarder = Forwarder(config)
         responder.forward = self.forwarder
-        self.dns = DnsServer(config, responder, reuse_port=reuse_port, slots=slots, forwarder=self.forwarder)
+        self.dns = DnsServer(config, responder, slots=slots, forwarder=self.forwarder)
 
     async def listen(self) -> str | None:
         """Open every listener; the reason when one cannot be opened."""
@@ -64,6 +63,14 @@ class Serving:
     async def close(self) -> None:
         """Stop answering: UDP at once, TCP once the query in hand is answered; then forwarding."""
         await self.dns.close()
+        if self.forwarder is not None:
+            self.forwarder.stop()
+
+    async def drain(self) -> None:
+        """Leave the port without losing a query (net/listeners.py), then stop forwarding. UDP waits at
+        most a forward's time for the replies in flight; open TCP connections get the idle timeout."""
+        config = self.config
+        await self.dns.drain(config.tcp_idle_timeout, config.forward_timeout + 1)
         if self.forwarder is not None:
             self.forwarder.stop()
 

@@ -127,6 +127,11 @@ class Forwarder:
             entry = self._refusals[qtype] = self.fetcher.error(b"\x00", qtype, REFUSED)
         return entry
 
+    @property
+    def busy(self) -> bool:
+        """Questions are in flight upstream: a draining listener keeps its socket open for their replies."""
+        return bool(self._inflight)
+
     def between(self, hook: Callable[[], None]) -> None:
         """``hook`` runs between two upstream replies handled in one turn (a listener's hits)."""
         self.fetcher.exchanges().between.append(hook)
