@@ -12,6 +12,7 @@ from typing import Any, cast
 from dnsd import argtypes, servers
 from dnsd.cluster import selector
 from dnsd.config import Config, usable_cpus
+from dnsd.dns.const import REVERSE_ZONES
 
 ENV_PREFIX = "DNSD_"
 
@@ -133,6 +134,11 @@ def _forward_flags(parser: argparse.ArgumentParser) -> None:
                        type=argtypes.checked(servers.parse_stub_domain),
                        help="send names in ZONE to these servers instead (repeatable); wins over a served zone "
                             "for its subtree")
+    group.add_argument("--cluster-dns", action="append", metavar="SERVER", dest="cluster_dns",
+                       type=argtypes.checked(servers.parse_cluster_dns),
+                       help="node-local cache: serve no cluster data; forward the cluster zones (--domain) and the "
+                            "reverse zones to this cluster DNS (IP[:PORT], e.g. the kube-dns Service IP) over one "
+                            "kept-open TCP connection, and cache the answers (repeatable; docs/node-local.md)")
     group.add_argument("--forward-cache-size", type=argtypes.positive, default=100_000,
                        help="upstream replies cached, entries (default 100000)")
     group.add_argument("--forward-max-ttl", type=argtypes.seconds, default=3600,
@@ -157,10 +163,10 @@ def _forward_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--force-tcp", action="store_true", help="ask upstreams over TCP only")
     group.add_argument("--max-concurrent", type=argtypes.positive, default=1000,
                        help="distinct questions in flight upstream at once; more get REFUSED (default 1000)")
-    group.add_argument("--shed-after", type=argtypes.seconds, default=2, metavar="MS",
+    group.add_argument("--shed-after", type=argtypes.seconds, default=None, metavar="MS",
                        help="when UDP queries have waited over MS milliseconds in the socket, names that would "
                             "go upstream get REFUSED at once, so cluster names keep their latency under a "
-                            "flood (default 2; 0: never)")
+                            "flood (default 2; with --cluster-dns 0, as every name goes upstream; 0: never)")
     group.add_argument("--allow-from", action="append", metavar="CIDR", type=argtypes.network,
                        help="only clients in these networks may ask (repeatable; default everyone); "
                             "others get REFUSED")
@@ -182,6 +188,16 @@ def _upstream_fields(args: argparse.Namespace) -> dict[str, Any]:
             stubs.append(servers.parse_stub_domain(value))
         except ValueError as exc:
             raise ValueError(f"--stub-domain: {exc}") from None
+    cluster_dns: list[servers.Upstream] = []
+    for value in args.cluster_dns or ():
+        try:
+            cluster_dns.append(servers.parse_cluster_dns(value))
+        except ValueError as exc:
+            raise ValueError(f"--cluster-dns: {exc}") from None
+    if cluster_dns:  # the cluster's own zones, as NodeLocal DNSCache forwards them (a --stub-domain of one wins)
+        given = {stub.zone for stub in stubs}
+        zones = [z.lower().strip(".") for z in (*(args.domains or ("cluster.local",)), *REVERSE_ZONES)]
+        stubs += [servers.StubDomain(z, tuple(dict.fromkeys(cluster_dns))) for z in zones if z not in given]
     allow = []
     for value in args.allow_from or ():
         try:
@@ -196,11 +212,13 @@ def _upstream_fields(args: argparse.Namespace) -> dict[str, Any]:
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"--upstream-tls-ca: cannot load {args.upstream_tls_ca!r}: {exc}") from None
     return dict(
-        upstreams=tuple(dict.fromkeys(upstreams)), stub_domains=tuple(stubs), forward_cache_size=args.forward_cache_size,
+        upstreams=tuple(dict.fromkeys(upstreams)), stub_domains=tuple(stubs), cluster_dns=tuple(cluster_dns),
+        forward_cache_size=args.forward_cache_size,
         forward_max_ttl=args.forward_max_ttl, serve_stale=args.serve_stale, prefetch=args.prefetch,
         upstream_timeout=args.upstream_timeout, forward_timeout=args.forward_timeout, max_fails=args.max_fails,
         health_check=args.health_check, policy=args.policy, force_tcp=args.force_tcp,
-        max_concurrent=args.max_concurrent, shed_after=args.shed_after / 1000, allow_from=tuple(allow),
+        max_concurrent=args.max_concurrent,
+        shed_after=(args.shed_after if args.shed_after is not None else 0 if cluster_dns else 2) / 1000, allow_from=tuple(allow),
         upstream_tls_ca=args.upstream_tls_ca,
     )
 
@@ -299,6 +317,18 @@ def _scope_conflicts(fields: dict[str, Any]) -> None:
                          "watches no Namespace): give one or the other")
 
 
+def _node_local_conflicts(fields: dict[str, Any]) -> None:
+    """--cluster-dns serves no cluster data of its own: what needs some cannot go with it."""
+    if not fields["cluster_dns"]:
+        return
+    for flag, key in (("--manifests", "manifests"), ("--kubernetes", "kubernetes"), ("--external-zone", "external_zones"),
+                      ("--multicluster-zone", "multicluster_zones"), ("--autopath", "autopath"),
+                      ("--transfer-to", "transfer_to")):
+        if fields[key]:
+            raise ValueError(f"--cluster-dns (a node cache) holds no cluster data: {flag} cannot go with it"
+                             + (" (forward that zone with --stub-domain ZONE=tcp://SERVER)" if "zone" in flag else ""))
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     fields = {
         "manifests": tuple(args.manifests or ()),
@@ -337,6 +367,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
             shared_dir=args.shared_dir, loadbalance=not args.no_loadbalance,
         )
+        _node_local_conflicts(fields)
     return Config(**fields)
 
 

@@ -86,6 +86,9 @@ class Config:
     # forwarding (dnsd/upstream/): none configured = authoritative only, REFUSED outside the zones
     upstreams: tuple[Upstream, ...] = ()
     stub_domains: tuple[StubDomain, ...] = ()
+    # --cluster-dns: a node cache. No source; the cluster zones and the reverse zones are stub domains
+    # of these servers (asked over kept-open TCP), added to stub_domains by the command line.
+    cluster_dns: tuple[Upstream, ...] = ()
     forward_cache_size: int = 100_000
     forward_max_ttl: int = 3600
     serve_stale: int = 3600
@@ -146,7 +149,10 @@ class Config:
         return host.strip("[]") or "0.0.0.0", int(port)
 
     def sources(self) -> tuple[tuple[str, ...], bool]:
-        """Manifest paths and whether to use the API; no source at all means the example cluster."""
+        """Manifest paths and whether to use the API; no source at all means the example cluster
+        (a node cache, --cluster-dns, has none: it forwards the cluster zones)."""
+        if self.cluster_dns:
+            return (), False
         if not self.manifests and not self.kubernetes:
             return (str(bundled_zones()),), False
         return self.manifests, self.kubernetes

@@ -79,12 +79,16 @@ class TcpConnections:
         self._busy: set[asyncio.Task[Any]] = set()  # connections in the middle of a query
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lst: Listener) -> None:
-        """RFC 7766: several queries per connection, answered in order.
+        """RFC 7766: several queries per connection, answered in order, except those asked upstream.
 
         A reply is written only once the previous one left for the kernel (write buffer limit 0),
-        so a connection parks at most one reply and READ_LIMIT of queries. A peer that neither
-        sends nor reads for the idle timeout is cut: reads and writes both have the timeout, and
-        a connection with unsent data is aborted, not closed (close would wait for the flush).
+        so a connection parks at most one reply and READ_LIMIT of queries. A query that goes
+        upstream is answered when the upstream replies, perhaps after later ones (RFC 7766
+        6.2.1.1: clients match replies by ID), so a slow name does not hold up the cluster names
+        behind it (a node cache sends all of them down one connection); at most FLIGHTS of them
+        per connection, each parking its reply. A peer that neither sends nor reads for the idle
+        timeout is cut: reads and writes both have the timeout, and a connection with unsent data
+        is aborted, not closed (close would wait for the flush).
         """
         task = asyncio.current_task()
         transport = writer.transport
@@ -95,6 +99,8 @@ class TcpConnections:
         transport.set_write_buffer_limits(high=0)
         idle = self.idle_timeout
         peer = (writer.get_extra_info("peername") or ("",))[0]
+        flights = _Flights()
+        ended = False  # by the peer (EOF) or as idle: replies still upstream are awaited before closing
         try:
             while True:
                 size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), idle), "big")
@@ -116,7 +122,12 @@ class TcpConnections:
                     reply = self.responder.answer(query, TCP_LIMIT, lst.counts)
                 if isinstance(reply, Pending):
                     assert self.forwarder is not None  # the Responder returns one only when upstreams are configured
-                    reply = self.forwarder.now(reply, lst.counts) or await self.forwarder.answer(reply, lst.counts)
+                    cached = self.forwarder.now(reply, lst.counts)
+                    if cached is None:
+                        await flights.ask(self.forwarder, reply, writer, lst, start)
+                        self._busy.discard(task)
+                        continue
+                    reply = cached
                 if reply is None or transport.is_closing():
                     break  # a reset peer: queries still buffered are not answered (writing would raise)
                 writer.write(len(reply).to_bytes(2, "big") + reply)
@@ -124,9 +135,14 @@ class TcpConnections:
                     await asyncio.wait_for(writer.drain(), idle)
                 lst.duration.observe(perf_counter() - start)
                 self._busy.discard(task)
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, asyncio.CancelledError):
+        except (asyncio.IncompleteReadError, TimeoutError):
+            ended = True
+        except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            if ended and flights.count and not transport.is_closing():
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(flights.landed.wait(), idle)
             self._busy.discard(task)
             self._connections.discard(task)
             self.slots.release()
@@ -162,6 +178,36 @@ class TcpConnections:
             task.cancel()
         if self._connections:
             await asyncio.wait(list(self._connections), timeout=grace)
+
+
+class _Flights:
+    """One connection's queries asked upstream and not answered yet."""
+
+    LIMIT = 64  # then the connection reads no more queries until one lands
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.room = asyncio.Event()  # set when one lands
+        self.landed = asyncio.Event()  # set while none is in flight
+
+    async def ask(self, forwarder: Forwarder, pending: Pending, writer: asyncio.StreamWriter, lst: Listener,
+                  start: float) -> None:
+        while self.count >= self.LIMIT:
+            self.room.clear()
+            await self.room.wait()
+        self.count += 1
+        self.landed.clear()
+
+        def send(reply: bytes) -> None:  # from a loop callback, perhaps before ask() returns
+            self.count -= 1
+            self.room.set()
+            if not self.count:
+                self.landed.set()
+            if not writer.transport.is_closing():
+                writer.write(len(reply).to_bytes(2, "big") + reply)
+                lst.duration.observe(perf_counter() - start)
+
+        forwarder.ask(pending, lst.counts, send)
 
 
 __all__ = ["READ_LIMIT", "Slots", "TcpConnections"]

@@ -212,7 +212,10 @@ class Forwarder:
                 fetcher.settle(key, qwire, qtype, reply)
 
         timeout = min(self.config.forward_timeout, self.config.upstream_timeout)
-        fetcher.exchanges().send(state.upstream, key, timeout, self.stats.drop, done)
+        if state.upstream.tcp:
+            fetcher.pipe(state.upstream).send(key, timeout, done)
+        else:
+            fetcher.exchanges().send(state.upstream, key, timeout, self.stats.drop, done)
 
     # -- prefetch: a hot entry refreshed before it expires ----------------------------------
     def _prefetch(self, key: bytes) -> None:
