@@ -21,6 +21,15 @@ WORKDIR /src
 COPY . .
 RUN /opt/dnsd/bin/pip install --no-cache-dir .
 
+# --- node-setup stage: the init container of deploy/node-local/ -------------
+# It adds the node cache's addresses to the node and its NOTRACK rules; dnsd
+# itself needs neither tool nor capability for that:
+#   docker build --target node-setup -t ghcr.io/dnsd/dnsd-node-setup:dev .
+FROM debian:bookworm-slim AS node-setup
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iproute2=6.1.0-3 iptables=1.8.9-2 \
+ && rm -rf /var/lib/apt/lists/*
+
 # --- runtime stage: only the interpreter and the virtualenv -----------------
 FROM python:3.12-slim-bookworm
 

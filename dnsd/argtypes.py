@@ -62,6 +62,17 @@ def number(value: str) -> float:
     return number
 
 
+def duration(value: str) -> float:
+    """Seconds, 0 included (0: none), at most an hour."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= number <= 3600:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"{value!r}: must be 0-3600 seconds")
+    return number
+
+
 def payload(value: str) -> int:
     size = whole(value)
     if not 512 <= size <= 4096:

@@ -13,6 +13,7 @@ from typing import Any, cast
 from dnsd import argtypes, servers
 from dnsd.cluster import selector
 from dnsd.config import Config, usable_cpus
+from dnsd.dns.const import REVERSE_ZONES
 
 ENV_PREFIX = "DNSD_"
 
@@ -153,6 +154,11 @@ def _forward_flags(parser: argparse.ArgumentParser) -> None:
                        type=argtypes.checked(servers.parse_stub_domain),
                        help="send names in ZONE to these servers instead (repeatable); wins over a served zone "
                             "for its subtree")
+    group.add_argument("--cluster-dns", action="append", metavar="SERVER", dest="cluster_dns",
+                       type=argtypes.checked(servers.parse_cluster_dns),
+                       help="node-local cache: serve no cluster data; forward the cluster zones (--domain) and the "
+                            "reverse zones to this cluster DNS (IP[:PORT], e.g. the kube-dns Service IP) over one "
+                            "kept-open TCP connection, and cache the answers (repeatable; docs/node-local.md)")
     group.add_argument("--forward-cache-size", type=argtypes.positive, default=100_000,
                        help="upstream replies cached, entries (default 100000)")
     group.add_argument("--forward-max-ttl", type=argtypes.seconds, default=3600,
@@ -177,10 +183,10 @@ def _forward_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--force-tcp", action="store_true", help="ask upstreams over TCP only")
     group.add_argument("--max-concurrent", type=argtypes.positive, default=1000,
                        help="distinct questions in flight upstream at once; more get REFUSED (default 1000)")
-    group.add_argument("--shed-after", type=argtypes.seconds, default=2, metavar="MS",
+    group.add_argument("--shed-after", type=argtypes.seconds, default=None, metavar="MS",
                        help="when UDP queries have waited over MS milliseconds in the socket, names that would "
                             "go upstream get REFUSED at once, so cluster names keep their latency under a "
-                            "flood (default 2; 0: never)")
+                            "flood (default 2; with --cluster-dns 0, as every name goes upstream; 0: never)")
     group.add_argument("--allow-from", action="append", metavar="CIDR", type=argtypes.network,
                        help="only clients in these networks may ask (repeatable; default everyone); "
                             "others get REFUSED")
@@ -202,6 +208,16 @@ def _upstream_fields(args: argparse.Namespace) -> dict[str, Any]:
             stubs.append(servers.parse_stub_domain(value))
         except ValueError as exc:
             raise ValueError(f"--stub-domain: {exc}") from None
+    cluster_dns: list[servers.Upstream] = []
+    for value in args.cluster_dns or ():
+        try:
+            cluster_dns.append(servers.parse_cluster_dns(value))
+        except ValueError as exc:
+            raise ValueError(f"--cluster-dns: {exc}") from None
+    if cluster_dns:  # the cluster's own zones, as NodeLocal DNSCache forwards them (a --stub-domain of one wins)
+        given = {stub.zone for stub in stubs}
+        zones = [z.lower().strip(".") for z in (*(args.domains or ("cluster.local",)), *REVERSE_ZONES)]
+        stubs += [servers.StubDomain(z, tuple(dict.fromkeys(cluster_dns))) for z in zones if z not in given]
     allow = []
     for value in args.allow_from or ():
         try:
@@ -216,11 +232,13 @@ def _upstream_fields(args: argparse.Namespace) -> dict[str, Any]:
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"--upstream-tls-ca: cannot load {args.upstream_tls_ca!r}: {exc}") from None
     return dict(
-        upstreams=tuple(dict.fromkeys(upstreams)), stub_domains=tuple(stubs), forward_cache_size=args.forward_cache_size,
+        upstreams=tuple(dict.fromkeys(upstreams)), stub_domains=tuple(stubs), cluster_dns=tuple(cluster_dns),
+        forward_cache_size=args.forward_cache_size,
         forward_max_ttl=args.forward_max_ttl, serve_stale=args.serve_stale, prefetch=args.prefetch,
         upstream_timeout=args.upstream_timeout, forward_timeout=args.forward_timeout, max_fails=args.max_fails,
         health_check=args.health_check, policy=args.policy, force_tcp=args.force_tcp,
-        max_concurrent=args.max_concurrent, shed_after=args.shed_after / 1000, allow_from=tuple(allow),
+        max_concurrent=args.max_concurrent,
+        shed_after=(args.shed_after if args.shed_after is not None else 0 if cluster_dns else 2) / 1000, allow_from=tuple(allow),
         upstream_tls_ca=args.upstream_tls_ca,
     )
 
@@ -249,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="HOST:PORT for /health, /ready and /metrics; empty to disable (default 127.0.0.1:8080)")
     serve.add_argument("--tcp-idle-timeout", type=argtypes.number, default=10.0,
                        help="seconds before an idle TCP connection closes")
+    serve.add_argument("--lameduck", type=argtypes.duration, default=0.0, metavar="SECONDS",
+                       help="after SIGTERM, keep answering this long while /ready says 503, then drain and exit "
+                            "(CoreDNS's health lameduck; default 0). A second SIGTERM, or SIGINT, stops at once")
     serve.add_argument("--tcp-max-connections", type=argtypes.positive, default=1024,
                        help="concurrent TCP connections, for the whole server (all workers together)")
     serve.add_argument("--cache-size", type=argtypes.positive, default=200_000,
@@ -340,6 +361,18 @@ def _scope_conflicts(fields: dict[str, Any]) -> None:
                          "watches no Namespace): give one or the other")
 
 
+def _node_local_conflicts(fields: dict[str, Any]) -> None:
+    """--cluster-dns serves no cluster data of its own: what needs some cannot go with it."""
+    if not fields["cluster_dns"]:
+        return
+    for flag, key in (("--manifests", "manifests"), ("--kubernetes", "kubernetes"), ("--external-zone", "external_zones"),
+                      ("--multicluster-zone", "multicluster_zones"), ("--autopath", "autopath"),
+                      ("--transfer-to", "transfer_to")):
+        if fields[key]:
+            raise ValueError(f"--cluster-dns (a node cache) holds no cluster data: {flag} cannot go with it"
+                             + (" (forward that zone with --stub-domain ZONE=tcp://SERVER)" if "zone" in flag else ""))
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     fields = {
         "manifests": tuple(args.manifests or ()),
@@ -368,7 +401,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         fields.update(
             addresses=_each(args.addresses or ("127.0.0.1",), argtypes.address, "DNSD_ADDRESS"), port=args.port,
             workers=args.workers or usable_cpus(),
-            http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout,
+            http_address=args.http_address or None, tcp_idle_timeout=args.tcp_idle_timeout, lameduck=args.lameduck,
             tcp_max_connections=args.tcp_max_connections, cache_size=args.cache_size,
             cache_bytes=args.cache_bytes, udp_max_payload=args.udp_max_payload,
             **_upstream_fields(args),
@@ -380,6 +413,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             log_queries=args.log_queries, log_queries_rate=args.log_queries_rate, top_talkers=not args.no_top_talkers,
             dnstap=args.dnstap, dnstap_identity=args.dnstap_identity or socket.gethostname(),
         )
+        _node_local_conflicts(fields)
     return Config(**fields)
 
 

@@ -70,6 +70,7 @@ class Config:
     http_address: str | None = "127.0.0.1:8080"
     log_level: str = "info"
     tcp_idle_timeout: float = 10.0
+    lameduck: float = 0.0  # seconds answering after SIGTERM while /ready says 503 (CoreDNS's health lameduck)
     tcp_max_connections: int = 1024
     cache_size: int = 200_000
     # The reply tables' bound in bytes, split between the workers (table_share): ~11,000 answers at
@@ -85,6 +86,9 @@ class Config:
     # forwarding (dnsd/upstream/): none configured = authoritative only, REFUSED outside the zones
     upstreams: tuple[Upstream, ...] = ()
     stub_domains: tuple[StubDomain, ...] = ()
+    # --cluster-dns: a node cache. No source; the cluster zones and the reverse zones are stub domains
+    # of these servers (asked over kept-open TCP), added to stub_domains by the command line.
+    cluster_dns: tuple[Upstream, ...] = ()
     forward_cache_size: int = 100_000
     forward_max_ttl: int = 3600
     serve_stale: int = 3600
@@ -150,7 +154,10 @@ class Config:
         return host.strip("[]") or "0.0.0.0", int(port)
 
     def sources(self) -> tuple[tuple[str, ...], bool]:
-        """Manifest paths and whether to use the API; no source at all means the example cluster."""
+        """Manifest paths and whether to use the API; no source at all means the example cluster
+        (a node cache, --cluster-dns, has none: it forwards the cluster zones)."""
+        if self.cluster_dns:
+            return (), False
         if not self.manifests and not self.kubernetes:
             return (str(bundled_zones()),), False
         return self.manifests, self.kubernetes

@@ -13,10 +13,13 @@ class Upstream(NamedTuple):
     host: str  # an IP address, normalised
     port: int = DNS_PORT
     tls_name: str | None = None  # DNS over TLS: the name the server's certificate must carry
+    tcp: bool = False  # tcp://: one kept-open connection, queries pipelined (RFC 7766)
 
     def __str__(self) -> str:
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        return f"tls://{address}#{self.tls_name}" if self.tls_name else address
+        if self.tls_name:
+            return f"tls://{address}#{self.tls_name}"
+        return f"tcp://{address}" if self.tcp else address
 
     @property
     def family(self) -> int:
@@ -29,9 +32,17 @@ class StubDomain(NamedTuple):
 
 
 def parse_server(value: str) -> Upstream:
-    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``, or DNS over TLS: ``tls://IP[:PORT][#NAME]`` (port 853;
-    the certificate must name NAME, or the IP without one); ValueError with the reason otherwise."""
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``; ``tcp://`` before one of those (a kept-open TCP connection,
+    queries pipelined); or DNS over TLS: ``tls://IP[:PORT][#NAME]`` (port 853; the certificate must name
+    NAME, or the IP without one). ValueError with the reason otherwise."""
     text = value.strip()
+    if text.lower().startswith("tcp://"):
+        try:
+            if "://" in text[6:]:
+                raise ValueError
+            return parse_server(text[6:])._replace(tcp=True)
+        except ValueError:
+            raise ValueError(f"{value!r} is not tcp://IP[:PORT]") from None
     if text.lower().startswith("tls://"):
         address, _, name = text[6:].partition("#")
         if "#" in value and not name:
@@ -98,9 +109,18 @@ def parse_upstream(value: str) -> tuple[Upstream, ...]:
     text = value.strip()
     if text.lower() == "none":
         return ()
-    if "/" in text and not text.lower().startswith("tls://"):
+    if "/" in text and not text.lower().startswith(("tls://", "tcp://")):
         return read_resolv_conf(text)
     return (parse_server(text),)
+
+
+def parse_cluster_dns(value: str) -> Upstream:
+    """One ``--cluster-dns`` value: ``IP[:PORT]`` or ``tcp://IP[:PORT]``, always asked over a kept-open
+    TCP connection (what the mode is for)."""
+    text = value.strip()
+    if text.lower().startswith("tls://") or "/" in text.lower().removeprefix("tcp://"):
+        raise ValueError(f"{value!r} is not IP[:PORT]: the cluster DNS is asked over TCP")
+    return parse_server(text)._replace(tcp=True)
 
 
 def parse_stub_domain(value: str) -> StubDomain:

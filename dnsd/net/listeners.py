@@ -10,13 +10,16 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import os
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from dnsd.answer.responder import Responder
 from dnsd.answer.transfer import ZoneTransfer
 from dnsd.config import Config
 from dnsd.net.acl import Allowed
+from dnsd.net.reuseport import seal
 from dnsd.net.tcp import Slots, TcpConnections
 from dnsd.net.udp import SO_TIMESTAMP, UdpListener
 from dnsd.observe.metrics import Listener
@@ -47,13 +50,12 @@ def _size_buffers(sock: socket.socket) -> None:
 class DnsServer:
     """The UDP and TCP listeners of one process."""
 
-    def __init__(self, config: Config, responder: Responder, reuse_port: bool = False, slots: Slots | None = None,
+    def __init__(self, config: Config, responder: Responder, slots: Slots | None = None,
                  forwarder: Forwarder | None = None, tap: Tap | None = None) -> None:
         """``tap``: what watches the answers (observe/tap.py); None when nothing does."""
         self.config = config
         self.tap = tap
         self.responder = responder
-        self.reuse_port = reuse_port
         self.forwarder = forwarder
         self.allowed = Allowed(config.allow_from) if config.allow_from else None
         transfer = ZoneTransfer(config.transfer_to, responder) if config.transfer_to else None
@@ -61,7 +63,8 @@ class DnsServer:
                                   forwarder, self.allowed, transfer, tap)
         self.listeners: list[Listener] = []
         self._udp: list[socket.socket] = []
-        self._tcp: list[asyncio.Server] = []
+        self._readers: list[UdpListener] = []
+        self._tcp: list[tuple[asyncio.Server, Listener]] = []
 
     @property
     def udp_sockets(self) -> list[socket.socket]:
@@ -75,8 +78,8 @@ class DnsServer:
             udp = Listener("udp", family, server)
             sock = socket.socket(socket.AF_INET6 if family == "2" else socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                if self.reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                # Always: our workers share the port, and so may the next dnsd during a handover (reuseport.py).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind((address, self.config.port))
             except OSError:
                 sock.close()
@@ -87,14 +90,15 @@ class DnsServer:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)  # arrival times, read only when backlogged
             self._udp.append(sock)
             tcp = Listener("tcp", family, server)
-            self._tcp.append(await loop.create_server(
+            self._tcp.append((await loop.create_server(
                 functools.partial(self.tcp.connection, tcp), host=address, port=self.config.port,
-                reuse_port=self.reuse_port or None, backlog=1024,
-            ))
+                reuse_port=True, backlog=1024,
+            ), tcp))
             # UDP is read only once TCP listens too: a client that got a UDP answer (or TC) can use TCP.
             reader = UdpListener(sock, self.responder, udp, self.forwarder, self.allowed, self.config.shed_after,
                                  self.tap)
             loop.add_reader(sock.fileno(), reader.readable)
+            self._readers.append(reader)
             if self.forwarder is not None:
                 self.forwarder.between(reader.hits_only)
             self.listeners += [udp, tcp]
@@ -102,13 +106,70 @@ class DnsServer:
 
     async def close(self, grace: float = 3.0) -> None:
         """Stop accepting; let connections finish the query they are answering; close the rest."""
-        loop = asyncio.get_running_loop()
-        for sock in self._udp:
-            loop.remove_reader(sock.fileno())
-            sock.close()
-        for server in self._tcp:
+        self._close_udp()
+        for server, _ in self._tcp:
             server.close()
         await self.tcp.close(grace)
+
+    def _close_udp(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._udp:
+            if sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+
+    async def drain(self, tcp_limit: float, udp_limit: float) -> None:
+        """Leave the port without losing a query: new ones go to the other sockets of the port (another
+        dnsd's, in a handover); what reached ours is answered. UDP: sealed, then read until nothing has
+        waited for QUIET seconds and no forward is in flight (at most ``udp_limit``). TCP: the connections
+        the kernel has completed are accepted before the listener closes; open connections are served
+        until they close or idle out, at most ``tcp_limit`` seconds, then closed between two queries."""
+        for sock in self._udp:
+            seal(sock)
+        await self._stop_accepting()
+        await self._udp_quiet(udp_limit)
+        self._close_udp()
+        await self.tcp.drain(tcp_limit)
+
+    QUIET = 0.1  # seconds with nothing waiting: a datagram the kernel steered here before the seal is read by then
+
+    async def _udp_quiet(self, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            busy = any(r.waiting() for r in self._readers) or (self.forwarder is not None and self.forwarder.busy)
+            if busy:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= self.QUIET:
+                return
+
+    async def _stop_accepting(self) -> None:
+        """Close the TCP listeners, first accepting what the kernel completed for them. A duplicate of
+        each listening socket keeps it in the port's group while the event loop lets go of it, so the
+        last accept and the close are two system calls apart (with net.ipv4.tcp_migrate_req=1 the
+        kernel hands even that instant's connections to the other listeners of the port)."""
+        loop = asyncio.get_running_loop()
+        for server, lst in self._tcp:
+            held = [socket.socket(fileno=os.dup(s.fileno())) for s in server.sockets]
+            server.close()
+            for sock in held:
+                with sock:
+                    sock.setblocking(False)
+                    while True:
+                        try:
+                            conn, _ = sock.accept()
+                        except ConnectionError:  # reset before we took it
+                            continue
+                        except OSError:  # BlockingIOError: nothing left
+                            break
+                        await self._adopt(loop, conn, lst)
+
+    async def _adopt(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, lst: Listener) -> None:
+        try:
+            await loop.connect_accepted_socket(lambda: self.tcp.connection(lst), conn)
+        except OSError:
+            conn.close()
 
 
 __all__ = ["DnsServer"]

@@ -63,6 +63,7 @@ class Slots:
 
 
 READ_LIMIT = 4096  # bytes of queries a connection may have buffered unanswered while its replies wait
+FLIGHTS = 64  # a connection's queries with the forwarder at once; then its next queries wait for one to land
 WRITE_HIGH = 64 << 10  # reply bytes a connection may have unsent before its queries wait (a peer that does not read)
 TRIM_AFTER = 64  # connections closed since the heap was last given back
 
@@ -97,6 +98,14 @@ class TcpConnections:
             # then give the freed heap back to the OS.
             gc.collect()
             release_heap()
+
+    async def drain(self, limit: float, grace: float = 3.0) -> None:
+        """Serve the open connections until each closes or idles out (reads and writes keep their idle
+        timeout); after ``limit`` seconds, close the rest as ``close`` does."""
+        deadline = time.monotonic() + limit
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.close(grace)
 
     async def close(self, grace: float = 3.0) -> None:
         """Stop reading; let connections finish what they are answering (forwards, transfers); close them."""
@@ -138,8 +147,10 @@ class _Connection(asyncio.Protocol):
 
     @property
     def busy(self) -> bool:
-        """Replies are owed: forwards or a transfer under way, or queries waiting for the peer to read."""
-        return bool(self.forwards or self.transferring or (self.blocked and len(self.buffer) >= 2))
+        """Replies are owed: forwards or a transfer under way, or queries waiting (for the peer to read, or
+        for room among the forwards)."""
+        buf = self.buffer
+        return bool(self.forwards or self.transferring or (len(buf) >= 2 and len(buf) >= 2 + ((buf[0] << 8) | buf[1])))
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -158,7 +169,7 @@ class _Connection(asyncio.Protocol):
         self.last = time.monotonic()
         self.buffer = self.buffer + data if self.buffer else data
         self._answer()
-        if len(self.buffer) > READ_LIMIT and self.reading and (self.blocked or self.transferring):
+        if len(self.buffer) > READ_LIMIT and self.reading and (self.blocked or self.transferring or self.forwards >= FLIGHTS):
             self.stop_reading()  # queries wait in the socket, not here
 
     def pause_writing(self) -> None:
@@ -207,7 +218,7 @@ class _Connection(asyncio.Protocol):
         peer = self.peer[0]
         out: list[bytes] = []
         i, n = 0, len(buf)
-        while n - i >= 2 and not self.blocked and not self.transferring:
+        while n - i >= 2 and not self.blocked and not self.transferring and self.forwards < FLIGHTS:
             end = i + 2 + ((buf[i] << 8) | buf[i + 1])
             if end > n:
                 break
@@ -264,6 +275,9 @@ class _Connection(asyncio.Protocol):
             self.forwards -= 1
         if self.transport is None or self.transport.is_closing():
             return
+        if self.forwards == FLIGHTS - 1 and not self.transferring:
+            self._answer()  # room again for the queries that waited
+            self._read()
         self.transport.write(len(reply).to_bytes(2, "big") + reply)
         seconds = perf_counter() - start
         self.lst.duration.observe(seconds)

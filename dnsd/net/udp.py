@@ -311,6 +311,16 @@ class UdpListener:
         except OSError as exc:
             log.debug("UDP send to %s failed: %s", addr, exc)
 
+    def waiting(self) -> bool:
+        """Queries wait: in the socket's receive queue, or among the misses queued here."""
+        if self._queue:
+            return True
+        try:
+            alloc, _ = _MEMINFO.unpack_from(self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 8))
+        except (OSError, struct.error):
+            return False  # no SO_MEMINFO (or closed): the drain's quiet period is the only guard
+        return bool(alloc > 0)
+
     def _deep(self) -> bool:
         """Over a quarter of the receive buffer waits (~300 queries): then stale misses are dropped.
 

@@ -1,9 +1,9 @@
 """/health, /ready, /metrics, /debug/top and POST /reload on their own port, served from a thread (never on the DNS path).
 
-/ready policy: 503 until every source completed its first full sync, then 200 for
-good — an API outage after that keeps /ready at 200, because the last good data is
-still served and pulling every replica out of the Service would turn a control-plane
-outage into a cluster-wide DNS outage. The outage shows in the logs and in
+/ready policy: 503 until every source completed its first full sync, then 200 until
+SIGTERM (the lame duck, process/main.py). An API outage keeps /ready at 200, because the
+last good data is still served and pulling every replica out of the Service would turn a
+control-plane outage into a cluster-wide DNS outage. The outage shows in the logs and in
 dnsd_source_healthy / dnsd_watch_last_event_age_seconds.
 
 POST /reload rescans the manifest files at once and answers once every serving process
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -34,6 +35,13 @@ TOP_LIMIT = CAPACITY  # /debug/top?limit= at most: what each summary keeps
 Reload = Callable[[], list[str] | None]
 
 
+class _SharedServer(ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        # As the DNS port: a new dnsd on a node (hostNetwork) binds it while the old one drains.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class HttpServer:
     def __init__(self, address: tuple[str, int], ready: Callable[[], bool], registry: CollectorRegistry,
                  reload: Reload | None = None,
@@ -49,7 +57,7 @@ class HttpServer:
                     self._reply(200, b"OK\n")
                 elif path == "/ready":
                     ok = outer.ready()
-                    self._reply(200 if ok else 503, b"OK\n" if ok else b"not synced\n")
+                    self._reply(200 if ok else 503, b"OK\n" if ok else b"not ready\n")
                 elif path == "/metrics":
                     self._reply(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
                 elif path == "/debug/top":
@@ -109,9 +117,7 @@ class HttpServer:
         self.reload = reload
         server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
         if ":" in address[0]:
-            import socket
-
-            server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+            server_class = type("SharedServer6", (_SharedServer,), {"address_family": socket.AF_INET6})
         self.server = server_class(address, Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]

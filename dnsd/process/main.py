@@ -9,6 +9,7 @@ cost one copy of the cluster, plus each worker's own hot replies (supervisor.py 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -25,11 +26,11 @@ from dnsd.observe.metrics import PROGRAMMING_BUCKETS, Histogram, Snapshot, Total
 from dnsd.observe.sketch import Windows
 from dnsd.observe.talkers import CAPACITY, KINDS
 from dnsd.process.dataplane import Dataplane, from_config
+from dnsd.process.handover import Steering, drain_unless, inodes
 from dnsd.process.ipc import SharedCounts
 from dnsd.process.serving import Serving
 from dnsd.process.serving import run as run_process
 from dnsd.process.sources import Sources
-from dnsd.process.steering import steer
 from dnsd.process.supervisor import WorkerPool, shared_directory
 from dnsd.process.zygote import Zygote
 from dnsd.runtime import HeapTrim, tune_gc, use_uvloop
@@ -72,7 +73,10 @@ class Server:
         self.sources: Sources | None = None
         self.serving: Serving | None = None
         self.http: HttpServer | None = None
-        self.stop = asyncio.Event()
+        self.steering: Steering | None = None
+        self.stop = asyncio.Event()  # SIGTERM: lame duck, then drain
+        self.now = asyncio.Event()  # a second SIGTERM, or SIGINT: stop at once
+        self.lame = False  # /ready says 503 from the first signal on
         self.programming = Histogram(PROGRAMMING_BUCKETS)
         # Every serving process's top talkers, over the last minute and quarter hour (/debug/top).
         self.top = Windows(KINDS, CAPACITY) if config.top_talkers else None
@@ -83,8 +87,9 @@ class Server:
 
     async def serve(self) -> int:
         loop = self.loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a SIGTERM while workers start still stops cleanly
-            loop.add_signal_handler(sig, self.stop.set)
+        # From the start: a SIGTERM while workers start still stops cleanly.
+        loop.add_signal_handler(signal.SIGTERM, self._terminate)
+        loop.add_signal_handler(signal.SIGINT, self._interrupt)
         try:
             error = await self.startup()
             if error:
@@ -115,13 +120,14 @@ class Server:
         self.sources = Sources(config, emit)
         self.sources.start()  # manifests load before the first query; the API syncs in the background
         slots = Slots(config.tcp_max_connections, self.zygote.tcp_counts, 0) if self.zygote else None
-        serving = self.serving = Serving(config, dataplane.responder, reuse_port=pool is not None, slots=slots)
+        serving = self.serving = Serving(config, dataplane.responder, slots=slots)
         error = await serving.listen()
         if error:
             return error
         if pool:
-            for sock in serving.dns.udp_sockets:  # before any worker joins the port's group: the group keeps it
-                steer(sock, config.workers)
+            # Before any worker joins the port's group: the group keeps the program (handover.py).
+            self.steering = Steering(serving.dns.udp_sockets, config.workers, self._inodes)
+            self.steering.start()
             pool.index.publish(dataplane.serial, dataplane.store.synced)  # what a starting worker reads
             error = await loop.run_in_executor(None, pool.start)
             if error:
@@ -139,7 +145,9 @@ class Server:
         return None
 
     async def main_loop(self) -> None:
-        """Until a stop signal: the heap trimmed as a worker's is (the main process answers too)."""
+        """Until a stop signal: the heap trimmed as a worker's is (the main process answers too), the
+        steering attached once another dnsd has left the port. Then the lame duck: answering as before
+        while /ready says 503, so that load balancers and kube-proxy stop sending queries here first."""
         trim = HeapTrim()
         while not self.stop.is_set():
             try:
@@ -148,12 +156,23 @@ class Server:
                 trim.tick()
                 if self.serving is not None and (top := self.serving.top()) is not None:
                     self._add_top(top)
+                if self.steering:
+                    self.steering.tick()
+        lameduck = self.config.lameduck
+        if lameduck and not self.now.is_set():
+            log.info("lame duck: /ready says 503; answering for %g s before draining", lameduck)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.now.wait(), lameduck)
         log.info("shutting down")
 
     async def shutdown(self) -> None:
-        """Stop what started, in reverse order of need: workers, listeners and forwarding, sources, HTTP."""
+        """Stop what started, in reverse order of need: workers, listeners and forwarding, sources, HTTP.
+        After a SIGTERM the listeners drain first (no query lost); a second signal cuts that short."""
+        drained = False
+        if self.serving and self.stop.is_set() and not self.now.is_set():
+            drained = await self._drain()
         if self.pool:
-            self.pool.close()
+            self.pool.close(now=not drained)
         if self.serving:
             await self.serving.close()
         if self.sources:
@@ -161,12 +180,47 @@ class Server:
         if self.http:
             self.http.stop()
 
+    async def _drain(self) -> bool:
+        """Leave the port to whoever else serves it (handover.py): every process seals its sockets and
+        answers what reached them. False when a second signal cut it short."""
+        assert self.serving is not None
+        log.info("draining: answering what reached us, and the open TCP connections until they close")
+        if self.steering:
+            self.steering.release()
+        if self.pool:
+            self.pool.drain()  # SIGTERM: each worker drains as we do
+        if not await drain_unless(self.serving.drain(), self.now):
+            return False
+        limit = time.monotonic() + self.config.tcp_idle_timeout + self.config.forward_timeout + 5
+        while self.pool and self.pool.alive() and not self.now.is_set() and time.monotonic() < limit:
+            await asyncio.sleep(0.05)
+        return not self.now.is_set()
+
+    def _terminate(self) -> None:
+        if self.stop.is_set():
+            self.now.set()  # a second SIGTERM
+        self.lame = True
+        self.stop.set()
+
+    def _interrupt(self) -> None:
+        self.lame = True
+        self.now.set()
+        self.stop.set()
+
+    def _inodes(self) -> set[int]:
+        """Every UDP socket of this dnsd: the main process's and those its workers reported."""
+        assert self.serving is not None
+        ours = set(inodes(self.serving.dns.udp_sockets))
+        if self.pool:
+            ours |= self.pool.inodes()
+        return ours
+
     def sources_reload(self) -> None:
         if self.sources:
             self.sources.reload()
 
     def ready(self) -> bool:
-        return self.dataplane.store.synced and (self.pool is None or self.pool.synced())
+        return not self.lame and self.dataplane.store.synced and (self.pool is None or self.pool.synced())
 
     def reload(self, timeout: float = 10.0) -> list[str] | None:
         """POST /reload, from the HTTP thread: the manifest files rescanned now, returning once every

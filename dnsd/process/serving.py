@@ -31,8 +31,7 @@ def run(main: Coroutine[Any, Any, _T]) -> _T:
 class Serving:
     """A Responder's DNS listeners (UDP and TCP) and forwarder, started and closed together."""
 
-    def __init__(self, config: Config, responder: Responder, *, reuse_port: bool = False,
-                 slots: Slots | None = None) -> None:
+    def __init__(self, config: Config, responder: Responder, *, slots: Slots | None = None) -> None:
         self.config = config
         self.forwarder: Forwarder | None = None
         if config.forwards:  # each process forwards and caches for itself
@@ -48,7 +47,7 @@ class Serving:
                 tap, tcp = self.tap, config.force_tcp
                 self.forwarder.fetcher.tapped = lambda up, query, reply, sent: tap.forwarded(
                     (up.host, up.port), query, reply, sent, tcp or bool(up.tls_name))
-        self.dns = DnsServer(config, responder, reuse_port=reuse_port, slots=slots, forwarder=self.forwarder,
+        self.dns = DnsServer(config, responder, slots=slots, forwarder=self.forwarder,
                              tap=self.tap)
 
     async def listen(self) -> str | None:
@@ -83,6 +82,14 @@ class Serving:
             self.forwarder.stop()
         if self.tap is not None:
             self.tap.stop()
+
+    async def drain(self) -> None:
+        """Leave the port without losing a query (net/listeners.py), then stop forwarding. UDP waits at
+        most a forward's time for the replies in flight; open TCP connections get the idle timeout."""
+        config = self.config
+        await self.dns.drain(config.tcp_idle_timeout, config.forward_timeout + 1)
+        if self.forwarder is not None:
+            self.forwarder.stop()
 
 
 __all__ = ["Serving", "run"]

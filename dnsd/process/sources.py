@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dnsd.cluster.store import Op
+from dnsd.cluster.store import Op, Synced
 from dnsd.config import Config
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ class Sources:
         # Imported here, after the zygote forks: workers never read manifests (yaml, watchfiles).
         from dnsd.cluster.sources.manifests import ManifestSource
 
+        self.emit = emit
         paths, use_api = config.sources()
         self.manifests = ManifestSource(paths, emit, config.reload_debounce_ms, config.endpoint_pod_names) if paths else None
         self.kubernetes = None
@@ -35,6 +36,9 @@ class Sources:
             )
 
     def start(self) -> None:
+        if not self.manifests and not self.kubernetes:
+            # No source at all (a node cache, --cluster-dns): nothing to wait for, so ready at once.
+            self.emit([Synced("none")])
         if self.manifests:
             self.manifests.load()
             self.manifests.start()

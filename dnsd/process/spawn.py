@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +43,11 @@ class Spawned:
     def terminate(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.process.terminate()
+
+    def stop(self, now: bool) -> None:
+        """SIGUSR1: close at once; SIGTERM: drain first (worker.py)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGUSR1 if now else signal.SIGTERM)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

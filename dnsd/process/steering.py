@@ -13,7 +13,9 @@ carries no question); TCP answers are few.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import logging
 import socket
 import struct
@@ -21,6 +23,7 @@ import struct
 log = logging.getLogger(__name__)
 
 SO_ATTACH_REUSEPORT_CBPF = 51
+SO_DETACH_REUSEPORT_BPF = 52
 HASHED = 24  # name bytes hashed: the first label or two, where names differ
 QNAME = 13  # the first byte after the question's first length byte
 
@@ -29,7 +32,7 @@ LD_W_LEN, LD_MEM, ST, LDI = 0x80, 0x60, 0x02, 0x00
 LDB_ABS = 0x30
 JGT_K, JEQ_K, JA = 0x25, 0x15, 0x05
 OR_K, MUL_K, ADD_X, MOD_K = 0x44, 0x24, 0x0C, 0x94
-TAX, RET_A = 0x07, 0x16
+TAX, RET_A, RET_K = 0x07, 0x16, 0x06
 
 
 def program(workers: int, hashed: int = HASHED) -> list[tuple[int, int, int, int]]:
@@ -58,18 +61,37 @@ def program(workers: int, hashed: int = HASHED) -> list[tuple[int, int, int, int
     return ins
 
 
-def steer(sock: socket.socket, workers: int) -> bool:
-    """Attach the program to ``sock``'s reuseport group; False (and default spreading) where unsupported."""
-    ins = program(workers)
+def _attach(sock: socket.socket, ins: list[tuple[int, int, int, int]]) -> None:
     raw = b"".join(struct.pack("HBBI", *i) for i in ins)
     buf = ctypes.create_string_buffer(raw, len(raw))
     fprog = struct.pack("HL", len(ins), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+def steer(sock: socket.socket, workers: int) -> bool:
+    """Attach the program to ``sock``'s reuseport group; False (and default spreading) where unsupported.
+
+    Only while this dnsd's sockets are the whole group: the program picks a socket by its place in
+    the group, and during a handover the other dnsd's sockets hold places too (process/handover.py)."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+        _attach(sock, program(workers))
     except OSError as exc:
         log.warning("cannot steer queries to workers by name (%s): each worker may keep every hot answer", exc)
         return False
     return True
+
+
+def unsteer(sock: socket.socket) -> None:
+    """Take the program off ``sock``'s group: the kernel picks by sender again, and so skips the
+    sockets a draining dnsd has sealed (net/reuseport.py), which a program would still choose."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return  # no program on the group
+        # Before Linux 5.3: a program whose every choice is past the group's end, so the kernel hashes.
+        with contextlib.suppress(OSError):
+            _attach(sock, [(RET_K, 0, 0, 0xFFFFFFFF)])
 
 
 def worker_of(question: bytes, workers: int, hashed: int = HASHED) -> int:

@@ -129,6 +129,7 @@ class WorkerPool:
         self.workers: dict[int, _Worker] = {}
         self.stats: dict[int, Snapshot] = {}  # each worker's latest, written by the monitor thread
         self.on_top: Callable[[dict[str, Any]], None] | None = None  # a worker's top talkers since its last report
+        self._inodes: dict[int, set[int]] = {}  # each worker's UDP sockets, as it reported them ready
         self.lock = threading.Lock()  # publish (loop thread) against respawn (monitor thread)
         self.last: tuple[Any, int, bool] = (CLEAR, 0, False)
         self.closing = threading.Event()
@@ -215,6 +216,7 @@ class WorkerPool:
             return f"exited at start (code {w.process.exitcode})"
         if kind == "error":
             return str(detail)
+        self._inodes[number] = set(detail[1])
         # A change committed between its start and its first query may be in its table already:
         # "drop everything", queued on the loop after any change published meanwhile.
         self.loop.call_soon_threadsafe(lambda: w.send(self.last))
@@ -255,12 +257,27 @@ class WorkerPool:
         if error:
             log.error("worker %d: %s", number, error)
 
-    def close(self) -> None:
+    def inodes(self) -> set[int]:
+        """The UDP sockets of the workers running (handover.py tells ours from another dnsd's)."""
+        return set().union(*(self._inodes.get(n, set()) for n in list(self.workers)))
+
+    def drain(self) -> None:
+        """SIGTERM every worker: each leaves the port without losing a query (Serving.drain), and exits."""
+        self.closing.set()  # no respawn from now on
+        for w in list(self.workers.values()):
+            if w.process.is_alive():
+                w.process.terminate()
+
+    def alive(self) -> bool:
+        return any(w.process.is_alive() for w in list(self.workers.values()))
+
+    def close(self, now: bool = True) -> None:
+        """Stop the workers (``now``: SIGUSR1, each closes at once; else SIGTERM, each drains) and wait."""
         self.closing.set()
         workers = list(self.workers.values())
         for w in workers:
             if w.process.is_alive():
-                w.process.terminate()  # SIGTERM: each worker drains its TCP connections and exits
+                w.process.stop(now)
         for w in workers:
             w.process.join(timeout=5)
             if w.process.is_alive():

@@ -24,6 +24,7 @@ from typing import Any
 from dnsd.answer.responder import Responder
 from dnsd.config import Config
 from dnsd.net.tcp import Slots
+from dnsd.process.handover import drain_unless, inodes
 from dnsd.process.ipc import CLEAR, Barrier, Frames
 from dnsd.process.serving import Serving, run
 from dnsd.runtime import HeapTrim
@@ -72,7 +73,8 @@ class Worker:
         self.slots = slots
         self.index: SharedIndex | None = None
         self.serving: Serving | None = None
-        self.stop = asyncio.Event()
+        self.stop = asyncio.Event()  # SIGTERM: drain, then exit
+        self.now = asyncio.Event()  # SIGUSR1, or the main process gone: close at once
         self.frames = Frames()
 
     changes: Changes  # set by startup(), before anything reads it
@@ -92,18 +94,19 @@ class Worker:
         responder = Responder(self.index, config.ttl, lambda: self.changes.synced, *config.table_share,
                               config.udp_max_payload, resolver_for(config), loadbalance=config.loadbalance)
         self.changes = Changes(responder, serial, synced)
-        serving = self.serving = Serving(config, responder, reuse_port=True, slots=self.slots)
+        serving = self.serving = Serving(config, responder, slots=self.slots)
         error = await serving.listen()
         if error:
             self.conn.send(("error", error))
             return False
         serving.forward()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, self._now)
         self.changes_sock.setblocking(False)
         # In the loop itself, not a thread: a thread would wait up to the GIL's switch interval
         # (5 ms) behind a busy loop before it could hand a change over.
         loop.add_reader(self.changes_sock.fileno(), self._receive)
-        self.conn.send(("ready", os.getpid()))
+        self.conn.send(("ready", (os.getpid(), inodes(serving.dns.udp_sockets))))
         return True
 
     async def main_loop(self) -> None:
@@ -125,9 +128,15 @@ class Worker:
 
     async def shutdown(self) -> None:
         if self.serving is not None:
+            if self.stop.is_set() and not self.now.is_set():
+                await drain_unless(self.serving.drain(), self.now)
             await self.serving.close()
         if self.index is not None:
             self.index.close()
+
+    def _now(self) -> None:
+        self.now.set()
+        self.stop.set()
 
     def _receive(self) -> None:
         try:
@@ -138,7 +147,7 @@ class Worker:
             data = b""
         if not data:
             asyncio.get_running_loop().remove_reader(self.changes_sock.fileno())
-            self.stop.set()  # the main process is gone: so are we
+            self._now()  # the main process is gone: so are we
             return
         for message in self.frames.feed(data):
             if isinstance(message, Barrier):

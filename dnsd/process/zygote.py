@@ -70,6 +70,11 @@ class Forked:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
 
+    def stop(self, now: bool) -> None:
+        """SIGUSR1: close at once; SIGTERM: drain first (worker.py)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGUSR1 if now else signal.SIGTERM)
+
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)

@@ -27,6 +27,7 @@ from dnsd.upstream.cache import ForwardCache, Item
 from dnsd.upstream.compose import error_entry
 from dnsd.upstream.inflight import Inflight
 from dnsd.upstream.message import Reply, normalise
+from dnsd.upstream.pipe import Pipe, Pipes
 from dnsd.upstream.pool import HEALTH_QUESTION, Pool, State
 from dnsd.upstream.sockets import Exchanges
 from dnsd.upstream.stats import ForwardStats
@@ -53,16 +54,25 @@ class Fetcher:
         self.udp: Exchanges | None = None  # made in the running loop, at the first use
         # Told of each upstream's reply: (upstream, the query it answers, the reply, perf_counter when sent).
         self.tapped: Callable[[Upstream, bytes, bytes, float], None] | None = None
+        self._pipes: Pipes | None = None  # tcp:// upstreams' kept-open connections, likewise
 
     def exchanges(self) -> Exchanges:
         if self.udp is None:
             self.udp = Exchanges(asyncio.get_running_loop())
         return self.udp
 
+    def pipe(self, upstream: Upstream) -> Pipe:
+        if self._pipes is None:
+            self._pipes = Pipes(asyncio.get_running_loop(), self.stats.drop)
+        return self._pipes[upstream]
+
     def close(self) -> None:
         if self.udp is not None:
             self.udp.close()
             self.udp = None
+        if self._pipes is not None:
+            self._pipes.close()
+            self._pipes = None
 
     def error(self, qwire: bytes, qtype: int, rcode: int) -> Entry:
         return error_entry(qwire, qtype, rcode, self.payload)
@@ -175,7 +185,9 @@ class Fetcher:
         reply: Reply | None = None
         why = ""
         try:
-            if tcp or self.config.force_tcp or upstream.tls_name:
+            if upstream.tcp:
+                reply = await self.pipe(upstream).exchange(question, timeout)
+            elif tcp or self.config.force_tcp or upstream.tls_name:
                 reply = await transport.tcp(upstream, question, timeout, self.stats.drop, self.tls)
             else:
                 reply = await self.exchanges().exchange(upstream, question, timeout, self.stats.drop)
@@ -190,14 +202,19 @@ class Fetcher:
     # -- questions that are not a client's ------------------------------------------------------
     async def health_probe(self, upstream: Upstream) -> None:
         """A pool's health check of a down upstream: any reply counts; UpstreamError if none."""
-        if self.config.force_tcp or upstream.tls_name:
+        if upstream.tcp:
+            await self.pipe(upstream).exchange(HEALTH_QUESTION, self.config.upstream_timeout)
+        elif self.config.force_tcp or upstream.tls_name:
             await transport.tcp(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop, self.tls)
         else:
             await self.exchanges().exchange(upstream, HEALTH_QUESTION, self.config.upstream_timeout, self.stats.drop)
 
     def send_probe(self, upstream: Upstream, question: bytes) -> None:
         """A loop probe (loops.py): its reply, if any, says nothing; only the question coming back to us does."""
-        self.exchanges().send(upstream, question, self.config.upstream_timeout, _ignore, _ignore)
+        if upstream.tcp:
+            self.pipe(upstream).send(question, self.config.upstream_timeout, _ignore)
+        else:
+            self.exchanges().send(upstream, question, self.config.upstream_timeout, _ignore, _ignore)
 
 
 def _ignore(*_args: object) -> None:

@@ -128,6 +128,11 @@ class Forwarder:
             entry = self._refusals[qtype] = self.fetcher.error(b"\x00", qtype, REFUSED)
         return entry
 
+    @property
+    def busy(self) -> bool:
+        """Questions are in flight upstream: a draining listener keeps its socket open for their replies."""
+        return bool(self._inflight)
+
     def between(self, hook: Callable[[], None]) -> None:
         """``hook`` runs between two upstream replies handled in one turn (a listener's hits)."""
         self.fetcher.exchanges().between.append(hook)
@@ -210,7 +215,10 @@ class Forwarder:
                 fetcher.settle(key, qwire, qtype, reply)
 
         timeout = min(self.config.forward_timeout, self.config.upstream_timeout)
-        fetcher.exchanges().send(state.upstream, key, timeout, self.stats.drop, done)
+        if state.upstream.tcp:
+            fetcher.pipe(state.upstream).send(key, timeout, done)
+        else:
+            fetcher.exchanges().send(state.upstream, key, timeout, self.stats.drop, done)
 
     # -- prefetch: a hot entry refreshed before it expires ----------------------------------
     def _prefetch(self, key: bytes) -> None:

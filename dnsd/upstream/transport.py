@@ -36,7 +36,11 @@ class UpstreamError(Exception):
 def build_query(question: bytes) -> tuple[bytes, bytes]:
     """(query, its ID): RD set, one question, our OPT."""
     qid = os.urandom(2)
-    return qid + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01" + question + _OPT, qid
+    return query_with_id(question, qid), qid
+
+
+def query_with_id(question: bytes, qid: bytes) -> bytes:
+    return qid + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01" + question + _OPT
 
 
 def query_of(reply: bytes, qend: int) -> bytes:

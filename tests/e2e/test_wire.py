@@ -729,7 +729,8 @@ def test_sigterm_exits_zero(start_dnsd: Callable[..., Dnsd]) -> None:
 
 
 def test_sigterm_with_open_tcp_connections(start_dnsd: Callable[..., Dnsd]) -> None:
-    server = start_dnsd()
+    # Open connections are served while dnsd drains, until they idle out (test_handover.py): a short timeout.
+    server = start_dnsd("--tcp-idle-timeout", "1")
     with tcp_connect(server, timeout=6.0) as idle, tcp_connect(server, timeout=6.0) as half:
         tcp_send(idle, raw_query(WEB))
         assert tcp_recv(idle) is not None  # open and idle after one answer

@@ -45,6 +45,7 @@ MODELS: dict[tuple[str, str], type] = {
     ("v1", "ConfigMap"): client.V1ConfigMap,
     ("v1", "Service"): client.V1Service,
     ("apps/v1", "Deployment"): client.V1Deployment,
+    ("apps/v1", "DaemonSet"): client.V1DaemonSet,
     ("policy/v1", "PodDisruptionBudget"): client.V1PodDisruptionBudget,
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): client.V1ClusterRole,
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): client.V1ClusterRoleBinding,
@@ -265,6 +266,17 @@ def test_deployment_rollout_and_scheduling() -> None:
         and t["podAffinityTerm"]["labelSelector"]["matchLabels"] == SELECTOR
         for t in terms
     )
+
+
+def test_deployment_stops_with_the_lameduck_not_a_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preStop sleep needs a sleep binary in the image; --lameduck keeps answering after SIGTERM itself."""
+    from dnsd.cli import config_from_args
+
+    assert "lifecycle" not in _container()
+    config = config_from_args(_parse_in_pod(monkeypatch)[1])
+    assert config.lameduck == 5
+    grace = _one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= config.lameduck + config.tcp_idle_timeout + config.forward_timeout
 
 
 def test_deployment_uses_configmap() -> None:
