@@ -91,6 +91,7 @@ class Batch:
 
     def receive(self) -> list[bytes]:
         """The datagrams waiting, up to ``size``, in slots 0..n-1 (none: an empty list); OSError on a socket error."""
+        self.replies.clear()  # never sent to the slots' next peers (flush() clears them too)
         got = self._recv(self.fd, self.rmsgs, self.size, MSG_DONTWAIT, None)
         if got <= 0:
             if got == 0:

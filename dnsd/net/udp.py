@@ -165,23 +165,25 @@ class UdpListener:
         answered: list[Answered] | None = [] if weight else None
         misses: list[tuple[bytes, Any]] = []
         last = started = perf_counter()
-        for i, data in enumerate(datagrams):
-            if allowed is not None and not allowed(address(i)[0]):
-                reply = refused(data)
-                if reply is None:
-                    continue
-            else:
-                reply = fast(data, MIN_PAYLOAD, counts)
-                if reply is None:
-                    misses.append((data, address(i)))
-                    continue
-            reply_to(i, reply)
-            if answered is not None:
-                answered.append((data, address(i), reply, perf_counter() - last))
-            now = perf_counter()
-            observe(now - last)
-            last = now
-        batch.flush()
+        try:
+            for i, data in enumerate(datagrams):
+                if allowed is not None and not allowed(address(i)[0]):
+                    reply = refused(data)
+                    if reply is None:
+                        continue
+                else:
+                    reply = fast(data, MIN_PAYLOAD, counts)
+                    if reply is None:
+                        misses.append((data, address(i)))
+                        continue
+                reply_to(i, reply)
+                if answered is not None:
+                    answered.append((data, address(i), reply, perf_counter() - last))
+                now = perf_counter()
+                observe(now - last)
+                last = now
+        finally:
+            batch.flush()  # whatever went wrong, no queued reply may wait for the next batch's slots
         full = self._full = len(datagrams) == self.BATCH
         if answered and tap is not None:
             tap.batch(answered, weight=weight)
