@@ -121,6 +121,7 @@ def test_the_class_filter_and_the_rate_bound(start_dnsd: Callable[..., Dnsd], cl
 def test_debug_top_across_workers(start_dnsd: Callable[..., Dnsd], cluster: Path) -> None:
     with FakeUpstream() as upstream:
         server = start_dnsd("--manifests", str(cluster), "--upstream", f"127.0.0.1:{upstream.port}", workers=2)
+        wait_for(lambda: server.http("/ready")[0] == 200, timeout=20)  # HTTP starts once the workers run
         asked = {"127.0.0.2": 30, "127.0.0.3": 20, "127.0.0.4": 10}
         for source, n in asked.items():
             for i in range(n):
@@ -152,6 +153,7 @@ def test_debug_top_across_workers(start_dnsd: Callable[..., Dnsd], cluster: Path
 
 def test_top_talkers_can_be_turned_off(start_dnsd: Callable[..., Dnsd], cluster: Path) -> None:
     server = start_dnsd("--manifests", str(cluster), "--no-top-talkers")
+    wait_for(lambda: server.http("/ready")[0] == 200, timeout=20)
     status, body = server.http("/debug/top")
     assert status == 404 and "--no-top-talkers" in body
 
