@@ -131,6 +131,7 @@ def network(value: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an address or CIDR network") from None
 
+
 def directory_problem(path: str) -> str | None:
     """Why ``path`` cannot hold the shared index file, or None.
 
@@ -144,15 +145,13 @@ def directory_problem(path: str) -> str | None:
     return None
 
 
-def dnstap_target(value: str) -> str:
-    """unix:PATH or tcp:HOST:PORT, checked as the dnstap writer reads it."""
-    from dnsd.observe.framestream import parse_target
+def _dnstap(value: str) -> object:
+    from dnsd.observe.framestream import parse_target  # only when the flag is given
 
-    try:
-        parse_target(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
+    return parse_target(value)
+
+
+dnstap_target = checked(_dnstap)  # unix:PATH or tcp:HOST:PORT, checked as the dnstap writer reads it
 
 
 def http_base(value: str) -> str:

@@ -21,7 +21,7 @@ from typing import cast
 
 from dnsd.servers import Upstream
 from dnsd.upstream.message import Reply, parse
-from dnsd.upstream.transport import UpstreamError, check, query_with_id
+from dnsd.upstream.transport import awaited, check, query_with_id
 
 log = logging.getLogger(__name__)
 Done = Callable[[Reply | None, str], None]  # as sockets.Exchanges: the reply, or None and why
@@ -84,18 +84,8 @@ class Pipe:
         self._submit(ask)
 
     async def exchange(self, question: bytes, timeout: float) -> Reply:
-        future: asyncio.Future[Reply] = self.loop.create_future()
-
-        def done(reply: Reply | None, why: str) -> None:
-            if future.done():
-                return
-            if reply is None:
-                future.set_exception(UpstreamError(why))
-            else:
-                future.set_result(reply)
-
-        self.send(question, timeout, done)
-        return await future
+        """``send`` as a coroutine: the reply, or UpstreamError."""
+        return await awaited(self.loop, lambda done: self.send(question, timeout, done))
 
     def _submit(self, ask: _Ask) -> None:
         connection = self.connection

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from dnsd.servers import Upstream
 from dnsd.upstream.message import Reply, parse
-from dnsd.upstream.transport import UpstreamError, build_query, check
+from dnsd.upstream.transport import awaited, build_query, check
 
 SPARE = 64  # sockets kept open and bound per address family; refilled off the critical path
 READY = 8  # upstream replies handled per turn of the event loop (each ~100 us with its send)
@@ -97,18 +97,7 @@ class Exchanges:
     async def exchange(self, upstream: Upstream, question: bytes, timeout: float,
                        dropped: Callable[[str], None]) -> Reply:
         """``send`` as a coroutine: the reply, or UpstreamError."""
-        future: asyncio.Future[Reply] = self.loop.create_future()
-
-        def done(reply: Reply | None, why: str) -> None:
-            if future.done():
-                return
-            if reply is None:
-                future.set_exception(UpstreamError(why))
-            else:
-                future.set_result(reply)
-
-        self.send(upstream, question, timeout, dropped, done)
-        return await future
+        return await awaited(self.loop, lambda done: self.send(upstream, question, timeout, dropped, done))
 
     def _ready(self) -> None:
         waiting = self._waiting

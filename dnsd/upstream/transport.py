@@ -29,6 +29,25 @@ def default_tls(ca_file: str | None = None) -> ssl.SSLContext:
     return context
 
 
+Done = Callable[[Reply | None, str], None]  # a callback exchange's end: the reply, or None and why
+
+
+async def awaited(loop: asyncio.AbstractEventLoop, send: Callable[[Done], None]) -> Reply:
+    """A callback exchange (``send(done)``) as a coroutine: the reply, or UpstreamError with the reason."""
+    future: asyncio.Future[Reply] = loop.create_future()
+
+    def done(reply: Reply | None, why: str) -> None:
+        if future.done():
+            return
+        if reply is None:
+            future.set_exception(UpstreamError(why))
+        else:
+            future.set_result(reply)
+
+    send(done)
+    return await future
+
+
 class UpstreamError(Exception):
     """The upstream did not give a usable reply (timeout, refused connection, malformed reply)."""
 
