@@ -63,7 +63,6 @@ class UdpListener:
         self.listener = listener
         self.backlogged = False
         self.tap = tap
-        self._full = False  # the last batch read was full: the process is saturated
         # recvmmsg/sendmmsg (mmsg.py): one system call per batch each way, while not backlogged (a
         # backlogged socket is read one datagram at a time, with its arrival time: see above).
         self.batch = mmsg.Batch(sock, self.BATCH, self.READ) if mmsg.available() else None
@@ -95,8 +94,8 @@ class UdpListener:
         shed_after, arrived = self.shed_after, 0.0
         full = True
         tap = self.tap
-        weight = tap.take(self._full) if tap is not None else 0
-        answered: list[Answered] | None = [] if weight else None
+        weight = tap.take(self.BATCH) if tap is not None else 0
+        answered: list[Answered] | None = [] if weight or (tap is not None and tap.always) else None
         for n in range(self.BATCH):
             try:
                 if backlogged:
@@ -136,7 +135,6 @@ class UdpListener:
             now = perf_counter()
             observe(now - last)  # one clock read per query: receive, answer and send
             last = now
-        self._full = full
         if answered and tap is not None:
             tap.batch(answered, weight=weight)
         if misses:
@@ -156,13 +154,12 @@ class UdpListener:
             log.debug("UDP receive error: %s", exc)
             return
         if not datagrams:
-            self._full = False
             return
         fast, reply_to = self.responder.fast, batch.reply
         counts, observe, address = self.listener.counts, self.listener.duration.observe, batch.address
         allowed, tap = self.allowed, self.tap
-        weight = tap.take(self._full) if tap is not None else 0
-        answered: list[Answered] | None = [] if weight else None
+        weight = tap.take(len(datagrams)) if tap is not None else 0
+        answered: list[Answered] | None = [] if weight or (tap is not None and tap.always) else None
         misses: list[tuple[bytes, Any]] = []
         last = started = perf_counter()
         try:
@@ -184,7 +181,7 @@ class UdpListener:
                 last = now
         finally:
             batch.flush()  # whatever went wrong, no queued reply may wait for the next batch's slots
-        full = self._full = len(datagrams) == self.BATCH
+        full = len(datagrams) == self.BATCH
         if answered and tap is not None:
             tap.batch(answered, weight=weight)
         if misses:
@@ -241,8 +238,8 @@ class UdpListener:
         miss, send, counts, observe = self.responder.miss, self._send, self.listener.counts, self.listener.duration.observe
         hits_only = self.hits_only if self.forwarder is not None else None
         tap = self.tap
-        weight = tap.take(self._full) if tap is not None else 0  # a saturated process: sampled as its hits
-        answered: list[Answered] | None = [] if weight else None
+        weight = tap.take(len(misses)) if tap is not None else 0
+        answered: list[Answered] | None = [] if weight or (tap is not None and tap.always) else None
         last = perf_counter()
         for data, addr in misses:
             reply = miss(data, MIN_PAYLOAD, counts)
@@ -272,8 +269,8 @@ class UdpListener:
         fast, send, counts, recvfrom = self.responder.fast, self._send, self.listener.counts, self.sock.recvfrom
         allowed, observe = self.allowed, self.listener.duration.observe
         tap = self.tap
-        weight = tap.take(self._full) if tap is not None else 0
-        answered: list[Answered] | None = [] if weight else None
+        weight = tap.take(self.HITS_ONLY) if tap is not None else 0
+        answered: list[Answered] | None = [] if weight or (tap is not None and tap.always) else None
         last = perf_counter()
         for _ in range(self.HITS_ONLY):
             try:
@@ -301,7 +298,7 @@ class UdpListener:
             observe(now - last)
             last = now
         if answered and tap is not None:
-            tap.batch(answered)
+            tap.batch(answered, weight=weight)
         if queue:
             self._schedule()
 

@@ -16,6 +16,7 @@ import logging
 import struct
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from dnslib import CLASS, QTYPE, RCODE
@@ -106,6 +107,19 @@ class QueryLog:
             self._tokens -= 1
         log.info("%s", line(query, reply, client, tcp, seconds))
         self.written += 1
+
+    def write_all(self, answered: Iterable[tuple[bytes, Any, bytes, float]], tcp: bool) -> None:
+        """A batch's (query, client, reply, seconds): with the bucket empty and every class logged, the
+        whole batch is counted as dropped at once (a flood costs one check a batch)."""
+        if self.rate and self.kind == "all":
+            now = time.monotonic()
+            if min(self.rate, self._tokens + (now - self._last) * self.rate) < 1:
+                answered = list(answered)
+                self.dropped += len(answered)
+                return
+        write = self.write
+        for query, client, reply, seconds in answered:
+            write(query, reply, client, tcp, seconds)
 
 
 __all__ = ["CLASSES", "QueryLog", "classify", "line"]

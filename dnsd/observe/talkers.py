@@ -5,14 +5,16 @@ summaries (sketch.py) once a dict holds FOLD keys, and handed to the main proces
 each report (``drain``). Names are counted by their wire form, as asked (the case a client chose
 included), and decoded only when folded: a fold decodes at most FOLD names.
 
-The hit path's cost is in the listeners' hands: they record whole batches (see net/udp.py), and a
-saturated process records one batch in SAMPLE with that weight, so counting costs under 1% of
-QPS (docs/performance.md). Below saturation every query is counted.
+The hit path's cost is bounded by a budget: up to BUDGET queries a second are counted exactly; past
+that, one batch in N is counted with weight N, N chosen from the last second's rate so that about
+BUDGET a second are counted (each ~0.4 us: under 1% of a core, whatever the rate). Listeners hand
+over whole batches (see net/udp.py).
 """
 
 from __future__ import annotations
 
 import heapq
+import time
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -24,7 +26,7 @@ _K = TypeVar("_K", str, bytes)
 KINDS = ("clients", "names", "nxdomain", "forwarded")
 CAPACITY = 128  # keys each summary keeps: the top 10 of a Zipf load are found far below this
 FOLD = 1024  # exact keys held before folding: bounds memory at a few hundred KB per process
-SAMPLE = 8  # a saturated process counts one full batch in SAMPLE, each query standing for SAMPLE
+BUDGET = 10_000  # queries a second counted one by one; a busier process samples batches to about this many
 
 
 class Talkers:
@@ -37,13 +39,23 @@ class Talkers:
         self.queries = 0
         self._summaries: dict[str, Counts] = {kind: {} for kind in KINDS}
         self._batches = 0
+        self._seen = 0  # queries in batches offered this second
+        self._until = 0.0  # when this second ends
+        self._stride = 1  # one batch in this many is counted, with this weight
 
-    def take(self, saturated: bool) -> bool:
-        """Whether to count the next batch: always, but one in SAMPLE when saturated."""
-        if not saturated:
-            return True
+    def take(self, queries: int) -> int:
+        """The weight of each query of the next batch (of about ``queries``): 1 while the process answers
+        under BUDGET a second, else the stride of the sampling, for one batch in that many; 0: not counted."""
+        self._seen += queries
+        now = time.monotonic()
+        if now >= self._until:
+            self._stride = max(1, -(-self._seen // BUDGET))
+            self._seen, self._until = 0, now + 1.0
+        stride = self._stride
+        if stride == 1:
+            return 1
         self._batches += 1
-        return self._batches % SAMPLE == 0
+        return stride if self._batches % stride == 0 else 0
 
     def count(self, items: list[tuple[bytes, Any, bytes, float]], weight: int) -> None:
         """(query, client address, reply, seconds) of answered queries, each standing for ``weight``."""
@@ -112,4 +124,4 @@ def _by_name(wire: dict[bytes, int]) -> dict[str, int]:
     return out
 
 
-__all__ = ["CAPACITY", "KINDS", "SAMPLE", "Talkers"]
+__all__ = ["BUDGET", "CAPACITY", "KINDS", "Talkers"]

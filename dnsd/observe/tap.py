@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dnsd.observe.querylog import QueryLog
-from dnsd.observe.talkers import SAMPLE, Talkers
+from dnsd.observe.talkers import Talkers
 
 if TYPE_CHECKING:
     from dnsd.config import Config
@@ -25,8 +25,8 @@ class Tap:
         self.talkers = talkers
         self.log = log
         self.dnstap = dnstap
-        # Top talkers alone may sample a saturated process; the log and dnstap want every query.
-        self._sampling = log is None and dnstap is None
+        # The log and dnstap want every query; top talkers may sample a busy process.
+        self.always = log is not None or dnstap is not None
 
     @classmethod
     def from_config(cls, config: Config) -> Tap | None:
@@ -49,19 +49,16 @@ class Tap:
         if self.dnstap is not None:
             self.dnstap.stop()
 
-    def take(self, saturated: bool) -> int:
-        """How many queries each answer of the next batch stands for: 0 leaves the batch uncounted."""
-        if self._sampling and self.talkers is not None and saturated:
-            return SAMPLE if self.talkers.take(saturated) else 0
-        return 1
+    def take(self, queries: int) -> int:
+        """Before a batch of about ``queries``: the weight top talkers give each of its queries (0: they skip
+        it). The listener collects the batch's answers when this is not 0, or when ``always``."""
+        return self.talkers.take(queries) if self.talkers is not None else 0
 
     def batch(self, answered: list[Answered], tcp: bool = False, weight: int = 1) -> None:
-        if self.talkers is not None:
+        if self.talkers is not None and weight:
             self.talkers.count(answered, weight)
         if self.log is not None:
-            write = self.log.write
-            for query, client, reply, seconds in answered:
-                write(query, reply, client, tcp, seconds)
+            self.log.write_all(answered, tcp)
         if self.dnstap is not None:
             now = time.time()
             tap = self.dnstap
@@ -70,7 +67,10 @@ class Tap:
                 tap.client_response(query, reply, client, tcp, now - seconds, now)
 
     def one(self, query: bytes, client: Any, reply: bytes, seconds: float, tcp: bool) -> None:
-        self.batch([(query, client, reply, seconds)], tcp)
+        """One answer (TCP, a forwarded reply), counted as a batch of one."""
+        weight = self.take(1)
+        if weight or self.always:
+            self.batch([(query, client, reply, seconds)], tcp, weight)
 
     def forwarded(self, upstream: tuple[str, int], query: bytes, reply: bytes, sent: float, tcp: bool) -> None:
         """An upstream's reply to ``query``, sent at perf_counter ``sent``: dnstap's FORWARDER_* pair."""

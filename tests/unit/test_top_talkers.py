@@ -10,8 +10,9 @@ from collections import Counter
 import pytest
 
 from dnsd.dns.names import name_wire
+from dnsd.observe import talkers as talkers_module
 from dnsd.observe.sketch import Windows, exact, merged, top
-from dnsd.observe.talkers import CAPACITY, FOLD, KINDS, SAMPLE, Talkers
+from dnsd.observe.talkers import BUDGET, CAPACITY, FOLD, KINDS, Talkers
 
 
 def zipf_stream(n: int, distinct: int, s: float, seed: int) -> list[str]:
@@ -57,22 +58,34 @@ def test_a_process_counts_clients_names_nxdomain_and_forwards() -> None:
     upper = query.replace(b"web", b"WeB")  # 0x20: one name, whatever the case asked
     ok, nx = b"\x00\x01\x81\x80", b"\x00\x01\x81\x83"
     talkers.count([(query, ("10.0.0.1", 5), ok, 0.0), (upper, ("10.0.0.2", 6), nx, 0.0)], 1)
-    talkers.count([(query, ("10.0.0.1", 7), ok, 0.0)], SAMPLE)  # a sampled batch: each stands for SAMPLE
+    talkers.count([(query, ("10.0.0.1", 7), ok, 0.0)], 8)  # a sampled batch: each stands for 8
     talkers.sent_upstream("example.com")
     delta = talkers.drain()
-    assert delta["queries"] == 2 + SAMPLE
+    assert delta["queries"] == 2 + 8
     summaries = delta["summaries"]
-    assert summaries["clients"] == {"10.0.0.1": (1 + SAMPLE, 0), "10.0.0.2": (1, 0)}
-    assert summaries["names"] == {"web.shop.svc.cluster.local": (2 + SAMPLE, 0)}
+    assert summaries["clients"] == {"10.0.0.1": (1 + 8, 0), "10.0.0.2": (1, 0)}
+    assert summaries["names"] == {"web.shop.svc.cluster.local": (2 + 8, 0)}
     assert summaries["nxdomain"] == {"web.shop.svc.cluster.local": (1, 0)}
     assert summaries["forwarded"] == {"example.com": (1, 0)}
     assert talkers.drain()["queries"] == 0  # drained: the next report carries only what is new
 
 
-def test_a_saturated_process_counts_one_batch_in_sample() -> None:
+def test_a_busy_process_samples_batches_to_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(talkers_module.time, "monotonic", lambda: clock[0])
     talkers = Talkers()
-    assert all(talkers.take(False) for _ in range(10))
-    assert sum(talkers.take(True) for _ in range(SAMPLE * 10)) == 10
+    assert all(talkers.take(64) == 1 for _ in range(BUDGET // 64))  # under the budget: every query, weight 1
+    # A second at 10x the budget: the next second counts one batch in 10, each query weighing 10.
+    for _ in range(10 * BUDGET // 64 - BUDGET // 64):
+        talkers.take(64)
+    clock[0] += 1.0
+    weights = [talkers.take(64) for _ in range(100)]
+    assert set(weights) == {0, 10} and weights.count(10) == 10
+    # Quiet again: exact from the second after.
+    clock[0] += 1.0
+    talkers.take(64)
+    clock[0] += 1.0
+    assert talkers.take(64) == 1
 
 
 def test_windows_slide() -> None:
