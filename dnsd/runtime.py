@@ -49,7 +49,13 @@ class HeapTrim:
     """A full collection and ``release_heap`` every ``every`` ticks (a tick is about a second) in a
     process that answers: only a collection of the highest generation empties CPython's free lists
     (the tuples queries are parsed and rendered with). The next one waits at least ``every`` ticks,
-    or 1,000 times as long as this one took, so it never takes over 0.1% of the time."""
+    or 1,000 times as long as this one took, so it never takes over 0.1% of the time.
+
+    What survives it is frozen: every change leaves its records behind as young objects that grow
+    old, and a full collection walks every unfrozen one while queries and changes wait (after 100k
+    changes at 1M endpoints, ~0.2 s; after the whole cluster changed once, the whole heap). Frozen,
+    the next one walks only what the last ``every`` ticks left. What was garbage is gone first; a
+    frozen object that later dies is still freed by its reference count, as the data is acyclic."""
 
     def __init__(self, every: int = 10) -> None:
         self.every = every
@@ -61,6 +67,7 @@ class HeapTrim:
         if self.ticks >= self.due:
             started = time.perf_counter()
             gc.collect()
+            gc.freeze()
             release_heap()
             self.due = self.ticks + max(self.every, round((time.perf_counter() - started) * 1000))
 
