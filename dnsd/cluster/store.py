@@ -88,10 +88,14 @@ class Store:
     def __init__(self, on_change: ChangeListener | None = None) -> None:
         self.on_change = on_change
         self._by_origin: dict[str, dict[Key, Object]] = {}
-        self._effective: dict[Key, Object] = {}
+        # The effective object of a key that several origins hold (otherwise it is its one holder's):
+        # a dict of every key would be a third copy of the largest ones (~10 MB at 1M endpoints).
+        self._contested: dict[Key, Object] = {}
         self.services: dict[ServiceKey, Service] = {}
-        # Endpoint sets by the Service they belong to; slices win over legacy Endpoints.
-        self.slices: dict[ServiceKey, dict[str, EndpointSet]] = {}
+        # Endpoint sets by the Service they belong to, in the order they came; slices win over legacy
+        # Endpoints. A tuple, not a dict by name: most Services have one slice (a dict each was ~24 MB
+        # at 1M endpoints), and the pipeline keeps the very tuple it built the records from.
+        self.slices: dict[ServiceKey, tuple[EndpointSet, ...]] = {}
         self.legacy: dict[ServiceKey, EndpointSet] = {}
         self.imports: dict[ServiceKey, ServiceImport] = {}
         self.imported_slices: dict[ServiceKey, dict[str, ImportedSlice]] = {}
@@ -109,7 +113,7 @@ class Store:
     def endpoint_sets(self, key: ServiceKey) -> tuple[EndpointSet, ...]:
         slices = self.slices.get(key)
         if slices:
-            return tuple(slices.values())
+            return slices
         legacy = self.legacy.get(key)
         return (legacy,) if legacy else ()
 
@@ -122,8 +126,19 @@ class Store:
 
     def namespace(self, name: str) -> Namespace | None:
         """The Namespace object of ``name``, if a source holds one (a namespace also exists by its Services)."""
-        obj = self._effective.get((NAMESPACE, "", name))
+        obj = self._effective((NAMESPACE, "", name))
         return obj if isinstance(obj, Namespace) else None
+
+    def _effective(self, key: Key) -> Object | None:
+        """The object of the highest-priority origin holding ``key``."""
+        obj = self._contested.get(key)
+        if obj is not None:
+            return obj
+        for objs in self._by_origin.values():
+            obj = objs.get(key)
+            if obj is not None:
+                return obj  # the one holder
+        return None
 
     def snapshot(self) -> list[Op]:
         """Ops that rebuild this store elsewhere (a new worker process)."""
@@ -164,24 +179,35 @@ class Store:
 
     def _set(self, origin: str, key: Key, obj: Object | None, changes: Changes) -> None:
         held = self._by_origin.setdefault(origin, {})
-        if obj is None:
-            if held.pop(key, None) is None:
-                return
-        else:
-            held[key] = obj
-        # The effective object is the one from the highest-priority origin holding the key.
+        mine = held.get(key)
+        if obj is None and mine is None:
+            return
+        # The effective object is the one from the highest-priority origin holding the key (on a tie,
+        # the one written last). Before this change: the contested one, else its one holder's.
+        rival: Object | None = None
+        rivals = 0
         winner: Object | None = obj
         best = priority(origin) if obj is not None else -1
         for other, objs in self._by_origin.items():
-            if other != origin and priority(other) > best and key in objs:
-                winner, best = objs[key], priority(other)
-        old = self._effective.get(key)
+            other_obj = objs.get(key) if other != origin else None
+            if other_obj is not None:
+                rival, rivals = other_obj, rivals + 1
+                if priority(other) > best:
+                    winner, best = other_obj, priority(other)
+        old = self._contested.get(key)
+        if old is None:
+            old = mine if mine is not None else rival
+        if obj is None:
+            del held[key]
+        else:
+            held[key] = obj
+        if rivals + (obj is not None) > 1:
+            assert winner is not None
+            self._contested[key] = winner
+        else:
+            self._contested.pop(key, None)
         if old == winner:
             return
-        if winner is None:
-            del self._effective[key]
-        else:
-            self._effective[key] = winner
         if old is not None:
             self._unindex(old, changes)
         if winner is not None:
@@ -207,7 +233,10 @@ class Store:
             self.services[skey] = obj
             self._ns_ref(obj.namespace, 1, namespaces)
         elif obj.kind == ENDPOINT_SLICE:
-            self.slices.setdefault(skey, {})[obj.name] = obj
+            slices = self.slices.get(skey, ())
+            # In place when the slice is known (a dict's order), else last.
+            at = next((i for i, held in enumerate(slices) if held.name == obj.name), len(slices))
+            self.slices[skey] = (*slices[:at], obj, *slices[at + 1:])
         else:
             self.legacy[skey] = obj
 
@@ -234,9 +263,10 @@ class Store:
             del self.services[skey]
             self._ns_ref(obj.namespace, -1, namespaces)
         elif obj.kind == ENDPOINT_SLICE:
-            slices = self.slices[skey]
-            del slices[obj.name]
-            if not slices:
+            slices = tuple(held for held in self.slices[skey] if held.name != obj.name)
+            if slices:
+                self.slices[skey] = slices
+            else:
                 del self.slices[skey]
         else:
             del self.legacy[skey]

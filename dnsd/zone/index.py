@@ -109,6 +109,9 @@ class Index(ZoneLookup):
             return set()
         touched: set[str] = set()
         by_type, has_data, below = self._by_type, self.has_data, self._below
+        # A parent that is one of these names is counted under this very string, not a copy (a
+        # Service's name is the parent of its SRV names' ``_proto`` ENT: ~9 MB at 100k Services).
+        own = {name: name for name, _ in diff}
         for (name, rtype), (gone, fresh) in diff.items():
             touched.add(name)
             table = by_type[rtype]
@@ -121,14 +124,14 @@ class Index(ZoneLookup):
                 starts = not current and name not in below and not has_data(name)
                 table[name] = rrset if len(rrset) > 1 else rrset[0]
                 if starts:
-                    self._count_below(name, 1, touched)
+                    self._count_below(name, 1, touched, own)
             elif current:
                 del table[name]
                 if name not in below and not has_data(name):
-                    self._count_below(name, -1, touched)
+                    self._count_below(name, -1, touched, own)
         return touched
 
-    def _count_below(self, name: str, delta: int, touched: set[str]) -> None:
+    def _count_below(self, name: str, delta: int, touched: set[str], own: dict[str, str]) -> None:
         """``name`` started (+1) or stopped (-1) existing: update its parent's count of existing
         children, and go on up only while that flips the parent's own existence (usually it
         does not, so this is one dict update, not one per ancestor)."""
@@ -137,6 +140,7 @@ class Index(ZoneLookup):
             return
         below, floor = self._below, len(zone)
         parent = name.partition(".")[2]
+        parent = own.get(parent, parent)
         while len(parent) > floor:
             count = below.get(parent, 0) + delta
             if count:
@@ -147,6 +151,7 @@ class Index(ZoneLookup):
                 return  # the parent's existence did not change
             touched.add(parent)
             parent = parent.partition(".")[2]
+            parent = own.get(parent, parent)
 
 
 Changes = dict[tuple[str, int], tuple[set[object], list[Any]]]

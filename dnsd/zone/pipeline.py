@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from dnsd.cluster import selector
-from dnsd.cluster.model import EndpointSet, ImportedSlice, Service, ServiceImport, ServiceKey
+from dnsd.cluster.model import CLUSTER_IP, HEADLESS, EndpointSet, ImportedSlice, Service, ServiceImport, ServiceKey
 from dnsd.cluster.store import Changes, Op, Replace, Store
 from dnsd.config import Config
 from dnsd.runtime import release_heap
@@ -95,7 +95,9 @@ class Pipeline:
         # Called with (names whose answers changed, serial, synced) after each batch, once readable.
         self.on_publish: Callable[[set[str], int, bool], None] | None = None
         self._touched: set[str] = set()
-        self._inputs: dict[ServiceKey, tuple[Service | None, tuple[EndpointSet, ...]]] = {}
+        # What each Service's records in the index were built from: the Service alone when they do not
+        # depend on its endpoints (a ClusterIP or ExternalName Service), else it and its endpoint sets.
+        self._inputs: dict[ServiceKey, Service | tuple[Service, tuple[EndpointSet, ...]]] = {}
         self._imports: dict[ServiceKey, tuple[ServiceImport | None, tuple[ImportedSlice, ...]]] = {}
         self.programming_seconds: list[float] = []  # how long each change took to reach the index
         self._set_serial(int(time.time()))
@@ -142,11 +144,22 @@ class Pipeline:
             touched |= self._change_imports(imports, served)
         for key in services:
             svc = store.services.get(key)
-            new = (svc if svc is None or served(svc.namespace) else None,
-                   store.endpoint_sets(key) if endpoints else ())
-            old = inputs.pop(key, (None, ()))
-            if new[0] is not None:
-                inputs[key] = new  # the store's own immutable objects: remembering them is free
+            if svc is not None and not served(svc.namespace):
+                svc = None
+            held = inputs.pop(key, None)
+            old: tuple[Service | None, tuple[EndpointSet, ...]] = \
+                (held, ()) if held is None or isinstance(held, Service) else held
+            new: tuple[Service | None, tuple[EndpointSet, ...]] = (None, ())
+            if svc is None:
+                pass
+            elif svc.type == HEADLESS or (ignore_empty and svc.type == CLUSTER_IP):
+                pair = (svc, store.endpoint_sets(key) if endpoints else ())
+                inputs[key] = new = pair  # the store's own immutable objects: free to keep
+            else:
+                inputs[key] = svc
+                if old[0] is svc:
+                    continue  # only its endpoints changed, which its records do not show
+                new = (svc, ())
             touched |= index.apply(service_records(*old, zones, ignore_empty=ignore_empty, external=external),
                                    service_records(*new, zones, ignore_empty=ignore_empty, external=external))
         for ns in namespaces:
