@@ -208,13 +208,32 @@ def _port(raw: Any, where: str, *, allow_null: bool = False) -> Port | None:
     return _share(Port(sys.intern(name), number, _PROTOCOLS[proto]), _shared_ports)
 
 
+# Port lists already converted, by the raw fields _port reads (with the number's class: True is not 1):
+# every Service and slice carries one, and a cluster has few distinct ones.
+_converted_ports: dict[tuple[Any, ...], tuple[Port, ...]] = {}
+
+
 def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ...]:
     if raws is None:
         return ()
     if not isinstance(raws, list):
         raise ValueError(f"{where}: ports must be a list")
+    key: tuple[Any, ...] | None = None
+    if all(p.__class__ is dict for p in raws):
+        key = (allow_null, *[(p.get("name"), p.get("port").__class__, p.get("port"), p.get("protocol")) for p in raws])
+        try:
+            known = _converted_ports.get(key)
+        except TypeError:  # unhashable values: converted (and refused) below
+            key = known = None
+        if known is not None:
+            return known
     ports = (_port(p, f"{where}[{i}]", allow_null=allow_null) for i, p in enumerate(raws))
-    return _share(tuple(p for p in ports if p is not None), _shared_port_lists)
+    converted = _share(tuple(p for p in ports if p is not None), _shared_port_lists)
+    if key is not None:
+        if len(_converted_ports) > _SHARED_MAX:
+            _converted_ports.clear()
+        _converted_ports[key] = converted
+    return converted
 
 
 def _external_ips(spec: dict, status: Any) -> tuple[str, ...]:

@@ -165,11 +165,12 @@ class Store:
             elif isinstance(op, Replace):
                 old = self._by_origin.get(op.origin, {})
                 new = dict(zip(op.keys, op.objects, strict=True)) if op.keys else {o.key: o for o in op.objects}
+                others = self._others(op.origin)  # once for the whole list: only this origin's objects change
                 for key in old.keys() - new.keys():
-                    self._set(op.origin, key, None, changes)
+                    self._set(op.origin, key, None, changes, others)
                 for key, obj in new.items():
                     if old.get(key) != obj:
-                        self._set(op.origin, key, obj, changes)
+                        self._set(op.origin, key, obj, changes, others)
             elif isinstance(op, Expect):
                 self._pending.add(op.origin)
                 self.healthy[op.origin] = False
@@ -183,7 +184,12 @@ class Store:
             self._synced_once = True
         return changes
 
-    def _set(self, origin: str, key: Key, obj: Object | None, changes: Changes) -> None:
+    def _others(self, origin: str) -> list[tuple[int, dict[Key, Object]]]:
+        """The other origins that hold anything, with their priority."""
+        return [(priority(other), objs) for other, objs in self._by_origin.items() if other != origin and objs]
+
+    def _set(self, origin: str, key: Key, obj: Object | None, changes: Changes,
+             others: list[tuple[int, dict[Key, Object]]] | None = None) -> None:
         held = self._by_origin.setdefault(origin, {})
         mine = held.get(key)
         if obj is None and mine is None:
@@ -194,12 +200,12 @@ class Store:
         rivals = 0
         winner: Object | None = obj
         best = priority(origin) if obj is not None else -1
-        for other, objs in self._by_origin.items():
-            other_obj = objs.get(key) if other != origin else None
+        for rank, objs in self._others(origin) if others is None else others:
+            other_obj = objs.get(key)
             if other_obj is not None:
                 rival, rivals = other_obj, rivals + 1
-                if priority(other) > best:
-                    winner, best = other_obj, priority(other)
+                if rank > best:
+                    winner, best = other_obj, rank
         old = self._contested.get(key)
         if old is None:
             old = mine if mine is not None else rival

@@ -215,12 +215,12 @@ class _SrvUp(NamedTuple):
     up: int
 
 
-_shared_srv: dict[_SrvUp, _SrvUp] = {}
+_shared_srv: dict[tuple[int, int], dict[int, _SrvUp]] = {}  # (priority, weight) -> port -> (up -> _SrvUp)
 
 
 def _pack(name: str, r: Any) -> Any:
     """``r`` as the index keeps it: short when it can be (see _SrvUp)."""
-    if r.__class__ is not SrvData or not (r.priority.__class__ is r.weight.__class__ is r.port.__class__ is int):
+    if r.__class__ is not SrvData:
         return r
     target = r.target
     if target == name:
@@ -229,10 +229,22 @@ def _pack(name: str, r: Any) -> Any:
         up = name.count(".", 0, len(name) - len(target))
     else:
         return r
-    short = _SrvUp(r.priority, r.weight, r.port, up)
-    if len(_shared_srv) > 4096:  # a cluster has few distinct ports: the table must not grow forever
-        _shared_srv.clear()
-    return _shared_srv.setdefault(short, short)
+    priority, weight, port = r.priority, r.weight, r.port
+    if not (priority.__class__ is weight.__class__ is port.__class__ is int):
+        return r  # as it is: True is not 1
+    # Nested lookups, not a tuple key: nothing is made for a record the table already has.
+    by_port = _shared_srv.get((priority, weight))
+    if by_port is None:
+        if len(_shared_srv) > 64:  # a cluster has few (priority, weight) pairs: never growing for ever
+            _shared_srv.clear()
+        by_port = _shared_srv[(priority, weight)] = {}
+    key = port << 8 | up if up < 256 else None
+    short = by_port.get(key) if key is not None else None
+    if short is None:
+        short = _SrvUp(priority, weight, port, up)
+        if key is not None and len(by_port) < 4096:
+            by_port[key] = short
+    return short
 
 
 def _unpack(name: str, r: Any) -> Any:
