@@ -17,6 +17,8 @@ About 25 s with the defaults (a 2-CPU machine). Needs dnsperf and taskset; dnsd 
    each: dnsd_programming_duration_seconds delta (the batch that applied it) and event-to-answer: from
    the fake's update() returning to the first UDP answer with exactly the new data, polled every 1 ms
    (cap 1 s) by a separate prober process (CLOCK_MONOTONIC is shared between processes).
+   Then ``--new-services`` Services created one at a time (each with its EndpointSlice), idle, each
+   timed from its creation to the first answer with its clusterIP: median and max.
 4. Under load: after a warm-up pass (dnsd keeps rendered answers; a server that has been running has
    them), dnsperf sends a fixed rate (``--qps``) of queries for existing names (a hot set: ClusterIP A
    and SRV, small headless A, pod names) while ``--updates-per-second`` updates run for ``--duration``
@@ -25,6 +27,9 @@ About 25 s with the defaults (a 2-CPU machine). Needs dnsperf and taskset; dnsd 
    are not in DNS: applied, not probed). Reported: event-to-answer p50/p99/max and how many were
    checked, dnsperf's QPS, lost queries, non-NOERROR answers and latency, CPU of each party.
 5. A summary table with the targets, and everything (per-update samples too) in bench/out/scale.json.
+   ``--sizes 100000,500000,1000000`` runs it per endpoint count (a tenth as many Services) and adds one
+   table of them all; ``--shape uniform --headless 0`` makes every Service ClusterIP with as many
+   endpoints as the next (the cluster issue 23 quotes).
 
 Pinning (2 CPUs): with ``--workers 1`` dnsd runs on CPU 0 and everything else (this process with the
 fake API, the prober, dnsperf) on CPU 1, so the fake API's CPU does not count against dnsd; with as
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -112,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sizes:
         return run(args)[0]
     results = []
+    cpus = os.sched_getaffinity(0)  # a run pins this process to the CPUs dnsd does not use: each starts anew
     for endpoints in args.sizes:
+        os.sched_setaffinity(0, cpus)
         one = argparse.Namespace(**vars(args))
         one.endpoints, one.services = endpoints, max(4, endpoints // 10)
         one.json = args.json.with_name(f"{args.json.stem}-{endpoints}{args.json.suffix}")
