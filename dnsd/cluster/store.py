@@ -98,10 +98,12 @@ class Store:
         # a dict of every key would be a third copy of the largest ones (~10 MB at 1M endpoints).
         self._contested: dict[Key, Object] = {}
         self.services: dict[ServiceKey, Service] = {}
-        # Endpoint sets by the Service they belong to, in the order they came; slices win over legacy
-        # Endpoints. A tuple, not a dict by name: most Services have one slice (a dict each was ~24 MB
-        # at 1M endpoints), and the pipeline keeps the very tuple it built the records from.
-        self.slices: dict[ServiceKey, tuple[EndpointSet, ...]] = {}
+        # Endpoint sets by the Service they belong to (namespace -> Service name -> its slices), in the
+        # order they came; slices win over legacy Endpoints. By name, not by a (namespace, name) key:
+        # the strings are the slices' own, a key tuple each would be ~6 MB at 100k Services. A tuple of
+        # slices, not a dict by name: most Services have one (a dict each was ~24 MB at 1M endpoints),
+        # and the pipeline keeps the very tuple it built the records from.
+        self._slices: dict[str, dict[str, tuple[EndpointSet, ...]]] = {}
         self.legacy: dict[ServiceKey, EndpointSet] = {}
         self.imports: dict[ServiceKey, ServiceImport] = {}
         self.imported_slices: dict[ServiceKey, dict[str, ImportedSlice]] = {}
@@ -116,8 +118,14 @@ class Store:
         """True once every expected origin has completed its first full sync."""
         return self._synced_once
 
+    @property
+    def slices(self) -> dict[ServiceKey, tuple[EndpointSet, ...]]:
+        """Every Service's EndpointSlices, by Service (made on each call: for inspection)."""
+        return {(ns, name): sets for ns, by_name in self._slices.items() for name, sets in by_name.items()}
+
     def endpoint_sets(self, key: ServiceKey) -> tuple[EndpointSet, ...]:
-        slices = self.slices.get(key)
+        by_name = self._slices.get(key[0])
+        slices = by_name.get(key[1]) if by_name else None
         if slices:
             return slices
         legacy = self.legacy.get(key)
@@ -246,10 +254,13 @@ class Store:
             self.services[skey] = obj
             self._ns_ref(obj.namespace, 1, namespaces)
         elif obj.kind == ENDPOINT_SLICE:
-            slices = self.slices.get(skey, ())
+            by_name = self._slices.get(obj.namespace)
+            if by_name is None:
+                by_name = self._slices[obj.namespace] = {}
+            slices = by_name.get(obj.service, ())
             # In place when the slice is known (a dict's order), else last.
             at = next((i for i, held in enumerate(slices) if held.name == obj.name), len(slices))
-            self.slices[skey] = (*slices[:at], obj, *slices[at + 1:])
+            by_name[obj.service] = (*slices[:at], obj, *slices[at + 1:])
         else:
             self.legacy[skey] = obj
 
@@ -277,11 +288,14 @@ class Store:
             del self.services[skey]
             self._ns_ref(obj.namespace, -1, namespaces)
         elif obj.kind == ENDPOINT_SLICE:
-            slices = tuple(held for held in self.slices[skey] if held.name != obj.name)
+            by_name = self._slices[obj.namespace]
+            slices = tuple(held for held in by_name[obj.service] if held.name != obj.name)
             if slices:
-                self.slices[skey] = slices
+                by_name[obj.service] = slices
             else:
-                del self.slices[skey]
+                del by_name[obj.service]
+                if not by_name:
+                    del self._slices[obj.namespace]
         else:
             del self.legacy[skey]
 
