@@ -102,12 +102,14 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
 def sizes_table(results: list[dict[str, Any]]) -> str:
     """One line per cluster size (--sizes): the figures issue 23 compares across sizes, as Markdown."""
-    lines = ["| Services / endpoints | sync (start -> /ready) | PSS after sync | new Service -> answer, median / max "
-             "| applied per batch (mean) | under load: event -> answer p50 / p99 |", "|---|---|---|---|---|---|"]
+    lines = ["| Services / endpoints | sync (start -> /ready) | dnsd CPU in it | other processes | PSS after sync "
+             "| new Service -> answer, median / max | applied per batch (mean) | under load: event -> answer p50 / p99 |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         c, s, m = r["cluster"], r.get("sync") or {}, r.get("memory_after_sync") or {}
         n, u = r.get("new_services") or {}, (r.get("under_load") or {}).get("event_to_answer") or {}
         lines.append(f"| {c['services']:,} / {c['endpoints']:,} | {s.get('start_to_ready_s', math.nan):.2f} s "
+                     f"| {s.get('dnsd_cpu_s', math.nan):.1f} s | {s.get('other_processes_cores', math.nan):.2f} cores "
                      f"| {m.get('total_pss_mb', math.nan):.0f} MB | {fmt_ms(n.get('median_ms'))} / {fmt_ms(n.get('max_ms'))} "
                      f"| {fmt_ms((n.get('applied') or {}).get('mean_ms'))} | {fmt_ms(u.get('p50_ms'))} / "
                      f"{fmt_ms(u.get('p99_ms'))} |")
