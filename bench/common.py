@@ -245,7 +245,8 @@ def apportion(total: int, weights: list[float], minimum: int) -> list[int]:
         return []
     base = min(minimum, total // len(weights))
     rest = total - base * len(weights)
-    raw = [rest * w / sum(weights) for w in weights]
+    whole = sum(weights)  # once: summed per share it was quadratic (40 s at 100k Services)
+    raw = [rest * w / whole for w in weights]
     shares = [int(r) for r in raw]
     order = sorted(range(len(raw)), key=lambda i: raw[i] - shares[i], reverse=True)
     for i in order[: rest - sum(shares)]:

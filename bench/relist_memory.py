@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("--paginated", action="store_true", help="the API refuses streamed lists (watch-list)")
     parser.add_argument("--dnsd-root", type=Path, default=ROOT, help="the checkout to run dnsd from (default this one)")
     args = parser.parse_args()
-    cluster = Cluster(args.services, args.endpoints, args.namespaces, args.seed)
+    cluster = Cluster(args.services, args.endpoints, args.namespaces, args.seed, args.shape, args.headless)
     objs = list(cluster.objects())
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="dnsd-relist-"))

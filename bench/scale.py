@@ -17,6 +17,8 @@ About 25 s with the defaults (a 2-CPU machine). Needs dnsperf and taskset; dnsd 
    each: dnsd_programming_duration_seconds delta (the batch that applied it) and event-to-answer: from
    the fake's update() returning to the first UDP answer with exactly the new data, polled every 1 ms
    (cap 1 s) by a separate prober process (CLOCK_MONOTONIC is shared between processes).
+   Then ``--new-services`` Services created one at a time (each with its EndpointSlice), idle, each
+   timed from its creation to the first answer with its clusterIP: median and max.
 4. Under load: after a warm-up pass (dnsd keeps rendered answers; a server that has been running has
    them), dnsperf sends a fixed rate (``--qps``) of queries for existing names (a hot set: ClusterIP A
    and SRV, small headless A, pod names) while ``--updates-per-second`` updates run for ``--duration``
@@ -25,6 +27,9 @@ About 25 s with the defaults (a 2-CPU machine). Needs dnsperf and taskset; dnsd 
    are not in DNS: applied, not probed). Reported: event-to-answer p50/p99/max and how many were
    checked, dnsperf's QPS, lost queries, non-NOERROR answers and latency, CPU of each party.
 5. A summary table with the targets, and everything (per-update samples too) in bench/out/scale.json.
+   ``--sizes 100000,500000,1000000`` runs it per endpoint count (a tenth as many Services) and adds one
+   table of them all; ``--shape uniform --headless 0`` makes every Service ClusterIP with as many
+   endpoints as the next (the cluster issue 23 quotes).
 
 Pinning (2 CPUs): with ``--workers 1`` dnsd runs on CPU 0 and everything else (this process with the
 fake API, the prober, dnsperf) on CPU 1, so the fake API's CPU does not count against dnsd; with as
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -51,7 +57,7 @@ from bench.common import Procs, log, set_log_tag, stat_cpu_seconds
 from bench.scale_cluster import add_cluster_options
 from bench.scale_measure import measure, other_load
 from bench.scale_memory import memory_rows, memory_runs
-from bench.scale_report import meta, plain, summary_rows, table
+from bench.scale_report import meta, plain, sizes_table, summary_rows, table
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -68,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "memory, for each count: total PSS after sync, after every name is queried --passes "
                              "times, and after three forced relists")
     parser.add_argument("--passes", type=int, default=3, help="memory runs: queries of every name per phase (default 3)")
+    parser.add_argument("--new-services", type=int, default=20,
+                        help="Services created one at a time, idle, each timed to its first answer (default 20)")
     parser.add_argument("--qps", type=int, default=5000, help="dnsperf query rate during the updates (default 5000)")
     parser.add_argument("--probe-interval", type=float, default=0.001, help="seconds between polls of one name (default 0.001)")
     parser.add_argument("--probe-cap", type=float, default=1.0, help="give up on an update after this many s (default 1)")
@@ -81,7 +89,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="py-spy profile of dnsd from start to answering: .svg flame graph, .json speedscope, "
                              "else collapsed stacks (needs py-spy; perturbs the sync figures a little)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (dnsd log, dnsperf output, kubeconfig)")
+    parser.add_argument("--sizes", default="",
+                        help="endpoint counts, e.g. 100000,500000,1000000: one run each, with a tenth as many Services "
+                             "(each run's results in --json with the count in its name), then one table of them all")
     args = parser.parse_args(argv)
+    try:
+        args.sizes = [int(n) for n in args.sizes.split(",") if n]
+    except ValueError:
+        parser.error(f"--sizes: {args.sizes!r} is not a comma-separated list of numbers")
     try:
         args.worker_counts = [int(w) for w in args.workers.split(",") if w]
         args.memory = "," in args.workers
@@ -100,6 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("dnsperf") is None or shutil.which("taskset") is None:
         log("needs dnsperf and taskset on the PATH (apt-get install dnsperf util-linux)")
         return 2
+    if not args.sizes:
+        return run(args)[0]
+    results = []
+    cpus = os.sched_getaffinity(0)  # a run pins this process to the CPUs dnsd does not use: each starts anew
+    for endpoints in args.sizes:
+        os.sched_setaffinity(0, cpus)
+        one = argparse.Namespace(**vars(args))
+        one.endpoints, one.services = endpoints, max(4, endpoints // 10)
+        one.json = args.json.with_name(f"{args.json.stem}-{endpoints}{args.json.suffix}")
+        status, result = run(one)
+        if status:
+            return status
+        results.append(result)
+    print(sizes_table(results))
+    return 0
+
+
+def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    """One run at one cluster size: the exit status and the results."""
     procs = Procs()
 
     def on_term(signum: int, _frame: Any) -> None:
@@ -126,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; cleaning up")
         result["error"] = "interrupted"
         failed = True
-        return 130
+        return 130, result
     except Exception as exc:
         failed = True
         log(f"FAILED: {exc}")
         result["error"] = str(exc)
-        return 1
+        return 1, result
     finally:
         procs.stop_all(grace=3.0)
         result["meta"]["wall_s"] = round(time.monotonic() - started, 1)
@@ -149,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return 0, result
 
 
 if __name__ == "__main__":

@@ -29,10 +29,14 @@ SERVICE_PORTS = (("http", 80, 8080), ("grpc", 9090, 9090), ("metrics", 9100, 910
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     """The cluster's size and seed, as bench/scale and bench/relist_memory take them."""
-    parser.add_argument("--services", type=int, default=10_000, help="Services (half headless) (default 10000)")
+    parser.add_argument("--services", type=int, default=10_000, help="Services (default 10000)")
     parser.add_argument("--endpoints", type=int, default=100_000, help="endpoints over all Services (default 100000)")
     parser.add_argument("--namespaces", type=int, default=50, help="namespaces (default 50)")
     parser.add_argument("--seed", type=int, default=1, help="the cluster's random seed (default 1)")
+    parser.add_argument("--shape", choices=("skewed", "uniform"), default="skewed",
+                        help="endpoints per Service: skewed (most a few, 1%% hundreds; the default) or uniform "
+                             "(--endpoints / --services each)")
+    parser.add_argument("--headless", type=float, default=0.5, help="the share of headless Services (default 0.5)")
 
 
 @dataclass
@@ -116,7 +120,8 @@ class IPs:
 class Cluster:
     """The synthetic cluster (deterministic for a seed) and the objects the fake API serves."""
 
-    def __init__(self, services: int, endpoints: int, namespaces: int, seed: int) -> None:
+    def __init__(self, services: int, endpoints: int, namespaces: int, seed: int, shape: str = "skewed",
+                 headless: float = 0.5) -> None:
         self.rng = random.Random(seed)
         rng = self.rng
         self.namespaces = [NAMESPACE_WORDS[i] if i < len(NAMESPACE_WORDS) else f"team-{i:02d}" for i in range(namespaces)]
@@ -128,12 +133,13 @@ class Cluster:
         for i in range(services):
             ns = self.namespaces[i % namespaces]
             name = f"{rng.choice(SERVICE_WORDS)}-{rng.choice(SERVICE_WORDS)}-{i}"  # the index keeps names unique
-            headless = i % 2 == 1  # half headless, spread over every namespace
+            is_headless = int((i + 1) * headless) > int(i * headless)  # spread over every namespace
             ports = rng.sample(SERVICE_PORTS, rng.randint(1, 2))
-            self.services.append(Svc(ns, name, self._uid(), None if headless else next(svc_ip), ports,
-                                     statefulset=headless and rng.random() < 0.3))
+            self.services.append(Svc(ns, name, self._uid(), None if is_headless else next(svc_ip), ports,
+                                     statefulset=is_headless and rng.random() < 0.3))
         # Skewed sizes, every Service >= 1 endpoint when there are enough: most small, a few big.
-        sizes = apportion(endpoints, [_weight(rng) for _ in self.services], 1)
+        weights = [1.0] * services if shape == "uniform" else [_weight(rng) for _ in self.services]
+        sizes = apportion(endpoints, weights, 1)
         pod_ip = iter(self.pod_ips.initial)
         for svc, size in zip(self.services, sizes, strict=True):
             pods = [self._pod(svc, j, next(pod_ip)) for j in range(size)]
@@ -202,6 +208,16 @@ class Cluster:
         probe = Probe("endpoint", new.dns_name(svc), A_TYPE, (new.ip,)) if svc.headless else None
         return self.slice_object(svc, sl), probe
 
+    def new_service(self, index: int, endpoints: int = 10) -> tuple[list[dict[str, Any]], Probe]:
+        """A Service that did not exist (ClusterIP, in an existing namespace) and its EndpointSlice, as a
+        Deployment and its Service appear: the objects to create, in order, and the probe of its name."""
+        svc = Svc(self.namespaces[index % len(self.namespaces)], f"new-{index}", self._uid(), self.svc_ips.new(),
+                  [SERVICE_PORTS[0]])
+        pods = [self._pod(svc, j, self.pod_ips.new()) for j in range(endpoints)]
+        svc.slices = [Slice(f"{svc.name}-{self._suffix()}", pods)]
+        return [self.service_object(svc), self.slice_object(svc, svc.slices[0])], \
+            Probe("new service", svc.fqdn, A_TYPE, (svc.cluster_ip or "",))
+
     def stats(self) -> dict[str, int]:
         pods = [p for s in self.services for p in s.pods()]
         return {
@@ -223,7 +239,7 @@ class Cluster:
         small = [s for s in self.services if s.headless and 1 <= sum(p.ready for p in s.pods()) <= 20]
         pods = [p.dns_name(s) for s in small for p in s.pods() if p.ready]
         pods = [n for n in pods if n not in avoid]
-        if not clusterip or not small or not pods:
+        if not clusterip or (small and not pods):
             raise ValueError("the cluster is too small for the query mix")
         # A hot set, as in real traffic (and so a short warm-up fills every worker's answer table).
         clusterip, small, pods = rng.sample(clusterip, min(2000, len(clusterip))), rng.sample(small, min(500, len(small))), \
@@ -231,7 +247,7 @@ class Cluster:
         lines = []
         for _ in range(count):
             roll = rng.random()
-            if roll < 0.6:
+            if roll < 0.6 or (roll >= 0.7 and not small):  # no headless Service: ClusterIP names instead
                 lines.append(f"{rng.choice(clusterip).fqdn} A")
             elif roll < 0.7:
                 svc = rng.choice(clusterip)

@@ -31,8 +31,9 @@ from bench.common import (
     system_cpu_seconds,
     wait_until,
 )
+from bench.scale_changes import new_services, one_changes
 from bench.scale_cluster import Cluster, plan_updates
-from bench.scale_dnsd import Metrics, memory, ready, serve_command, synced_lines
+from bench.scale_dnsd import Metrics, memory, pss, ready, serve_command, synced_lines
 from bench.scale_probe import Probe, Prober
 from bench.scale_report import fmt_ms
 from tests.fakes.kube_api import FakeKubeAPI
@@ -136,8 +137,11 @@ def measure(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[str,
     log(f"pinning: {result['meta']['pinning']}")
 
     # -- 1. the cluster, in the fake API ---------------------------------------------------------
+    # Building it allocates millions of objects that all live on: a collection would find nothing, and
+    # the full ones walk everything built so far (~1 min of a 1M-endpoint run). On again once frozen.
+    gc.disable()
     t = time.monotonic()
-    cluster = Cluster(args.services, args.endpoints, args.namespaces, args.seed)
+    cluster = Cluster(args.services, args.endpoints, args.namespaces, args.seed, args.shape, args.headless)
     stats = cluster.stats()
     objs = list(cluster.objects())
     gen_s = time.monotonic() - t
@@ -146,6 +150,7 @@ def measure(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[str,
     try:
         _with_api(args, procs, tmp, result, api, cluster, stats, objs, gen_s, dnsd_pin)
     finally:
+        gc.enable()
         api.stop()
 
 
@@ -161,13 +166,16 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
     # Everything is prepared now, so nothing heavy runs in the timed parts: the name that tells the sync is
     # done (a headless endpoint's own name needs both lists), the updates (the model then holds their
     # result), the queries (names that exist all along: new pods' names are left out).
-    sync_svc = next(s for s in reversed(cluster.services) if s.headless and any(p.ready for p in s.pods()))
-    sync_pod = next(p for p in sync_svc.pods() if p.ready)
-    sync_probe = Probe("sync", sync_pod.dns_name(sync_svc), A_TYPE, (sync_pod.ip,))
+    sync_svc = next((s for s in reversed(cluster.services) if s.headless and any(p.ready for p in s.pods())),
+                    cluster.services[-1])  # no headless Service: the last Service's own name
+    sync_pod = next((p for p in sync_svc.pods() if p.ready), None)
+    sync_probe = Probe("sync", sync_pod.dns_name(sync_svc), A_TYPE, (sync_pod.ip,)) if sync_pod and sync_svc.headless \
+        else Probe("sync", sync_svc.fqdn, A_TYPE, (sync_svc.cluster_ip or "",))
     used = {(sync_svc.namespace, sync_svc.name)}
     one_service = plan_updates(cluster, 1, used, endpoints_of="none")
     one_slice = plan_updates(cluster, 2, used, endpoints_of="headless")  # [clusterIP, endpoint]: the 2nd is ours
     plan = plan_updates(cluster, int(args.updates_per_second * args.duration), used)
+    fresh = [cluster.new_service(i) for i in range(args.new_services)]
     avoid = {p.name for p in (*plan.probes, *one_slice.probes) if p is not None}
     queries = tmp / "queries.txt"
     queries.write_text("\n".join(cluster.query_lines(10_000, avoid)) + "\n")
@@ -176,6 +184,7 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
     # would pause it for hundreds of ms in the middle of a measurement. Freeze them out of the GC.
     gc.collect()
     gc.freeze()
+    gc.enable()
     kubeconfig = api.write_kubeconfig(tmp / "kubeconfig")
 
     # -- 2. dnsd: sync, memory, records ---------------------------------------------------------
@@ -232,48 +241,26 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
         "other_processes_cores": round(max(0.0, others_sync), 2),
         "fake_api_lists": fake_list_stats(api),
     }
-    result["memory_after_sync"] = {"total_rss_mb": round(sum(p["rss_mb"] for p in mem_sync), 1), "processes": mem_sync}
+    pss_sync = pss(dnsd.pid)
+    result["memory_after_sync"] = {"total_rss_mb": round(sum(p["rss_mb"] for p in mem_sync), 1), "processes": mem_sync,
+                                   "total_pss_mb": round(sum(p["pss_mb"] for p in pss_sync), 1)}
     result["records"] = int(after_sync.records)
     result["services"] = int(after_sync.services)
     log(f"ready {ready_at - started:.2f} s after start (HTTP up at {health_at - started:.2f} s, answering at "
         f"{answers_at - started:.2f} s); " + ", ".join(f"{o} {v['objects']} in {v['seconds']:.2f} s"
                                                        for o, v in origins.items()))
     per_process = ", ".join(f"{p['role']} {p['rss_mb']:.0f}" for p in mem_sync)
-    log(f"RSS {result['memory_after_sync']['total_rss_mb']:.0f} MB ({per_process}); dnsd_records {result['records']}")
+    log(f"RSS {result['memory_after_sync']['total_rss_mb']:.0f} MB ({per_process}), PSS "
+        f"{result['memory_after_sync']['total_pss_mb']:.0f} MB; dnsd_records {result['records']}")
 
     # -- 3. one change -----------------------------------------------------------------------------
     prober = Prober(procs, port, args.probe_interval, args.probe_cap, tmp)
     # The prober's first poll also warms it up (imports, socket): give it a name that answers at once.
     prober.submit(sync_probe, time.monotonic())
     prober.wait(1, 10)
-    one: dict[str, Any] = {}
+    result["one_change"] = one_changes(args, api, prober, http_port, one_service, one_slice)
+    result["new_services"] = new_services(args, api, prober, http_port, fresh)
     settle = 1.3 if args.workers > 1 else 0.0  # workers report their programming times once a second
-    for label, obj, probe in (("service_cluster_ip", one_service.objs[0], one_service.probes[0]),
-                              ("endpointslice", one_slice.objs[1], one_slice.probes[1])):
-        assert probe is not None
-        before = Metrics.scrape(http_port)
-        expected = len(prober.results) + 1
-        api.update(obj)
-        t0 = time.monotonic()
-        prober.submit(probe, t0)
-        got = prober.wait(expected, args.probe_cap + 5)
-        if len(got) < expected:
-            raise RuntimeError("the prober did not report")
-        res = got[-1]
-        time.sleep(settle)
-        delta: dict[str, Any] = {}
-
-        def counted(delta: dict[str, Any] = delta, before: Metrics = before) -> bool:
-            delta.update(Metrics.scrape(http_port).since(before))
-            return delta["batches"] >= 1  # the main process applies (and times) it; workers only drop replies
-
-        with contextlib.suppress(RuntimeError):
-            wait_until(counted, 3, "the change in dnsd_programming_duration_seconds", interval=0.1)
-        one[label] = {"applied": delta, "event_to_answer_ms": None if res["latency"] is None else res["latency"] * 1000,
-                      "name": probe.name}
-        log(f"one change ({label}): applied in {delta.get('mean_ms', math.nan):.2f} ms "
-            f"({delta.get('batches')} batch(es)); event->answer {fmt_ms(one[label]['event_to_answer_ms'])}")
-    result["one_change"] = one
 
     # -- 4. updates under query load --------------------------------------------------------------
     gen_pin = ["taskset", "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))))] if dnsd_pin else []
@@ -296,7 +283,7 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
     n = len(plan.objs)
     log(f"{n} updates over {args.duration:g} s ({args.updates_per_second:g}/s) with dnsperf at {args.qps} qps")
     first = len(prober.results)
-    submitted, lag = 0, []
+    submitted, lag, calls = 0, [], []  # calls: how long each api.update() took
     t_start = time.monotonic()
     for i, (obj, probe) in enumerate(zip(plan.objs, plan.probes, strict=True)):
         due = t_start + i / args.updates_per_second
@@ -306,6 +293,7 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
         lag.append(time.monotonic() - due)
         api.update(obj)
         t0 = time.monotonic()
+        calls.append(t0 - due - lag[-1])
         if probe is not None:
             prober.submit(probe, t0, seq=i)
             submitted += 1
@@ -324,6 +312,9 @@ def _with_api(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[st
     result["under_load"] = {
         "updates": n, "updates_s": round(updates_s, 2), "achieved_updates_per_s": round(n / updates_s, 1),
         "schedule_lag_max_ms": round(max(lag, default=0.0) * 1000, 1),
+        "update_call_max_ms": round(max(calls, default=0.0) * 1000, 1),
+        "schedule_lag_first_ms": next((round(x * 1000, 1) for x in lag if x > 0.1), None),
+        "schedule_lag_first_at": next((i for i, x in enumerate(lag) if x > 0.1), None),
         "kinds": {k: plan.kinds.count(k) for k in sorted(set(plan.kinds))},
         "event_to_answer": summarize_probes(results),
         "applied": load,

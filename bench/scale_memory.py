@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def memory_runs(args: argparse.Namespace, procs: Procs, tmp: Path, result: dict[str, Any]) -> None:
     """For each worker count: sync, query every name ``--passes`` times, PSS; three forced relists, again."""
-    cluster = Cluster(args.services, args.endpoints, args.namespaces, args.seed)
+    cluster = Cluster(args.services, args.endpoints, args.namespaces, args.seed, args.shape, args.headless)
     objs = list(cluster.objects())
     names = tmp / "every-name.txt"
     lines = every_name(cluster)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = {"sync_s": 10.0, "rss_mb": 200.0, "apply_ms": 5.0, "e2a_p99_ms": 100.0}
+TARGETS = {"sync_s": 10.0, "rss_mb": 200.0, "apply_ms": 5.0, "e2a_p99_ms": 100.0, "new_median_ms": 10.0, "new_max_ms": 50.0}
 
 
 def fmt_ms(value: float | None) -> str:
@@ -47,6 +47,8 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         rows.append(("RSS after sync (sum of dnsd processes)", f"{m['total_rss_mb']:.0f} MB", f"< {TARGETS['rss_mb']:g} MB",
                      m["total_rss_mb"] < TARGETS["rss_mb"]))
         rows.append(("  per process, MB", per, "", None))
+        if "total_pss_mb" in m:
+            rows.append(("PSS after sync (sum of dnsd processes)", f"{m['total_pss_mb']:.0f} MB", "", None))
     if "records" in r:
         rows.append(("dnsd_records / dnsd_services", f"{r['records']} / {r['services']}", "", None))
     for label, v in (r.get("one_change") or {}).items():
@@ -55,6 +57,14 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         rows.append((f"one change applied: {label}", f"{fmt_ms(applied)} ({v['applied'].get('batches')} batch)",
                      f"< {TARGETS['apply_ms']:g} ms", ok))
         rows.append((f"  event -> answer: {label}", fmt_ms(v["event_to_answer_ms"]), "", None))
+    n = r.get("new_services")
+    if n:
+        rows.append((f"new Service -> answer, idle: median / max of {n['count']}",
+                     f"{fmt_ms(n['median_ms'])} / {fmt_ms(n['max_ms'])}", f"<= {TARGETS['new_median_ms']:g} / "
+                     f"{TARGETS['new_max_ms']:g} ms", n["median_ms"] <= TARGETS["new_median_ms"]
+                     and n["max_ms"] <= TARGETS["new_max_ms"]))
+        a = n["applied"]
+        rows.append(("  applied: mean per batch (batches)", f"{fmt_ms(a.get('mean_ms'))} ({a.get('batches')})", "", None))
     u = r.get("under_load")
     if u:
         e = u["event_to_answer"]
@@ -88,6 +98,22 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         rows.append(("RSS after the updates", f"{u['memory']['total_rss_mb']:.0f} MB", f"< {TARGETS['rss_mb']:g} MB",
                      u["memory"]["total_rss_mb"] < TARGETS["rss_mb"]))
     return rows
+
+
+def sizes_table(results: list[dict[str, Any]]) -> str:
+    """One line per cluster size (--sizes): the figures issue 23 compares across sizes, as Markdown."""
+    lines = ["| Services / endpoints | sync (start -> /ready) | dnsd CPU in it | other processes | PSS after sync "
+             "| new Service -> answer, median / max | applied per batch (mean) | under load: event -> answer p50 / p99 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c, s, m = r["cluster"], r.get("sync") or {}, r.get("memory_after_sync") or {}
+        n, u = r.get("new_services") or {}, (r.get("under_load") or {}).get("event_to_answer") or {}
+        lines.append(f"| {c['services']:,} / {c['endpoints']:,} | {s.get('start_to_ready_s', math.nan):.2f} s "
+                     f"| {s.get('dnsd_cpu_s', math.nan):.1f} s | {s.get('other_processes_cores', math.nan):.2f} cores "
+                     f"| {m.get('total_pss_mb', math.nan):.0f} MB | {fmt_ms(n.get('median_ms'))} / {fmt_ms(n.get('max_ms'))} "
+                     f"| {fmt_ms((n.get('applied') or {}).get('mean_ms'))} | {fmt_ms(u.get('p50_ms'))} / "
+                     f"{fmt_ms(u.get('p99_ms'))} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[tuple[str, str, str, bool | None]]) -> str:

@@ -13,7 +13,9 @@ import socket
 import sys
 from collections.abc import Iterable, Iterator
 from itertools import repeat
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
+
+from dnsd.cluster.ports import Port, convert_ports
 
 SERVICE = "Service"
 ENDPOINT_SLICE = "EndpointSlice"
@@ -31,18 +33,10 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # An EndpointSlice of a ServiceImport, and the member cluster its endpoints come from (KEP-1645).
 IMPORT_NAME_LABEL = "multicluster.kubernetes.io/service-name"
 SOURCE_CLUSTER_LABEL = "multicluster.kubernetes.io/source-cluster"
-_PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 Key = tuple[str, str, str]  # (kind, namespace, name); namespace "" for Namespace objects
 ServiceKey = tuple[str, str]  # (namespace, name)
-
-
-class Port(NamedTuple):
-    name: str  # "" when unnamed: such ports get no SRV record
-    port: int
-    protocol: str  # "tcp" | "udp" | "sctp"
 
 
 class Subset(NamedTuple):
@@ -152,27 +146,12 @@ def subset(ports: tuple[Port, ...], ready: Iterable[tuple[str, str]], not_ready:
     return Subset(ports, *packed)
 
 
-_T = TypeVar("_T", Port, tuple[Port, ...])
-_SHARED_MAX = 4096  # a cluster with more distinct ports shares less: the table must not grow forever
-_shared_ports: dict[Port, Port] = {}
-_shared_port_lists: dict[tuple[Port, ...], tuple[Port, ...]] = {}
-
-
-def _share(value: _T, table: dict[_T, _T]) -> _T:
-    """One object for equal values: a cluster has a few ports and port lists, repeated in every
-    Service and slice (~4 MB of copies at 10k Services). Records are immutable: sharing is safe."""
-    shared = table.setdefault(value, value)
-    if len(table) > _SHARED_MAX:
-        table.clear()
-    return shared
-
-
 def service_key(obj: Service | EndpointSet | ServiceImport | ImportedSlice) -> ServiceKey:
     return (obj.namespace, obj.name if isinstance(obj, Service | ServiceImport) else obj.service)
 
 
 def canonical_ip(value: Any) -> str:
-    text = str(value)
+    text = value if value.__class__ is str else str(value)
     try:
         # inet_pton/ntop is ~10x cheaper than ipaddress, and as strict for IPv4 (no leading
         # zeros, no short forms): it is most of the conversion cost of a large EndpointSlice list.
@@ -191,32 +170,6 @@ def _label(value: Any, what: str) -> str:
     return value
 
 
-def _port(raw: Any, where: str, *, allow_null: bool = False) -> Port | None:
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: a port must be a mapping")
-    number = raw.get("port")
-    if number is None and allow_null:
-        return None  # EndpointSlice: a null port means "all ports"; nothing to publish
-    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
-        raise ValueError(f"{where}: port {number!r} out of range 1-65535")
-    proto = raw.get("protocol") or "TCP"
-    if proto not in _PROTOCOLS:
-        raise ValueError(f"{where}: protocol {proto!r} is not TCP, UDP or SCTP")
-    name = raw.get("name") or ""
-    if name and (not isinstance(name, str) or not _PORT_NAME.match(name)):
-        raise ValueError(f"{where}: port name {name!r} is not a valid DNS label")
-    return _share(Port(sys.intern(name), number, _PROTOCOLS[proto]), _shared_ports)
-
-
-def _ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[Port, ...]:
-    if raws is None:
-        return ()
-    if not isinstance(raws, list):
-        raise ValueError(f"{where}: ports must be a list")
-    ports = (_port(p, f"{where}[{i}]", allow_null=allow_null) for i, p in enumerate(raws))
-    return _share(tuple(p for p in ports if p is not None), _shared_port_lists)
-
-
 def _external_ips(spec: dict, status: Any) -> tuple[str, ...]:
     """spec.externalIPs, then the LoadBalancer's ingress IPs (an ingress with only a hostname has none)."""
     raw = spec.get("externalIPs") or []
@@ -229,7 +182,7 @@ def _external_ips(spec: dict, status: Any) -> tuple[str, ...]:
 
 
 def _service(meta: dict, spec: dict, namespace: str, name: str, status: Any = None) -> Service:
-    ports = _ports(spec.get("ports"), "spec.ports")
+    ports = convert_ports(spec.get("ports"), "spec.ports")
     publish = spec.get("publishNotReadyAddresses") or False
     if not isinstance(publish, bool):
         raise ValueError(f"spec.publishNotReadyAddresses {publish!r} is not true or false")
@@ -260,7 +213,7 @@ def _service_import(spec: dict, namespace: str, name: str) -> ServiceImport:
     if not isinstance(raw, list):
         raise ValueError("spec.ips must be a list")
     ips = tuple(dict.fromkeys(canonical_ip(ip) for ip in raw)) if kind == CLUSTER_IP else ()
-    return ServiceImport(namespace, name, kind, ips, _ports(spec.get("ports"), "spec.ports"))
+    return ServiceImport(namespace, name, kind, ips, convert_ports(spec.get("ports"), "spec.ports"))
 
 
 def _hostname(raw: dict, where: str, pod_names: bool) -> str:
@@ -305,19 +258,35 @@ def _slice_subset(obj: dict, pod_names: bool) -> Subset:
     raws = obj.get("endpoints") or []
     if not isinstance(raws, list):
         raise ValueError("endpoints must be a list")
-    endpoints: list[tuple[str, str]] = []
-    not_ready: list[tuple[str, str]] = []
+    # What subset() makes of (address, hostname) pairs, built directly: this loop runs once per
+    # endpoint of every slice listed (a million at 1M endpoints), so nothing is made twice here.
+    ready_addresses: list[str] = []
+    ready_hostnames: list[str] = []
+    other_addresses: list[str] = []
+    other_hostnames: list[str] = []
+    named = False
     for i, ep in enumerate(raws):
         if not isinstance(ep, dict):
             raise ValueError(f"endpoints[{i}] must be a mapping")
-        hostname = _hostname(ep, f"endpoints[{i}]", pod_names)
-        addresses = [canonical_ip(a) for a in ep.get("addresses") or []]
+        hostname = _hostname(ep, f"endpoints[{i}]", pod_names) if pod_names or ep.get("hostname") else ""
+        addresses = ep.get("addresses") or []
         if not addresses:
             raise ValueError(f"endpoints[{i}] has no addresses")
         # ready unset means unknown: treated as ready; serving/terminating do not matter.
-        ready = (ep.get("conditions") or {}).get("ready") is not False
-        (endpoints if ready else not_ready).extend((a, hostname) for a in addresses)
-    return subset(_ports(obj.get("ports"), "ports", allow_null=True), endpoints, not_ready)
+        conditions = ep.get("conditions")
+        if not conditions or conditions.get("ready") is not False:
+            into, hostnames = ready_addresses, ready_hostnames
+        else:
+            into, hostnames = other_addresses, other_hostnames
+        for address in addresses:
+            into.append(canonical_ip(address))
+            hostnames.append(hostname)
+        named = named or bool(hostname)
+    ports = convert_ports(obj.get("ports"), "ports", allow_null=True)
+    packed = " ".join(ready_addresses), " ".join(other_addresses)
+    if named:
+        return Subset(ports, *packed, (*ready_hostnames, *other_hostnames))
+    return Subset(ports, *packed)
 
 
 def _addresses(raws: Any, where: str, pod_names: bool) -> list[tuple[str, str]]:
@@ -335,7 +304,7 @@ def _endpoints(obj: dict, namespace: str, name: str, pod_names: bool) -> Endpoin
     for i, sub in enumerate(subsets_raw):
         ready = _addresses(sub.get("addresses"), f"subsets[{i}].addresses", pod_names)
         not_ready = _addresses(sub.get("notReadyAddresses"), f"subsets[{i}].notReadyAddresses", pod_names)
-        subsets.append(subset(_ports(sub.get("ports"), f"subsets[{i}].ports"), ready, not_ready))
+        subsets.append(subset(convert_ports(sub.get("ports"), f"subsets[{i}].ports"), ready, not_ready))
     name = sys.intern(name)  # also the Service's name
     return EndpointSet(ENDPOINTS, namespace, name, name, tuple(subsets))
 

@@ -12,8 +12,8 @@ kept apart from Services: a ServiceImport shares its name with the exported Serv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from dnsd.cluster.model import (
     ENDPOINT_SLICE,
@@ -37,6 +37,9 @@ class Replace(NamedTuple):
 
     origin: str
     objects: tuple[Object, ...]
+    # The objects' keys in the same order, when the sender holds them: the store keeps these very
+    # tuples rather than a copy of each (~13 MB at 1M endpoints).
+    keys: tuple[Key, ...] = ()
 
 
 class Upsert(NamedTuple):
@@ -76,6 +79,9 @@ class Changes(NamedTuple):
     services: set[ServiceKey]
     namespaces: set[str]
     imports: set[ServiceKey]  # ServiceImports, or their slices
+    # The Service each key had before the batch (None: none), for the keys whose Service changed:
+    # what the records to replace were built from, so the pipeline need not keep a copy of it.
+    before: dict[ServiceKey, Service | None]
 
     def __bool__(self) -> bool:
         return bool(self.services or self.namespaces or self.imports)
@@ -84,14 +90,62 @@ class Changes(NamedTuple):
 ChangeListener = Callable[[Changes], None]
 
 
+class ServicesByKey(Mapping[ServiceKey, Service]):
+    """The Services by (namespace, name), held as namespace -> name -> Service: the strings are the
+    Services' own, where a key tuple each was ~6 MB at 100k Services. Iterating makes the keys."""
+
+    def __init__(self) -> None:
+        self._by_namespace: dict[str, dict[str, Service]] = {}
+        self._count = 0
+
+    def __getitem__(self, key: ServiceKey) -> Service:
+        return self._by_namespace[key[0]][key[1]]
+
+    def get(self, key: ServiceKey, default: Any = None) -> Any:  # no KeyError raised for each miss
+        by_name = self._by_namespace.get(key[0])
+        return default if by_name is None else by_name.get(key[1], default)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, tuple) or len(key) != 2:
+            return False
+        by_name = self._by_namespace.get(key[0])
+        return by_name is not None and key[1] in by_name
+
+    def __iter__(self) -> Iterator[ServiceKey]:
+        for namespace, by_name in list(self._by_namespace.items()):  # copies: read from other threads too
+            for name in list(by_name):
+                yield namespace, name
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, svc: Service) -> None:
+        by_name = self._by_namespace.setdefault(svc.namespace, {})
+        self._count += svc.name not in by_name
+        by_name[svc.name] = svc
+
+    def remove(self, svc: Service) -> None:
+        by_name = self._by_namespace[svc.namespace]
+        del by_name[svc.name]
+        self._count -= 1
+        if not by_name:
+            del self._by_namespace[svc.namespace]
+
+
 class Store:
     def __init__(self, on_change: ChangeListener | None = None) -> None:
         self.on_change = on_change
         self._by_origin: dict[str, dict[Key, Object]] = {}
-        self._effective: dict[Key, Object] = {}
-        self.services: dict[ServiceKey, Service] = {}
-        # Endpoint sets by the Service they belong to; slices win over legacy Endpoints.
-        self.slices: dict[ServiceKey, dict[str, EndpointSet]] = {}
+        # The effective object of a key that several origins hold (otherwise it is its one holder's):
+        # a dict of every key would be a third copy of the largest ones (~10 MB at 1M endpoints).
+        self._contested: dict[Key, Object] = {}
+        self.services = ServicesByKey()
+        # Endpoint sets by the Service they belong to (namespace -> Service name -> its slices), in the
+        # order they came; slices win over legacy Endpoints. By name, not by a (namespace, name) key:
+        # the strings are the slices' own, a key tuple each would be ~6 MB at 100k Services. A tuple of
+        # slices, not a dict by name: most Services have one (a dict each was ~24 MB at 1M endpoints),
+        # and the pipeline keeps the very tuple it built the records from.
+        self._slices: dict[str, dict[str, tuple[EndpointSet, ...]]] = {}
         self.legacy: dict[ServiceKey, EndpointSet] = {}
         self.imports: dict[ServiceKey, ServiceImport] = {}
         self.imported_slices: dict[ServiceKey, dict[str, ImportedSlice]] = {}
@@ -106,10 +160,16 @@ class Store:
         """True once every expected origin has completed its first full sync."""
         return self._synced_once
 
+    @property
+    def slices(self) -> dict[ServiceKey, tuple[EndpointSet, ...]]:
+        """Every Service's EndpointSlices, by Service (made on each call: for inspection)."""
+        return {(ns, name): sets for ns, by_name in self._slices.items() for name, sets in by_name.items()}
+
     def endpoint_sets(self, key: ServiceKey) -> tuple[EndpointSet, ...]:
-        slices = self.slices.get(key)
+        by_name = self._slices.get(key[0])
+        slices = by_name.get(key[1]) if by_name else None
         if slices:
-            return tuple(slices.values())
+            return slices
         legacy = self.legacy.get(key)
         return (legacy,) if legacy else ()
 
@@ -122,8 +182,19 @@ class Store:
 
     def namespace(self, name: str) -> Namespace | None:
         """The Namespace object of ``name``, if a source holds one (a namespace also exists by its Services)."""
-        obj = self._effective.get((NAMESPACE, "", name))
+        obj = self._effective((NAMESPACE, "", name))
         return obj if isinstance(obj, Namespace) else None
+
+    def _effective(self, key: Key) -> Object | None:
+        """The object of the highest-priority origin holding ``key``."""
+        obj = self._contested.get(key)
+        if obj is not None:
+            return obj
+        for objs in self._by_origin.values():
+            obj = objs.get(key)
+            if obj is not None:
+                return obj  # the one holder
+        return None
 
     def snapshot(self) -> list[Op]:
         """Ops that rebuild this store elsewhere (a new worker process)."""
@@ -135,7 +206,7 @@ class Store:
 
     # -- writing -----------------------------------------------------------------
     def apply(self, ops: Sequence[Op]) -> Changes:
-        changes = Changes(set(), set(), set())
+        changes = Changes(set(), set(), set(), {})
         for op in ops:
             if isinstance(op, Upsert):
                 self._set(op.origin, op.obj.key, op.obj, changes)
@@ -143,12 +214,13 @@ class Store:
                 self._set(op.origin, op.key, None, changes)
             elif isinstance(op, Replace):
                 old = self._by_origin.get(op.origin, {})
-                new = {o.key: o for o in op.objects}
+                new = dict(zip(op.keys, op.objects, strict=True)) if op.keys else {o.key: o for o in op.objects}
+                others = self._others(op.origin)  # once for the whole list: only this origin's objects change
                 for key in old.keys() - new.keys():
-                    self._set(op.origin, key, None, changes)
+                    self._set(op.origin, key, None, changes, others)
                 for key, obj in new.items():
                     if old.get(key) != obj:
-                        self._set(op.origin, key, obj, changes)
+                        self._set(op.origin, key, obj, changes, others)
             elif isinstance(op, Expect):
                 self._pending.add(op.origin)
                 self.healthy[op.origin] = False
@@ -162,26 +234,42 @@ class Store:
             self._synced_once = True
         return changes
 
-    def _set(self, origin: str, key: Key, obj: Object | None, changes: Changes) -> None:
+    def _others(self, origin: str) -> list[tuple[int, dict[Key, Object]]]:
+        """The other origins that hold anything, with their priority."""
+        return [(priority(other), objs) for other, objs in self._by_origin.items() if other != origin and objs]
+
+    def _set(self, origin: str, key: Key, obj: Object | None, changes: Changes,
+             others: list[tuple[int, dict[Key, Object]]] | None = None) -> None:
         held = self._by_origin.setdefault(origin, {})
-        if obj is None:
-            if held.pop(key, None) is None:
-                return
-        else:
-            held[key] = obj
-        # The effective object is the one from the highest-priority origin holding the key.
+        mine = held.get(key)
+        if obj is None and mine is None:
+            return
+        # The effective object is the one from the highest-priority origin holding the key (on a tie,
+        # the one written last). Before this change: the contested one, else its one holder's.
+        rival: Object | None = None
+        rivals = 0
         winner: Object | None = obj
         best = priority(origin) if obj is not None else -1
-        for other, objs in self._by_origin.items():
-            if other != origin and priority(other) > best and key in objs:
-                winner, best = objs[key], priority(other)
-        old = self._effective.get(key)
+        for rank, objs in self._others(origin) if others is None else others:
+            other_obj = objs.get(key)
+            if other_obj is not None:
+                rival, rivals = other_obj, rivals + 1
+                if rank > best:
+                    winner, best = other_obj, rank
+        old = self._contested.get(key)
+        if old is None:
+            old = mine if mine is not None else rival
+        if obj is None:
+            del held[key]
+        else:
+            held[key] = obj
+        if rivals + (obj is not None) > 1:
+            assert winner is not None
+            self._contested[key] = winner
+        else:
+            self._contested.pop(key, None)
         if old == winner:
             return
-        if winner is None:
-            del self._effective[key]
-        else:
-            self._effective[key] = winner
         if old is not None:
             self._unindex(old, changes)
         if winner is not None:
@@ -204,10 +292,17 @@ class Store:
             return
         changes.services.add(skey)
         if isinstance(obj, Service):
-            self.services[skey] = obj
+            changes.before.setdefault(skey, None)  # after _unindex's, when one was replaced
+            self.services.put(obj)
             self._ns_ref(obj.namespace, 1, namespaces)
         elif obj.kind == ENDPOINT_SLICE:
-            self.slices.setdefault(skey, {})[obj.name] = obj
+            by_name = self._slices.get(obj.namespace)
+            if by_name is None:
+                by_name = self._slices[obj.namespace] = {}
+            slices = by_name.get(obj.service, ())
+            # In place when the slice is known (a dict's order), else last.
+            at = next((i for i, held in enumerate(slices) if held.name == obj.name), len(slices))
+            by_name[obj.service] = (*slices[:at], obj, *slices[at + 1:])
         else:
             self.legacy[skey] = obj
 
@@ -231,13 +326,18 @@ class Store:
             return
         changes.services.add(skey)
         if isinstance(obj, Service):
-            del self.services[skey]
+            changes.before.setdefault(skey, obj)
+            self.services.remove(obj)
             self._ns_ref(obj.namespace, -1, namespaces)
         elif obj.kind == ENDPOINT_SLICE:
-            slices = self.slices[skey]
-            del slices[obj.name]
-            if not slices:
-                del self.slices[skey]
+            by_name = self._slices[obj.namespace]
+            slices = tuple(held for held in by_name[obj.service] if held.name != obj.name)
+            if slices:
+                by_name[obj.service] = slices
+            else:
+                del by_name[obj.service]
+                if not by_name:
+                    del self._slices[obj.namespace]
         else:
             del self.legacy[skey]
 
@@ -252,6 +352,6 @@ class Store:
 
 
 __all__ = [
-    "Changes", "Delete", "Expect", "Op", "Replace", "Store", "Synced", "Upsert",
+    "Changes", "Delete", "Expect", "Op", "Replace", "ServicesByKey", "Store", "Synced", "Upsert",
     "ENDPOINT_SLICE", "ENDPOINTS", "NAMESPACE", "SERVICE",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from dnsd.cluster import selector
-from dnsd.cluster.model import EndpointSet, ImportedSlice, Service, ServiceImport, ServiceKey
+from dnsd.cluster.model import CLUSTER_IP, HEADLESS, EndpointSet, ImportedSlice, Service, ServiceImport, ServiceKey
 from dnsd.cluster.store import Changes, Op, Replace, Store
 from dnsd.config import Config
 from dnsd.runtime import release_heap
@@ -95,7 +95,11 @@ class Pipeline:
         # Called with (names whose answers changed, serial, synced) after each batch, once readable.
         self.on_publish: Callable[[set[str], int, bool], None] | None = None
         self._touched: set[str] = set()
-        self._inputs: dict[ServiceKey, tuple[Service | None, tuple[EndpointSet, ...]]] = {}
+        # What each Service's records in the index were built from, when the store cannot tell: its
+        # endpoint sets too, for records that show them (headless, or --ignore-empty-service); with
+        # --namespace-labels the Service alone too (whether it was served is the pipeline's call).
+        # Otherwise the store's Service is it, or the one Changes.before names.
+        self._inputs: dict[ServiceKey, Service | tuple[Service, tuple[EndpointSet, ...]]] = {}
         self._imports: dict[ServiceKey, tuple[ServiceImport | None, tuple[ImportedSlice, ...]]] = {}
         self.programming_seconds: list[float] = []  # how long each change took to reach the index
         self._set_serial(int(time.time()))
@@ -129,7 +133,8 @@ class Pipeline:
         if len(self.programming_seconds) > 10_000:
             del self.programming_seconds[:5_000]
 
-    def _change(self, services: set[ServiceKey], namespaces: set[str], imports: set[ServiceKey]) -> None:
+    def _change(self, services: set[ServiceKey], namespaces: set[str], imports: set[ServiceKey],
+                before: dict[ServiceKey, Service | None]) -> None:
         store, index, zones, inputs, external = self.store, self.index, self.zones, self._inputs, self.external
         ignore_empty, endpoints = self.scope.ignore_empty, self.scope.endpoints
         served = self._served_namespace()
@@ -140,13 +145,30 @@ class Pipeline:
         touched: set[str] = set()
         if self.multicluster:
             touched |= self._change_imports(imports, served)
+        every = self.scope.namespace_labels is None  # every Service is served: the index follows the store
         for key in services:
             svc = store.services.get(key)
-            new = (svc if svc is None or served(svc.namespace) else None,
-                   store.endpoint_sets(key) if endpoints else ())
-            old = inputs.pop(key, (None, ()))
-            if new[0] is not None:
-                inputs[key] = new  # the store's own immutable objects: remembering them is free
+            if svc is not None and not served(svc.namespace):
+                svc = None
+            held = inputs.pop(key, None)
+            old: tuple[Service | None, tuple[EndpointSet, ...]] = (None, ())
+            if held is not None:
+                old = (held, ()) if isinstance(held, Service) else held
+            elif every:
+                # Not kept: its records were made from the Service alone, the one before this batch if it changed.
+                old = (before.get(key, svc), ())
+            new: tuple[Service | None, tuple[EndpointSet, ...]] = (None, ())
+            if svc is None:
+                pass
+            elif svc.type == HEADLESS or (ignore_empty and svc.type == CLUSTER_IP):
+                pair = (svc, store.endpoint_sets(key) if endpoints else ())
+                inputs[key] = new = pair  # the store's own immutable objects: free to keep
+            else:
+                if not every:
+                    inputs[key] = svc  # whether it was served is not the store's to tell
+                if old[0] is svc:
+                    continue  # only its endpoints changed, which its records do not show
+                new = (svc, ())
             touched |= index.apply(service_records(*old, zones, ignore_empty=ignore_empty, external=external),
                                    service_records(*new, zones, ignore_empty=ignore_empty, external=external))
         for ns in namespaces:

@@ -51,9 +51,9 @@ def test_a_hostname_change_is_a_change() -> None:
     store = Store()
     store.apply([Replace("f", (from_object(SERVICE), from_object(slice_(("10.0.0.1", True, ""), ("10.0.0.2", False, "db-1")))))])
     same = from_object(slice_(("10.0.0.1", True, ""), ("10.0.0.2", False, "db-1")))
-    assert store.apply([Upsert("f", same)]) == (set(), set(), set())  # equal: nothing to rebuild
+    assert store.apply([Upsert("f", same)]) == (set(), set(), set(), {})  # equal: nothing to rebuild
     gone = from_object(slice_(("10.0.0.1", True, ""), ("10.0.0.2", False, "")))
-    assert store.apply([Upsert("f", gone)]) == ({("shop", "db")}, set(), set())
+    assert store.apply([Upsert("f", gone)]) == ({("shop", "db")}, set(), set(), {})  # the Service itself is as it was
     assert names(store) == {f"10-0-0-1.db.shop.svc.{Z}": "10.0.0.1", f"10-0-0-2.db.shop.svc.{Z}": "10.0.0.2"}
     # Without any hostname, one form whatever built it: no ("", "") to compare unequal to ().
     (sub,) = gone.subsets

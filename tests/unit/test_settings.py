@@ -47,6 +47,8 @@ def test_answering_processes_collect_fully_every_few_seconds_never_over_a_thousa
     clock = iter(range(0, 10**6, 5))  # each collection "takes" 5 ms
     monkeypatch.setattr(runtime.time, "perf_counter", lambda: next(clock) / 1000)
     monkeypatch.setattr(runtime, "release_heap", lambda: trims.append(1))
+    frozen: list[int] = []  # not the test process's own heap: only that HeapTrim freezes
+    monkeypatch.setattr(runtime.gc, "freeze", lambda: frozen.append(len(full)))
 
     def seen(phase: str, info: dict) -> None:
         if phase == "start" and info["generation"] == 2:
@@ -61,6 +63,7 @@ def test_answering_processes_collect_fully_every_few_seconds_never_over_a_thousa
         assert not full and not trims  # not before the tenth second
         trim.tick()
         assert len(full) == 1 and len(trims) == 1
+        assert not frozen  # 5 ms: short, nothing to freeze
         for _ in range(9):
             trim.tick()
         assert len(full) == 1  # 5 ms took it: the next waits 10 s, not 5 s
@@ -74,4 +77,5 @@ def test_answering_processes_collect_fully_every_few_seconds_never_over_a_thousa
     for _ in range(10):
         slow.tick()
     assert slow.due == 60
+    assert frozen == [2]  # and what survived it is frozen, so the next one walks only what is newer
 

@@ -101,7 +101,7 @@ class Held:
             ops += [Upsert(self.origin, obj) for obj in listing.changed.values()]
             changes = len(ops)
         else:
-            ops = [Replace(self.origin, tuple(held.values()))]
+            ops = [Replace(self.origin, tuple(held.values()), tuple(held))]
             changes = len(held)
         self._bad = {k: v for k, v in self._bad.items() if k in listing.bad}
         return ops, changes

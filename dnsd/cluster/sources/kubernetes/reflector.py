@@ -269,7 +269,7 @@ class Reflector:
         ops: list[Op] = []
         try:
             for line in lines:
-                if line.strip():
+                if line and not line.isspace():  # not strip(): a copy of every line (~350 MB at 1M endpoints)
                     self._apply_event(*parse_event(line), ops)
         finally:
             # Events before a bad line still count; emitted as one batch per read.

@@ -12,7 +12,7 @@ from typing import Any
 
 from dnsd.cluster.sources.kubernetes.client import Gone
 
-_READ_SIZE = 1 << 16  # read1() returns what has arrived, up to this much
+_READ_SIZE = 1 << 22  # read1() returns what has arrived, up to this much (see event_lines)
 _CONNECT_TIMEOUT = 10.0
 
 
