@@ -190,7 +190,9 @@ def test_a_relist_that_changes_nothing_sends_workers_nothing(start_dnsd, tls_api
     time.sleep(1.5)  # the workers' once-a-second reports are in
     batches = metric(server, "dnsd_programming_duration_seconds_count")
     tls_api.restart()  # compaction: every reflector relists, and nothing changed
-    wait_for(lambda: server.log().count("changes sent") >= 6, timeout=10)
+    # 0.04 s when idle; a reflector whose connection the restart cut may first back off (a loaded fresh-clone
+    # run took over 10 s): the point is what the relist sends, not how soon it comes.
+    wait_for(lambda: server.log().count("changes sent") >= 6, timeout=30)
     assert re.findall(r"synced \d+ objects in .*, (\d+) changes sent\)", server.log())[3:] == ["0", "0", "0"]
     time.sleep(1.5)
     assert metric(server, "dnsd_programming_duration_seconds_count") == batches  # nothing applied anywhere
