@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import cast
 
 from dnsd.servers import Upstream
-from dnsd.upstream.message import Reply, parse
-from dnsd.upstream.transport import awaited, check, query_with_id
+from dnsd.upstream.message import Reply
+from dnsd.upstream.transport import awaited, query_with_id, reply_to
 
 log = logging.getLogger(__name__)
 Done = Callable[[Reply | None, str], None]  # as sockets.Exchanges: the reply, or None and why
@@ -132,13 +132,8 @@ class Pipe:
         if ask is None:
             self.dropped("id")  # a late reply to a query that timed out, or a stray one
             return
-        reason = check(message, ask.qid, ask.question)
-        if reason is None:
-            try:
-                reply = parse(message)
-            except ValueError:
-                reason = "garbage"
-        if reason is not None:
+        reply, reason = reply_to(message, ask.qid, ask.question)
+        if reply is None:
             self.dropped(reason)
             return  # the query waits on: a forged or broken reply cannot end it
         del self.waiting[int.from_bytes(ask.qid, "big")]

@@ -21,8 +21,8 @@ import socket
 from collections.abc import Callable
 
 from dnsd.servers import Upstream
-from dnsd.upstream.message import Reply, parse
-from dnsd.upstream.transport import awaited, build_query, check
+from dnsd.upstream.message import Reply
+from dnsd.upstream.transport import awaited, build_query, reply_to
 
 SPARE = 64  # sockets kept open and bound per address family; refilled off the critical path
 READY = 8  # upstream replies handled per turn of the event loop (each ~100 us with its send)
@@ -127,15 +127,10 @@ class Exchanges:
             if addr[:2] != ex.target:
                 ex.dropped("address")
                 continue
-            reason = check(data, ex.qid, ex.question)
-            if reason is None:
-                try:
-                    reply = parse(data)
-                except ValueError:
-                    reason = "garbage"
-                else:
-                    self._finish(ex, reply, "")
-                    return
+            reply, reason = reply_to(data, ex.qid, ex.question)
+            if reply is not None:
+                self._finish(ex, reply, "")
+                return
             ex.dropped(reason)
 
     def _expire(self, ex: _Exchange) -> None:

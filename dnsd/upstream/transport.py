@@ -78,6 +78,17 @@ def check(data: bytes, qid: bytes, question: bytes) -> str | None:
     return None
 
 
+def reply_to(data: bytes, qid: bytes, question: bytes) -> tuple[Reply | None, str]:
+    """(the parsed reply, "") when ``data`` answers our query, else (None, why): check() then parse()."""
+    reason = check(data, qid, question)
+    if reason is not None:
+        return None, reason
+    try:
+        return parse(data), ""
+    except ValueError:
+        return None, "garbage"
+
+
 async def tcp(upstream: Upstream, question: bytes, timeout: float, dropped: Callable[[str], None],
               tls: ssl.SSLContext | None = None) -> Reply:
     """Over TCP; with ``tls`` (an upstream with a ``tls_name``) over TLS, the certificate checked
