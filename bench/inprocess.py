@@ -22,34 +22,28 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent)
-    parser.add_argument("--autopath", action="store_true")
-    parser.add_argument("--loadbalance", action="store_true", help="rotate A/AAAA records, as dnsd serve does by default")
-    parser.add_argument("--passes", type=int, default=7)
-    parser.add_argument("--queries", type=int, default=100_000)
-    args = parser.parse_args()
-    tree = args.tree.resolve()
+def setup(tree: Path, *, autopath: bool = False, loadbalance: bool = False, count: int = 100_000) -> tuple[Any, list[bytes]]:
+    """``tree``'s Responder loaded with bench/qps's cluster, and bench/qps's query mix as query datagrams."""
+    tree = tree.resolve()
     sys.path[:0] = [str(tree), str(tree / "bench")]
     import gen_cluster
     from dnslib import QTYPE
 
-    import dnsd
     from dnsd.cluster.sources.manifests import load_file
     from dnsd.cluster.store import Expect, Replace, Synced
     from dnsd.process.dataplane import Dataplane
     from dnsd.zone.resolver import resolve
 
-    resolver = resolve
-    if args.autopath:
+    resolver: Any = resolve
+    if autopath:
         from dnsd.zone.searchpath import Autopath
 
         resolver = Autopath(["cluster.local"], ("example.org",))
     cluster = gen_cluster.generate(1000, 10_000, seed=1)
-    options = {"loadbalance": True} if args.loadbalance else {}  # trees before loadbalance lack the option
+    options = {"loadbalance": True} if loadbalance else {}  # trees before loadbalance lack the option
     dp = Dataplane(["cluster.local"], 5, "127.0.0.1", resolver=resolver, **options)
     with tempfile.TemporaryDirectory() as tmp:
         ops: list = [Expect("bench")]
@@ -61,12 +55,25 @@ def main() -> int:
         dp.apply(ops)
     rng = random.Random(1)
     queries = []
-    for line in gen_cluster.queries(cluster, args.queries, seed=1):
+    for line in gen_cluster.queries(cluster, count, seed=1):
         name, qtype = line.split()
         wire = b"".join(bytes((len(lb),)) + lb.encode() for lb in name.rstrip(".").split(".")) + b"\x00"
         queries.append(rng.randbytes(2) + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + wire
                        + getattr(QTYPE, qtype).to_bytes(2, "big") + b"\x00\x01")
-    responder = dp.responder
+    return dp.responder, queries
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent)
+    parser.add_argument("--autopath", action="store_true")
+    parser.add_argument("--loadbalance", action="store_true", help="rotate A/AAAA records, as dnsd serve does by default")
+    parser.add_argument("--passes", type=int, default=7)
+    parser.add_argument("--queries", type=int, default=100_000)
+    args = parser.parse_args()
+    responder, queries = setup(args.tree, autopath=args.autopath, loadbalance=args.loadbalance, count=args.queries)
+    import dnsd
+
     answer, counts = responder.answer, {}
     for q in queries:  # warm: every positive answer rendered into the table
         answer(q, 512, counts)

@@ -19,6 +19,9 @@ from dnsd.dns.reply import Entry
 # objects, the length int and the table's slot. Measured with tracemalloc over 4,000 A and SRV
 # entries (tests/unit/test_fuzz.py::test_table_size_estimate).
 ENTRY_OVERHEAD = 295  # ~370 bytes per entry in all
+# A kept negative shares its Entry with every other of its type and rcode: its key and the dict's slot.
+# Measured as above (tests/unit/test_fuzz.py::test_negative_size_estimate).
+NEGATIVE_OVERHEAD = 70
 # The types whose keys invalidation tries for a changed name, rather than filing every key under
 # its name (a set per name cost ~330 bytes per entry): those a name of ours answers with data.
 _FOUND = tuple(struct.pack("!HH", t, 1) for t in (A, AAAA, SRV, PTR, CNAME, TXT, ANY, SOA, NS))
@@ -43,6 +46,11 @@ class Replies:
         # and answers derived from other names (pods, autopath), filed under those names too.
         self._keys: dict[str, set[bytes]] = {}
         self._depends: dict[bytes, tuple[str, ...]] = {}  # key -> other names it is filed under (Answer.depends)
+        # Negative replies (NXDOMAIN, NODATA) kept apart: each holds its zone's SOA, whose serial moves with
+        # a change anywhere, so every change drops them all at once, with no per-name filing. They share the
+        # byte budget and are evicted first (a positive costs ~4x more to render again).
+        self.negatives: dict[bytes, Entry] = {}
+        self._negative_bytes = 0
 
     def store(self, key: bytes, name: str, entry: Entry, depends: tuple[str, ...] = ()) -> None:
         """Keep ``entry`` under ``key`` (a question of ``name``), derived also from ``depends``."""
@@ -51,8 +59,7 @@ class Replies:
         if old is not None:
             self.bytes -= _size(key, old)
         size = _size(key, entry)
-        while entries and (len(entries) >= self.max_entries or self.bytes + size > self.max_bytes):
-            self._evict()
+        self._make_room(size)
         entries[key] = entry
         self.bytes += size
         if depends or key[-4:] not in _FOUND or key[:-4] != name_wire(name):
@@ -61,8 +68,33 @@ class Replies:
             if depends:
                 self._depends[key] = depends
 
+    def keep_negative(self, key: bytes, entry: Entry) -> None:
+        """Keep the negative reply ``entry`` (shared by many keys) under ``key`` until the next change."""
+        if key in self.negatives:
+            return
+        size = NEGATIVE_OVERHEAD + len(key)
+        self._make_room(size)
+        self.negatives[key] = entry
+        self._negative_bytes += size
+        self.bytes += size
+
+    def _make_room(self, size: int) -> None:
+        entries, negatives = self.entries, self.negatives
+        while (entries or negatives) and (
+                len(entries) + len(negatives) >= self.max_entries or self.bytes + size > self.max_bytes):
+            if negatives:
+                old = next(iter(negatives))
+                del negatives[old]
+                freed = NEGATIVE_OVERHEAD + len(old)
+                self._negative_bytes -= freed
+                self.bytes -= freed
+            else:
+                self._evict()
+
     def invalidate(self, names: Iterable[str]) -> None:
-        """Drop every reply of, or derived from, ``names``."""
+        """Drop every reply of, or derived from, ``names``, and every kept negative."""
+        if self.negatives:
+            self._drop_negatives()
         entries, keys = self.entries, self._keys
         if not entries:
             return
@@ -78,7 +110,13 @@ class Replies:
         for key in gone:
             self._drop(key)
 
+    def _drop_negatives(self) -> None:
+        self.negatives.clear()  # the same dict: responder.py holds it
+        self.bytes -= self._negative_bytes
+        self._negative_bytes = 0
+
     def clear(self) -> None:
+        self._drop_negatives()
         self.entries.clear()  # the same dict: responder.py holds it
         self._keys.clear()
         self._depends.clear()
@@ -107,4 +145,4 @@ class Replies:
                 del self._keys[name]
 
 
-__all__ = ["ENTRY_OVERHEAD", "Replies"]
+__all__ = ["ENTRY_OVERHEAD", "NEGATIVE_OVERHEAD", "Replies"]

@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
-NEGATIVES_SEEN = 4096  # negative questions remembered as asked once, before a second ask keeps the reply
+# Negative questions asked once are noted in a bitmap (two bits per question, from its hash), so a second ask
+# keeps the reply: 128 KiB, started over after NEGATIVES_SEEN notes. A name's next ask may come after
+# thousands of others (a pod's search list walks every expansion): bench/qps's mix has ~5,000 such names,
+# which a dict of 4,096 questions cleared when full never kept. At most ~6% of the bits are set, so under
+# 0.4% of a flood's unique names pass as asked before (each then costs one entry of the bounded table).
+SEEN_BITS = 1 << 20
+NEGATIVES_SEEN = 1 << 15
 _SPECIAL_TYPES = frozenset((0, 41, 251, 252, 255))  # internal marker, OPT, IXFR, AXFR, ANY: the strict path's
 
 
@@ -67,9 +73,13 @@ class Responder:
         self.replies = Replies(cache_size, cache_bytes)
         # The table's dict itself, read directly: the fast path's one lookup (see replies.py).
         self._table = self.replies.entries
+        self._negatives = self.replies.negatives
+        # (id of a template, (qtype, rcode)) -> the template's Entry with that stat: what kept negatives share.
+        self._stat_entries: dict[tuple[int, tuple[int, int]], Entry] = {}
         # (rcode, AA, authority) -> the name-independent reply; a handful (one per zone and rcode).
         self._templates: dict[tuple[int, bool, tuple[Record, ...]], Entry] = {}
-        self._negatives_seen: dict[bytes, None] = {}  # negative questions asked once (_remember_negative)
+        self._negatives_seen = bytearray(SEEN_BITS >> 3)  # negative questions asked once (_remember_negative)
+        self._seen_notes = 0
         self.counts: dict[tuple[int, int], int] = {}  # (qtype, rcode) -> replies
         self.failures = 0  # queries answered SERVFAIL by the catch-all (a bug if ever above 0)
         self.forward: Forwarding | None = None  # set when upstreams are configured
@@ -86,6 +96,7 @@ class Responder:
             self.forward.forget_derived()
         self.replies.clear()
         self._templates.clear()
+        self._stat_entries.clear()
 
     @property
     def table_bytes(self) -> int:
@@ -106,8 +117,10 @@ class Responder:
         if counts_field == _PLAIN_COUNTS:  # QD=1, nothing else: the question is the rest
             key = query[12:].lower()
             entry = self._table.get(key)
-            if entry is None and self.forward is not None:  # a cached upstream reply (no await)
-                entry = self.forward.entry(key)
+            if entry is None:
+                entry = self._negatives.get(key)
+                if entry is None and self.forward is not None:  # a cached upstream reply (no await)
+                    entry = self.forward.entry(key)
             if entry is None or query[2] & 0xF8 or entry.plain_len > limit:
                 return None
             if limit == TCP_LIMIT and entry.stat[0] == ANY:
@@ -120,8 +133,10 @@ class Responder:
         qend = query.find(0, 12) + 5
         key = query[12:qend].lower()
         entry = self._table.get(key)
-        if entry is None and self.forward is not None:
-            entry = self.forward.entry(key)
+        if entry is None:
+            entry = self._negatives.get(key)
+            if entry is None and self.forward is not None:
+                entry = self.forward.entry(key)
         if (
             entry is None
             or (limit == TCP_LIMIT and entry.stat[0] == ANY)  # as above: TCP gets the full ANY
@@ -177,6 +192,7 @@ class Responder:
         if entry is None:
             if len(self._templates) > 64:  # old serials' templates
                 self._templates.clear()
+                self._stat_entries.clear()
             soa = None
             if answer.authority:
                 zone, _, data = answer.authority[0]
@@ -346,22 +362,28 @@ class Responder:
         stat = (qtype, answer.rcode)
         counts[stat] = counts.get(stat, 0) + 1
         if answer.negative and answer.authority:
-            self._remember_negative(query[12:qend].lower(), name, entry, stat, answer)
+            self._remember_negative(query[12:qend].lower(), entry, stat)
         return splice(entry, query, query[12:qend], edns)
 
-    def _remember_negative(self, key: bytes, name: str, entry: Entry, stat: tuple[int, int], answer: Answer) -> None:
-        """A negative reply asked for the second time goes into the table, filed under the zone's apex (its
-        SOA's serial moves with every change) and under its name: the names pods ask that do not exist
-        (the search list's expansions, ~30% of a cluster's queries) are answered by the fast path. Asked
-        once, a name is only noted: a flood of unique names never enters the table."""
-        seen = self._negatives_seen
-        if key not in seen:
-            if len(seen) >= NEGATIVES_SEEN:
-                seen.clear()
-            seen[key] = None
+    def _remember_negative(self, key: bytes, entry: Entry, stat: tuple[int, int]) -> None:
+        """A negative reply asked for the second time is kept (replies.py: until the next change), so the
+        names pods ask that do not exist (the search list's expansions, ~30% of a cluster's queries) are
+        answered by the fast path. Asked once, a name is only noted: of a flood of unique names, only the
+        few the bitmap mistakes for asked before are kept (see SEEN_BITS)."""
+        seen, h = self._negatives_seen, hash(key)
+        a, b = h & (SEEN_BITS - 1), (h >> 20) & (SEEN_BITS - 1)
+        if not (seen[a >> 3] >> (a & 7) & seen[b >> 3] >> (b & 7) & 1):
+            if self._seen_notes >= NEGATIVES_SEEN:
+                seen[:] = bytes(len(seen))
+                self._seen_notes = 0
+            seen[a >> 3] |= 1 << (a & 7)
+            seen[b >> 3] |= 1 << (b & 7)
+            self._seen_notes += 1
             return
-        del seen[key]
-        self.replies.store(key, name, entry._replace(stat=stat), (answer.authority[0][0], *answer.depends))
+        shared = self._stat_entries.get((id(entry), stat))
+        if shared is None or shared.plain_tail is not entry.plain_tail:  # (an id reused by another template)
+            shared = self._stat_entries[(id(entry), stat)] = entry._replace(stat=stat)
+        self.replies.keep_negative(key, shared)
 
     def miss(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | Pending | None:
         """The strict path, guarded: a bug costs one SERVFAIL and a rate-limited log line, never the server."""

@@ -137,3 +137,26 @@ def test_table_size_estimate() -> None:
     measured, estimated = after - before, dp.responder.table_bytes
     print(f"table: {measured / len(queries):.0f} bytes/entry measured, {estimated / len(queries):.0f} estimated")
     assert 0.75 < measured / estimated < 1.25, (measured, estimated)
+
+
+def test_negative_size_estimate() -> None:
+    """Kept negatives (asked twice) are counted as they really take (tracemalloc), within 25%."""
+    dp = Dataplane(["cluster.local"], 5, None)
+    dp.apply([Expect("t"), Replace("file:t", ()), Synced("t")])
+    queries = []
+    for i in range(4000):
+        for name, qtype in ((f"name-{i}.shop.svc.cluster.local.svc.cluster.local", 1), (f"n{i}.ns.svc.cluster.local", 28)):
+            wire = b"".join(bytes((len(lb),)) + lb.encode() for lb in name.split(".")) + b"\x00"
+            queries.append(struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + wire + struct.pack("!HH", qtype, 1))
+    for query in queries:
+        dp.responder.answer(query)  # asked once: noted only
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for query in queries:
+        dp.responder.answer(query)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(dp.responder._negatives) == len(queries)
+    measured, estimated = after - before, dp.responder.table_bytes
+    print(f"negatives: {measured / len(queries):.0f} bytes/entry measured, {estimated / len(queries):.0f} estimated")
+    assert 0.75 < measured / estimated < 1.25, (measured, estimated)
