@@ -97,6 +97,7 @@ class Responder:
         self.replies.clear()
         self._templates.clear()
         self._stat_entries.clear()
+        self._forget_asks()
 
     @property
     def table_bytes(self) -> int:
@@ -158,6 +159,33 @@ class Responder:
         tail = entry.plain_tail if entry.rotate is None else rotated(entry.plain_tail, entry.rotate, query)
         return (query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + tail
                 + entry.opt)
+
+    def fast_many(self, queries: list[bytes], counts: dict[tuple[int, int], int]) -> list[bytes | None]:
+        """fast() for a batch of UDP queries: the same replies, with the common shape (no EDNS, a table or
+        negative hit) answered in this one loop, everything else by fast() itself. A call per datagram,
+        its attribute lookups and its namedtuple reads were ~a fifth of the Python time per query."""
+        table, negatives, forward, fast = self._table.get, self._negatives.get, self.forward, self.fast
+        replies: list[bytes | None] = []
+        append = append_fast = replies.append
+        for query in queries:
+            if query[4:12] != _PLAIN_COUNTS or query[2] & 0xF8:
+                append(fast(query, MIN_PAYLOAD, counts))
+                continue
+            question = query[12:]
+            key = question.lower()
+            entry = table(key) or negatives(key) or (forward.entry(key) if forward is not None else None)
+            if entry is None:
+                append(None)
+                continue
+            heads, tail, size, _, _, _, stat, rotate = entry
+            if size > MIN_PAYLOAD:
+                append(None)  # the strict path truncates it
+                continue
+            counts[stat] = counts.get(stat, 0) + 1
+            if rotate is not None:
+                tail = rotated(tail, rotate, query)
+            append_fast(query[:2] + heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + question + tail)
+        return replies
 
     # -- the strict path -------------------------------------------------------------
     def entry(self, qwire: bytes, qtype: int, minimal_any: bool = True) -> Entry | Answer:
@@ -365,6 +393,10 @@ class Responder:
             self._remember_negative(query[12:qend].lower(), entry, stat)
         return splice(entry, query, query[12:qend], edns)
 
+    def _forget_asks(self) -> None:
+        self._negatives_seen[:] = bytes(SEEN_BITS >> 3)
+        self._seen_notes = 0
+
     def _remember_negative(self, key: bytes, entry: Entry, stat: tuple[int, int]) -> None:
         """A negative reply asked for the second time is kept (replies.py: until the next change), so the
         names pods ask that do not exist (the search list's expansions, ~30% of a cluster's queries) are
@@ -374,8 +406,7 @@ class Responder:
         a, b = h & (SEEN_BITS - 1), (h >> 20) & (SEEN_BITS - 1)
         if not (seen[a >> 3] >> (a & 7) & seen[b >> 3] >> (b & 7) & 1):
             if self._seen_notes >= NEGATIVES_SEEN:
-                seen[:] = bytes(len(seen))
-                self._seen_notes = 0
+                self._forget_asks()
             seen[a >> 3] |= 1 << (a & 7)
             seen[b >> 3] |= 1 << (b & 7)
             self._seen_notes += 1

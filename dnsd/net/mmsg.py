@@ -111,15 +111,24 @@ class Batch:
             return socket.inet_ntop(socket.AF_INET, name[4:8]), (name[2] << 8) | name[3]
         return socket.inet_ntop(socket.AF_INET6, name[8:24]), (name[2] << 8) | name[3]
 
-    def reply(self, i: int, data: bytes) -> None:
-        """Queue ``data`` for the peer of slot ``i`` (sent by flush()): three pointers set, nothing copied."""
-        replies = self.replies
-        j = len(replies)
-        replies.append(data)
-        self._send_names[j] = self.nbase + i * 28
-        iov = self._send_iov
-        iov[2 * j] = id(data) + _BYTES_DATA
-        iov[2 * j + 1] = len(data)
+    def reply_all(self, replies: list[bytes | None]) -> list[int]:
+        """Queue ``replies[i]`` for the peer of slot ``i`` (sent by flush()): three pointers set per reply,
+        nothing copied. An empty reply is no reply (a dropped query); the slots whose reply is None are
+        returned, in order, for the caller to answer."""
+        queued, names, iov, nbase = self.replies, self._send_names, self._send_iov, self.nbase
+        left: list[int] = []
+        j = len(queued)
+        for i, data in enumerate(replies):
+            if not data:
+                if data is None:
+                    left.append(i)
+                continue
+            queued.append(data)
+            names[j] = nbase + i * 28
+            iov[2 * j] = id(data) + _BYTES_DATA
+            iov[2 * j + 1] = len(data)
+            j += 1
+        return left
 
     def flush(self) -> None:
         """Send every queued reply; what the send buffer cannot take is lost, as sendto would lose it."""

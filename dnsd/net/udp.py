@@ -155,41 +155,34 @@ class UdpListener:
             return
         if not datagrams:
             return
-        fast, reply_to = self.responder.fast, batch.reply
-        counts, observe, address = self.listener.counts, self.listener.duration.observe, batch.address
-        allowed, tap = self.allowed, self.tap
-        weight = tap.take(len(datagrams)) if tap is not None else 0
-        answered: list[Answered] | None = [] if weight or (tap is not None and tap.always) else None
-        misses: list[tuple[bytes, Any]] = []
-        last = started = perf_counter()
+        address, allowed, tap, counts = batch.address, self.allowed, self.tap, self.listener.counts
+        started = perf_counter()
         try:
-            for i, data in enumerate(datagrams):
-                if allowed is not None and not allowed(address(i)[0]):
-                    reply = refused(data)
-                    if reply is None:
-                        continue
-                else:
-                    reply = fast(data, MIN_PAYLOAD, counts)
-                    if reply is None:
-                        misses.append((data, address(i)))
-                        continue
-                reply_to(i, reply)
-                if answered is not None:
-                    answered.append((data, address(i), reply, perf_counter() - last))
-                now = perf_counter()
-                observe(now - last)
-                last = now
+            if allowed is None:
+                replies = self.responder.fast_many(datagrams, counts)
+            else:
+                fast = self.responder.fast
+                replies = [fast(data, MIN_PAYLOAD, counts) if allowed(address(i)[0]) else refused(data) or b""
+                           for i, data in enumerate(datagrams)]  # b"": a query not even REFUSED (dropped)
+            left = batch.reply_all(replies)
         finally:
             batch.flush()  # whatever went wrong, no queued reply may wait for the next batch's slots
-        full = len(datagrams) == self.BATCH
-        if answered and tap is not None:
-            tap.batch(answered, weight=weight)
-        if misses:
+        answered = len(datagrams) - len(left)
+        if answered:
+            # One clock read per batch: its hits took alike (~1 us each), so each is counted at the mean.
+            mean = (perf_counter() - started) / answered
+            self.listener.duration.observe_many(mean, answered)
+            weight = tap.take(answered) if tap is not None else 0
+            if tap is not None and (weight or tap.always):
+                tap.batch([(datagrams[i], address(i), reply, mean) for i, reply in enumerate(replies) if reply],
+                          weight=weight)
+        if left:
+            misses = [(datagrams[i], address(i)) for i in left]
             if self.forwarder is None:
                 self._misses(misses, False)
             else:
                 self._enqueue(misses, started)
-        if full:
+        if len(datagrams) == self.BATCH:
             self.backlogged = self._deep()
 
     QUEUE = 8 * BATCH  # misses waiting in the queue at most; beyond, a batch's misses are answered in place

@@ -35,6 +35,11 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def observe_many(self, value: float, n: int) -> None:
+        """``n`` observations of ``value`` (a batch's mean)."""
+        self.counts[bisect_left(self.bounds, value)] += n
+        self.total += value * n
+
     def merge(self, counts: list[int], total: float) -> None:
         for i, c in enumerate(counts):
             self.counts[i] += c

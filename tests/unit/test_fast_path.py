@@ -19,7 +19,11 @@ from tests.helpers import ZONES
 
 @pytest.fixture(scope="module")
 def dataplane() -> Dataplane:
-    dp = Dataplane(["cluster.local"], 5, "127.0.0.1")
+    return load()
+
+
+def load(loadbalance: bool = False) -> Dataplane:
+    dp = Dataplane(["cluster.local"], 5, "127.0.0.1", loadbalance=loadbalance)
     ops = [Expect("test")]
     for path in expand([ZONES]):
         result = load_file(path)
@@ -77,6 +81,25 @@ def test_fast_path_is_byte_identical_to_full_path(dataplane: Dataplane, limit: i
     # are templates, never table entries.
     assert fast_hits > 0.9 * positive, (fast_hits, positive)
     assert positive > 0.1 * len(queries)
+
+
+def test_a_batch_gets_what_each_query_gets_alone() -> None:
+    """fast_many (the UDP listener's) answers and counts exactly as fast() per query: mixed case, RD/CD,
+    EDNS, kept negatives, rotated answers, replies over 512 bytes, other shapes."""
+    dataplane = load(loadbalance=True)
+    responder = dataplane.responder
+    queries = corpus(dataplane)
+    for _ in range(2):
+        for query in queries:
+            responder.answer(query, MIN_PAYLOAD, {})  # positives rendered, negatives asked twice: kept
+    queries += [queries[0][:2] + b"\x81" + queries[0][3:], queries[0][:5] + b"\x02" + queries[0][6:], b"\x00" * 5]
+    alone: dict = {}
+    expected = [responder.fast(query, MIN_PAYLOAD, alone) for query in queries]
+    together: dict = {}
+    got = [reply for i in range(0, len(queries), 64) for reply in responder.fast_many(queries[i : i + 64], together)]
+    assert got == expected and together == alone
+    assert sum(reply is not None for reply in got) > 0.5 * len(queries)
+    assert responder._negatives  # kept negatives took part
 
 
 def test_change_invalidates_rendered_replies(dataplane: Dataplane) -> None:

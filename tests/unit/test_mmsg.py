@@ -32,14 +32,20 @@ def test_a_batch_is_read_and_answered_to_each_peer(family: int) -> None:
             datagrams = batch.receive()
             assert datagrams == [b"query %d" % i for i in range(8)]
             assert [batch.address(i) for i in range(8)] == [c.getsockname()[:2] for c in clients * 3][:8]
-            for i, data in reversed(list(enumerate(datagrams))):  # any order: each reply goes to its slot's peer
-                batch.reply(i, b"reply to " + data + b"x" * 1000 * (i == 2))  # one big reply
+            replies: list[bytes | None] = [b"reply to " + data + b"x" * 1000 * (i == 2)  # one big reply
+                                           for i, data in enumerate(datagrams)]
+            replies[1], replies[4] = None, b""  # one left to the caller, one dropped
+            assert batch.reply_all(replies) == [1]
             batch.flush()
             assert len(batch.receive()) == 4  # the rest
             for c in clients:
                 c.settimeout(1)
-            got = {c.getsockname()[:2]: sorted(c.recv(4096) for _ in range([3, 3, 2][k])) for k, c in enumerate(clients)}
+            got = {c.getsockname()[:2]: sorted(c.recv(4096) for _ in range([3, 1, 2][k])) for k, c in enumerate(clients)}
             assert got[clients[0].getsockname()[:2]] == [b"reply to query 0", b"reply to query 3", b"reply to query 6"]
+            assert got[clients[1].getsockname()[:2]] == [b"reply to query 7"]
+            clients[1].settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                clients[1].recv(4096)  # nothing for the slot left (1) or dropped (4), not even an empty datagram
             assert got[clients[2].getsockname()[:2]] == [b"reply to query 2" + b"x" * 1000, b"reply to query 5"]
         finally:
             for c in clients:
@@ -53,6 +59,9 @@ class _Table:
 
     def fast(self, query: bytes, limit: int, counts: dict) -> bytes | None:
         return query[::-1]
+
+    def fast_many(self, queries: list[bytes], counts: dict) -> list[bytes | None]:
+        return [query[::-1] for query in queries]
 
 
 @pytest.mark.parametrize("batched", [True, False])
@@ -71,3 +80,29 @@ def test_the_listener_answers_alike_with_and_without_mmsg(batched: bool) -> None
         client.settimeout(1)
         assert sorted(client.recv(100) for _ in range(5)) == sorted(b"%dcba" % i for i in range(5))
         assert listener.listener.duration.counts and sum(listener.listener.duration.counts) == 5
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_client_not_allowed_gets_refused_or_nothing(batched: bool) -> None:
+    import dnslib
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        listener = UdpListener(server, _Table(), Listener("udp", "1", "dns://test"),  # type: ignore[arg-type]
+                               allowed=lambda host: False)
+        if not batched:
+            listener.batch = None
+        query = dnslib.DNSRecord.question("web.default.svc.cluster.local", "A")
+        response = dnslib.DNSRecord.question("web.default.svc.cluster.local", "A")
+        response.header.qr = 1  # a response is never answered, not even with REFUSED
+        client.sendto(response.pack(), server.getsockname())
+        client.sendto(query.pack(), server.getsockname())
+        listener.readable()
+        client.settimeout(1)
+        reply = dnslib.DNSRecord.parse(client.recv(4096))
+        assert reply.header.id == query.header.id and reply.header.rcode == dnslib.RCODE.REFUSED
+        client.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            client.recv(4096)
