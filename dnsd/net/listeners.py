@@ -21,7 +21,7 @@ from dnsd.config import Config
 from dnsd.net.acl import Allowed
 from dnsd.net.reuseport import seal
 from dnsd.net.tcp import Slots, TcpConnections
-from dnsd.net.udp import SO_TIMESTAMP, UdpListener
+from dnsd.net.udp import UdpListener
 from dnsd.observe.metrics import Listener
 
 if TYPE_CHECKING:
@@ -86,8 +86,6 @@ class DnsServer:
                 raise
             sock.setblocking(False)
             _size_buffers(sock)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)  # arrival times, read only when backlogged
             self._udp.append(sock)
             tcp = Listener("tcp", family, server)
             self._tcp.append((await loop.create_server(

@@ -473,13 +473,15 @@ def test_backlogged_socket_drops_stale_misses_and_answers_hits(monkeypatch: pyte
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
     server.setblocking(False)
-    server.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)  # 512 KiB in effect: ~630 queries
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.connect(server.getsockname())
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     client.settimeout(0.2)
     listener = UdpListener(server, responder, Listener("udp", "1", "dns://test"))
+    batched = listener.batch is not None
+    stamping = lambda: server.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMP)  # noqa: E731
+    assert stamping() == (0 if batched else 1), "with recvmmsg, arrival times only while backlogged"
     try:
         misses = UdpListener.BATCH + 300  # a deep queue: after the first batch, over a quarter of the buffer
         for i in range(misses):
@@ -487,12 +489,13 @@ def test_backlogged_socket_drops_stale_misses_and_answers_hits(monkeypatch: pyte
         client.send(raw_query(WEB, qid=9999))
         time.sleep(0.05)
         listener.readable()  # a full batch, answered: the socket is backlogged now
-        assert listener.backlogged
+        assert listener.backlogged and stamping() == 1
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() + 10 * MAX_WAIT)  # everything waiting is stale
         for _ in range(20):
             listener.readable()
         assert not listener.backlogged, "the socket ran dry"
+        assert stamping() == (0 if batched else 1)
         ids = []
         with pytest.raises(TimeoutError):
             while True:
