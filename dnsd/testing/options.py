@@ -7,7 +7,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from dnsd.cli import build_parser
+from dnsd.flags import build_parser
 
 # Set by DnsServer itself: its own ports and manifest directory, and its parameters.
 RESERVED = {
