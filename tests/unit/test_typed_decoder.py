@@ -47,7 +47,8 @@ def _slice() -> dict[str, Any]:
 SERVICE_PATHS = [
     (), ("metadata",), ("metadata", "name"), ("metadata", "namespace"), ("metadata", "resourceVersion"),
     ("spec",), ("spec", "type"), ("spec", "ports"), ("spec", "ports", 0), ("spec", "ports", 0, "port"),
-    ("spec", "ports", 0, "name"), ("spec", "ports", 1, "protocol"), ("spec", "clusterIP"), ("spec", "clusterIPs"),
+    ("spec", "ports", 0, "name"), ("spec", "ports", 0, "protocol"), ("spec", "ports", 1, "protocol"),
+    ("spec", "ports", 1, "name"), ("spec", "clusterIP"), ("spec", "clusterIPs"),
     ("spec", "clusterIPs", 0), ("spec", "externalIPs"), ("spec", "externalName"), ("spec", "publishNotReadyAddresses"),
     ("status",), ("status", "loadBalancer"), ("status", "loadBalancer", "ingress"), ("type",), ("object",),
 ]
@@ -58,12 +59,14 @@ SLICE_PATHS = [
     ("endpoints", 0), ("endpoints", 1, "addresses"), ("endpoints", 1, "addresses", 0), ("endpoints", 0, "conditions"),
     ("endpoints", 1, "conditions", "ready"), ("endpoints", 0, "hostname"), ("endpoints", 2, "hostname"),
     ("endpoints", 1, "targetRef"), ("endpoints", 1, "targetRef", "name"), ("endpoints", 1, "targetRef", "kind"),
-    ("ports",), ("ports", 0), ("ports", 0, "port"), ("ports", 1, "name"), ("type",), ("object",),
+    ("ports",), ("ports", 0), ("ports", 0, "port"), ("ports", 0, "protocol"), ("ports", 1, "protocol"),
+    ("ports", 1, "name"), ("metadata", "resourceVersion"), ("type",), ("object",),
 ]
 VALUES = st.sampled_from([
     None, "", 0, 1, -1, 70000, True, False, 1.5, 2**70, "x", "None", "Pod", "ExternalName", "ClusterIP", "IPv4", "IPv6",
     "FQDN", "TCP", "10.0.0.1", "010.0.0.1", "fd00::0:1", "web", "Web", "a.b", "ADDED", "DELETED", "BOOKMARK", "ERROR",
-    [], [None], ["10.0.0.2"], [1], ["x"], [{}], [{"port": 80}], {}, {"ready": False}, {"name": "x", "port": 1},
+    [], [None], ["10.0.0.2"], [1], ["x"], [{}], [{"port": 80}], [["TCP"]], {}, {"ready": False}, {"TCP": 1},
+    {"name": "x", "port": 1},
     {"ip": "10.0.0.3"}, {"kubernetes.io/service-name": "web"},
 ]) | st.just("DELETE")
 
@@ -94,13 +97,26 @@ def outcome(decode: Any, convert: Any, line: bytes, kind: str, pod_names: bool) 
     """What a reflector gets from one line: the event's fields and its record, or the error's type and text."""
     try:
         event = decode(line)
-    except Exception as exc:
+    except (ValueError, Gone) as exc:  # anything else would be a crash: the reflector's list fails, and again
         return ("event refused", type(exc).__name__, str(exc))
     head = (event.type, event.rv, event.initial_end, raw_key(kind, event.object))
     try:
         return (*head, convert(event.object))
-    except Exception as exc:  # not only ValueError: where the dict path crashes, the typed one must too
-        return (*head, "refused", type(exc).__name__, str(exc))
+    except ValueError as exc:  # the object's refusal, with its reason; any other exception is a crash
+        return (*head, "refused", str(exc))
+
+
+def through_held(line: bytes, kind: str, pod_names: bool) -> None:
+    """A listed object and a watched one, whatever they hold, are kept or refused: never a crash."""
+    try:
+        event = event_decoder(kind, pod_names)(line)
+    except (ValueError, Gone):
+        return
+    held = Held("k8s:test", kind, pod_names)
+    listing = held.listing()
+    held.add(event.object, listing)
+    held.commit(listing)
+    held.upsert(event.object)
 
 
 def same_both_ways(event: dict[str, Any], kind: str, pod_names: bool, *, raw: bytes | None = None) -> None:
@@ -108,6 +124,7 @@ def same_both_ways(event: dict[str, Any], kind: str, pod_names: bool, *, raw: by
     by_dict = outcome(parse_event, lambda o: from_object(o, kind, pod_names=pod_names), line, kind, pod_names)
     typed = outcome(event_decoder(kind, pod_names), lambda o: to_record(o, kind, pod_names), line, kind, pod_names)
     assert typed == by_dict
+    through_held(line, kind, pod_names)
 
 
 @pytest.mark.parametrize("pod_names", [False, True])
@@ -170,3 +187,27 @@ def test_a_bad_object_through_the_typed_decoder_is_reported_and_skipped(caplog: 
     assert "invalid EndpointSlice shop/web-badip: bad IP address '10.1.0.999'" in caplog.text
     # conditions "yes" does not fit the typed decoder: the dict path reads the object, and refuses it.
     assert "invalid EndpointSlice shop/web-oddty: endpoints[0].conditions must be a mapping" in caplog.text
+
+
+@pytest.mark.parametrize("typed", [True, False])
+def test_unhashable_fields_are_refused_by_name_and_the_rest_kept(typed: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """A port whose protocol is a list or a mapping, and a namespace that is a list, once crashed the
+    conversion (TypeError: unhashable), which failed the whole list and retried it for ever."""
+    def bad(name: str, path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+        obj = mutate({"type": "ADDED", "object": _service()}, path, value)["object"]
+        obj["metadata"]["name"] = name
+        return obj
+
+    objs = [bad("proto-list", ("spec", "ports", 0, "protocol"), ["TCP"]), _service(),
+            bad("proto-map", ("spec", "ports", 1, "protocol"), {"UDP": 1}), bad("ns-list", ("metadata", "namespace"), ["x"])]
+    held = Held("k8s:services", SERVICE)
+    listing = held.listing()
+    caplog.set_level(logging.WARNING)
+    for obj in objs:
+        line = json.dumps({"type": "ADDED", "object": obj}).encode()
+        held.add((event_decoder(SERVICE) if typed else parse_event)(line).object, listing)
+    _ops, changes = held.commit(listing)
+    assert changes == 1 and list(held.objects) == [(SERVICE, "shop", "web")]
+    assert "invalid Service shop/proto-list: spec.ports[0]: protocol ['TCP'] is not TCP, UDP or SCTP" in caplog.text
+    assert "invalid Service shop/proto-map: spec.ports[1]: protocol {'UDP': 1} is not TCP, UDP or SCTP" in caplog.text
+    assert "skipping an invalid Service named 'ns-list': metadata.namespace ['x'] is not a valid DNS label" in caplog.text

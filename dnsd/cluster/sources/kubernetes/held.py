@@ -33,7 +33,19 @@ def raw_key(kind: str, raw: Any) -> Key | None:
         name, namespace = meta.get("name"), meta.get("namespace")
     if not isinstance(name, str) or not name:
         return None
-    return (kind, "" if kind == NAMESPACE else (namespace or "default"), name)
+    namespace = "" if kind == NAMESPACE else (namespace or "default")
+    if not isinstance(namespace, str):
+        return None  # a list would make an unhashable key: such an object was never held, nothing to withdraw
+    return (kind, namespace, name)
+
+
+def _raw_name(raw: Any) -> Any:
+    """metadata.name as it came, whatever it is (for a refusal's message), or None."""
+    typed = names(raw)
+    if typed is not None:
+        return typed[0]
+    meta = raw.get("metadata") if isinstance(raw, dict) else None
+    return meta.get("name") if isinstance(meta, dict) else None
 
 
 class Listing:
@@ -139,7 +151,9 @@ class Held:
         key = raw_key(self.kind, raw)
         why = str(exc)
         if key is None:
-            log.warning("%s: skipping an invalid %s: %s", self.origin, self.kind, why)
+            name = _raw_name(raw)
+            named = f" named {name!r}" if name is not None else ""
+            log.warning("%s: skipping an invalid %s%s: %s", self.origin, self.kind, named, why)
         elif self._bad.get(key) != why:
             self._bad[key] = why
             kept = "keeping its previous version" if key in self.objects else "not served"
