@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dnsd.cluster.model import ENDPOINT_SLICE, SERVICE, from_object
-from dnsd.cluster.sources.kubernetes.client import Gone
+from dnsd.cluster.sources.kubernetes.client import Gone, each_item
 from dnsd.cluster.sources.kubernetes.held import Held, raw_key
 from dnsd.cluster.sources.kubernetes.stream import parse_event
-from dnsd.cluster.sources.kubernetes.typed import event_decoder, to_record
+from dnsd.cluster.sources.kubernetes.typed import event_decoder, page_reader, to_record
 from tests.fakes.kube_api import endpoint_slice, service
 
 pytestmark = pytest.mark.unit
@@ -211,3 +211,51 @@ def test_unhashable_fields_are_refused_by_name_and_the_rest_kept(typed: bool, ca
     assert "invalid Service shop/proto-list: spec.ports[0]: protocol ['TCP'] is not TCP, UDP or SCTP" in caplog.text
     assert "invalid Service shop/proto-map: spec.ports[1]: protocol {'UDP': 1} is not TCP, UDP or SCTP" in caplog.text
     assert "skipping an invalid Service named 'ns-list': metadata.namespace ['x'] is not a valid DNS label" in caplog.text
+
+
+def page_outcome(read: Any, body: bytes, kind: str, pod_names: bool) -> tuple[Any, ...]:
+    """What a reflector gets from one list page: each item's key and record (or refusal), and the page's metadata."""
+    items: list[Any] = []
+
+    def handle(item: Any) -> None:
+        try:
+            record: Any = to_record(item, kind, pod_names)
+        except ValueError as exc:
+            record = ("refused", str(exc))
+        items.append((raw_key(kind, item), record))
+
+    try:
+        page = read(body, handle)
+    except ValueError as exc:
+        return ("page refused", type(exc).__name__, str(exc), items)
+    return (page.get("metadata"), items)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from([SERVICE, ENDPOINT_SLICE]), pod_names=st.booleans(), data=st.data())
+def test_a_list_page_gives_the_same_records_typed_or_not(kind: str, pod_names: bool, data: st.DataObject) -> None:
+    """The paginated list's pages (a server without streamed lists): page_reader against each_item."""
+    paths = SERVICE_PATHS if kind == SERVICE else SLICE_PATHS
+    items = []
+    for n in range(data.draw(st.integers(0, 3))):
+        event: dict[str, Any] = {"type": "ADDED", "object": _service() if kind == SERVICE else _slice()}
+        event["object"]["metadata"]["name"] = f"web-{n}"
+        for path, value in data.draw(st.lists(st.tuples(st.sampled_from(paths), VALUES), max_size=2)):
+            if path[:1] not in (("type",), ("object",)):
+                event = mutate(event, path, value)
+        items.append(event.get("object"))  # mutate() may have taken it away: a null item
+    page: Any = {"kind": "List", "metadata": {"resourceVersion": "5", "continue": "x"}, "items": items}
+    page = data.draw(st.sampled_from([page, {**page, "items": None}, {"metadata": None}, [], {**page, "items": {}}]))
+    body = json.dumps(page).encode()
+    typed = page_outcome(page_reader(kind, pod_names), body, kind, pod_names)
+    assert typed == page_outcome(each_item, body, kind, pod_names)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"metadata":{"resourceVersion":"3"},"items":[{"metadata":{"name":"web"},"spec":{"ports":[{"port":NaN}]}}]}',
+    b'{"metadata":{"resourceVersion":"3"},"items":[null,{"metadata":{"name":"web"}}]}', b"{not json", b"",
+    b'{"items":[]} trailing', b'{"metadata":{"resourceVersion":"3"},"items":[{"metadata":{"name":"\\ud800"}}]}',
+])
+def test_odd_pages_read_as_each_item_reads_them(body: bytes) -> None:
+    for kind in (SERVICE, ENDPOINT_SLICE):
+        assert page_outcome(page_reader(kind), body, kind, False) == page_outcome(each_item, body, kind, False)

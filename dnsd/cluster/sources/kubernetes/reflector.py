@@ -21,13 +21,13 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from dnsd.cluster.sources.kubernetes.client import describe, each_item, gone
+from dnsd.cluster.sources.kubernetes.client import describe, gone
 from dnsd.cluster.sources.kubernetes.failures import FailureLog
 from dnsd.cluster.sources.kubernetes.held import Held, Listing, raw_key
 from dnsd.cluster.sources.kubernetes.probe import ApiProbe
 from dnsd.cluster.sources.kubernetes.retry import Retry
 from dnsd.cluster.sources.kubernetes.stream import Event, Requests, Stopped, event_lines
-from dnsd.cluster.sources.kubernetes.typed import event_decoder
+from dnsd.cluster.sources.kubernetes.typed import event_decoder, page_reader
 from dnsd.cluster.store import Op, Synced
 from dnsd.runtime import release_heap
 
@@ -79,6 +79,7 @@ class Reflector:
         self._options = options
         self._requests = Requests(call, stop, options.read_timeout)
         self._decode = event_decoder(kind, options.pod_names)
+        self._each_item = page_reader(kind, options.pod_names)
         self._held = Held(origin, kind, options.pod_names)
         self._rv: str | None = None  # None: the next step is a (re)list
         self._listing: Listing | None = None  # a streamed list before its initial-events-end
@@ -212,7 +213,7 @@ class Reflector:
                 continue
             if self._stop.is_set():
                 raise Stopped
-            page = each_item(body, functools.partial(self._held.add, listing=listing))
+            page = self._each_item(body, functools.partial(self._held.add, listing=listing))
             del body
             meta = page.get("metadata")
             meta = meta if isinstance(meta, dict) else {}
