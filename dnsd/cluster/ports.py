@@ -41,7 +41,7 @@ def _port(raw: Any, where: str, *, allow_null: bool = False) -> Port | None:
     if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
         raise ValueError(f"{where}: port {number!r} out of range 1-65535")
     proto = raw.get("protocol") or "TCP"
-    if proto not in _PROTOCOLS:
+    if proto.__class__ is not str or proto not in _PROTOCOLS:  # a list or a mapping is no key to look up
         raise ValueError(f"{where}: protocol {proto!r} is not TCP, UDP or SCTP")
     name = raw.get("name") or ""
     if name and (not isinstance(name, str) or not _PORT_NAME.match(name)):

@@ -12,6 +12,8 @@ below is an empty non-terminal (NODATA, not NXDOMAIN).
 from __future__ import annotations
 
 import contextlib
+import operator
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -20,6 +22,8 @@ from dnsd.zone.records import Record, SrvData, expand, size
 
 TYPES = (A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV)  # every type an rrset can have (EXISTS aside)
 _ORDER = (A, PTR, SRV, EXISTS, AAAA, CNAME, TXT, SOA, NS)  # the commonest first: has_data() stops at the first hit
+_SPLIT, _PARENT = operator.methodcaller("partition", "."), operator.itemgetter(2)  # a name -> its parent, in C
+_BORN_MAX = 50_000  # names whose parents Index.add counts at once: a first load's transient dicts stay small
 
 
 class IndexReader(Protocol):
@@ -41,6 +45,7 @@ class IndexWriter(IndexReader, Protocol):
     """What the pipeline writes through: the in-memory Index, or the shared file's writer."""
 
     def apply(self, old: Iterable[Record], new: Iterable[Record]) -> set[str]: ...  # the names touched
+    def add(self, owners: Iterable[Iterable[Record]]) -> set[str]: ...  # apply((), r) for each r, in order
     def batch(self) -> contextlib.AbstractContextManager[None]: ...  # one write transaction
     def publish(self, serial: int, synced: bool) -> None: ...  # make the batch visible to other processes
 
@@ -149,6 +154,77 @@ class Index(ZoneLookup):
                     self._count_below(name, -1, touched, own)
         self.record_count += count
         return touched
+
+    def add(self, owners: Iterable[Iterable[Record]]) -> set[str]:
+        """``apply((), records)`` for each owner's records in turn, for owners that held none (a first
+        load: 100k Services, ~5 rrsets each): the same tables, counts and names touched, without what a
+        difference needs (sets of old and new, a diff and a set of names per owner), and each parent's
+        count of children raised once by the number of its children that started existing."""
+        by_type, below = self._by_type, self._below
+        t0, t1, t2, t3, t4, t5, t6, t7, t8 = self._tables
+        touched: set[str] = set()
+        add_touched = touched.add
+        born: dict[str, str] = {}  # names that started existing, to themselves: the strings the tables hold
+        count = 0
+        for records in owners:
+            groups: dict[tuple[str, int], list[Any]] = {}
+            for name, rtype, rdata in records:
+                group = groups.get((name, rtype))
+                if group is None:
+                    groups[(name, rtype)] = [rdata]
+                elif rdata not in group:  # as changes(): an owner's record counts once
+                    group.append(rdata)
+            for (name, rtype), fresh in groups.items():
+                add_touched(name)
+                if len(fresh) > 1:
+                    fresh.sort()
+                if rtype == SRV:
+                    fresh = [_pack(name, r) for r in fresh]
+                table = by_type[rtype]
+                held = table.get(name)
+                if held is None:
+                    # has_data() and the children's count, inlined: once per new rrset of a first load.
+                    if not (name in below or name in t0 or name in t1 or name in t2 or name in t3 or name in t4
+                            or name in t5 or name in t6 or name in t7 or name in t8):
+                        born[name] = name
+                    table[name] = fresh[0] if len(fresh) == 1 else tuple(fresh)
+                    current: tuple[object, ...] = ()
+                else:
+                    current = held if held.__class__ is tuple else (held,)
+                    table[name] = current + tuple(fresh)
+                if rtype == SRV:
+                    count += size(current + tuple(fresh)) - size(current)  # groups count one per target
+                elif rtype != EXISTS:
+                    count += len(fresh)
+            if len(born) > _BORN_MAX:
+                self._count_born(born, touched)
+                born = {}
+        self._count_born(born, touched)
+        self.record_count += count
+        return touched
+
+    def _count_born(self, born: dict[str, str], touched: set[str]) -> None:
+        """Names in ``born`` started existing (their parents' counts are not raised yet): raise each
+        parent's count once by its number of such children (counted in C), and go on up with the
+        parents that this makes exist. The same counts as _count_below() for each name in turn."""
+        below, has_data, zone_of = self._below, self.has_data, self.zone_of
+        for apex in self.zones:
+            born.pop(apex, None)  # an apex has no parent in its zone
+        level = born
+        while level:
+            up: dict[str, str] = {}
+            counts: Counter[str] = Counter(map(_PARENT, map(_SPLIT, level)))
+            for name, n in counts.items():
+                zone = zone_of(name)
+                if zone is None or len(name) <= len(zone):
+                    continue  # the zone's apex, or outside every zone: not counted
+                parent = born.get(name, name)  # the string the tables hold (~9 MB less at 100k Services)
+                had = below.get(parent, 0)
+                below[parent] = had + n
+                if not had and not has_data(parent):  # it starts existing: an empty non-terminal
+                    touched.add(parent)
+                    up[parent] = parent
+            level = up
 
     def _count_below(self, name: str, delta: int, touched: set[str], own: dict[str, str]) -> None:
         """``name`` started (+1) or stopped (-1) existing: update its parent's count of existing

@@ -239,6 +239,14 @@ class SharedIndexWriter(SharedIndex):
         with self.batch():
             return self._apply(old, new)
 
+    def add(self, owners: Iterable[Iterable[Record]]) -> set[str]:
+        """``apply((), records)`` for each owner in turn (index.Index.add's interface): one batch."""
+        touched: set[str] = set()
+        with self.batch():
+            for records in owners:
+                touched |= self._apply((), records)
+        return touched
+
     def _apply(self, old: Iterable[Record], new: Iterable[Record]) -> set[str]:
         touched: set[str] = set()
         for (name, rtype), (gone, fresh) in changes(old, new).items():

@@ -146,6 +146,9 @@ class Pipeline:
         if self.multicluster:
             touched |= self._change_imports(imports, served)
         every = self.scope.namespace_labels is None  # every Service is served: the index follows the store
+        # Services that had no records (all of them in a first load): added together, in the same order
+        # (index.add), before any other change reaches the index.
+        fresh: list[tuple[Service, tuple[EndpointSet, ...]]] = []
         for key in services:
             svc = store.services.get(key)
             if svc is not None and not served(svc.namespace):
@@ -169,8 +172,17 @@ class Pipeline:
                 if old[0] is svc:
                     continue  # only its endpoints changed, which its records do not show
                 new = (svc, ())
+            if old[0] is None:
+                if new[0] is not None:
+                    fresh.append(new)  # type: ignore[arg-type]
+                continue
+            if fresh:
+                touched |= self._add(fresh)
+                fresh = []
             touched |= index.apply(service_records(*old, zones, ignore_empty=ignore_empty, external=external),
                                    service_records(*new, zones, ignore_empty=ignore_empty, external=external))
+        if fresh:
+            touched |= self._add(fresh)
         for ns in namespaces:
             exists = store.namespace_exists(ns) and served(ns)
             if exists == (ns in self._namespaces):
@@ -184,6 +196,12 @@ class Pipeline:
             self.on_change(touched)
             if self.on_publish is not None:
                 self._touched |= touched
+
+    def _add(self, fresh: list[tuple[Service, tuple[EndpointSet, ...]]]) -> set[str]:
+        """The records of Services that had none, made as the index takes them."""
+        zones, ignore_empty, external = self.zones, self.scope.ignore_empty, self.external
+        return self.index.add(service_records(*new, zones, ignore_empty=ignore_empty, external=external)
+                              for new in fresh)
 
     def _change_imports(self, imports: set[ServiceKey], served: Callable[[str], bool]) -> set[str]:
         """ServiceImports and their slices, as Services above (their own inputs: names may be shared)."""

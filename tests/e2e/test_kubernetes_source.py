@@ -147,6 +147,32 @@ def test_initial_sync_is_paginated_and_expected_first(api: FakeKubeAPI, sink: Si
     assert status.last_event is not None and abs(status.last_event - time.time()) < 5
 
 
+def test_a_paginated_list_refuses_bad_objects_by_name_and_keeps_the_rest(
+        api: FakeKubeAPI, sink: Sink, make_source, caplog: pytest.LogCaptureFixture) -> None:
+    """Pages are decoded typed (page_reader): an object the model refuses, or one of a shape the
+    typed decoder leaves to json, is skipped with its name and reason, and the list goes on."""
+    small_cluster(api, n=7)
+    bad_proto = service("default", "bad-proto", cluster_ip="10.0.0.90")
+    bad_proto["spec"]["ports"] = [{"name": "http", "port": 80, "protocol": ["TCP"]}]
+    odd_spec = service("default", "odd-spec", cluster_ip="10.0.0.91")
+    odd_spec["spec"]["ports"] = {"port": 80}  # not a list
+    bad_slice = endpoint_slice("default", "svc1-bad", "svc1", endpoints=["10.1.1.999"])
+    odd_slice = endpoint_slice("default", "svc2-odd", "svc2", endpoints=["10.1.2.9"])
+    odd_slice["endpoints"][0]["conditions"] = "yes"  # the typed decoder refuses it: json reads it
+    api.load([bad_proto, odd_spec, bad_slice, odd_slice])
+    caplog.set_level(logging.WARNING, "dnsd.cluster.sources.kubernetes")
+    make_source(page_size=3)
+    sink.wait(healthy(), what="sync")
+    assert set(sink.store.services) == {("default", f"svc{i}") for i in range(7)}
+    assert ready(sink.store, "default", "svc1") == {"10.1.1.1", "10.1.1.2"}
+    assert ready(sink.store, "default", "svc2") == {"10.1.2.1", "10.1.2.2"}
+    assert "invalid Service default/bad-proto: spec.ports[0]: protocol ['TCP'] is not TCP, UDP or SCTP" in caplog.text
+    assert "invalid Service default/odd-spec: spec.ports: ports must be a list" in caplog.text
+    assert "invalid EndpointSlice default/svc1-bad: bad IP address '10.1.1.999'" in caplog.text
+    assert "invalid EndpointSlice default/svc2-odd: endpoints[0].conditions must be a mapping" in caplog.text
+    assert api.request_count("list", "services") >= 3  # 9 Services, 3 a page: paginated
+
+
 def test_continue_token_expired_restarts_list(api: FakeKubeAPI, sink: Sink, make_source, monkeypatch,
                                               caplog: pytest.LogCaptureFixture) -> None:
     small_cluster(api, n=10)

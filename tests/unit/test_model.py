@@ -6,6 +6,8 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+import pytest
+
 from dnsd.cluster.model import EndpointSet, Service, Subset, from_object, subset
 from dnsd.cluster.store import Replace, Store, Upsert
 from dnsd.dns.const import A
@@ -71,3 +73,22 @@ def test_subset_with_only_not_ready_endpoints() -> None:
     sub = subset((), [], [("10.0.0.2", "db-1"), ("fd00::1", "")])
     assert list(sub.endpoints()) == []
     assert list(sub.endpoints(not_ready=True)) == [("10.0.0.2", "db-1"), ("fd00::1", "")]
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1", "0.0.0.0", "255.255.255.255", "010.0.0.1", "1.2.3", "1.2.3.256",
+                                  " 1.2.3.4", "1.2.3.4 ", "0x1.2.3.4", "1..3.4", "1.2.3.04", "fd00::0:1", "::ffff:1.2.3.4"])
+def test_canonical_ip_takes_what_ipaddress_takes_and_writes_it_as_ipaddress_does(text: str) -> None:
+    """IPv4 text inet_pton takes is returned as it came: it must be canonical already."""
+    import ipaddress
+
+    from dnsd.cluster.model import canonical_ip
+
+    try:
+        want: str | None = str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        want = None
+    try:
+        got: str | None = canonical_ip(text)
+    except ValueError:
+        got = None
+    assert got == want

@@ -14,21 +14,38 @@ import logging
 import time
 from typing import Any
 
-from dnsd.cluster.model import NAMESPACE, Key, Object, from_object
+from dnsd.cluster.model import NAMESPACE, Key, Object
+from dnsd.cluster.sources.kubernetes.typed import names, to_record
 from dnsd.cluster.store import Delete, Op, Replace, Upsert
 
 log = logging.getLogger(__name__)
 
 
 def raw_key(kind: str, raw: Any) -> Key | None:
-    """The model key of a raw object, even one that does not convert (to withdraw it)."""
-    meta = raw.get("metadata") if isinstance(raw, dict) else None
-    if not isinstance(meta, dict):
-        return None
-    name = meta.get("name")
+    """The model key of a raw object (a dict, or typed), even one that does not convert (to withdraw it)."""
+    typed = names(raw)
+    if typed is not None:
+        name, namespace = typed
+    else:
+        meta = raw.get("metadata") if isinstance(raw, dict) else None
+        if not isinstance(meta, dict):
+            return None
+        name, namespace = meta.get("name"), meta.get("namespace")
     if not isinstance(name, str) or not name:
         return None
-    return (kind, "" if kind == NAMESPACE else (meta.get("namespace") or "default"), name)
+    namespace = "" if kind == NAMESPACE else (namespace or "default")
+    if not isinstance(namespace, str):
+        return None  # a list would make an unhashable key: such an object was never held, nothing to withdraw
+    return (kind, namespace, name)
+
+
+def _raw_name(raw: Any) -> Any:
+    """metadata.name as it came, whatever it is (for a refusal's message), or None."""
+    typed = names(raw)
+    if typed is not None:
+        return typed[0]
+    meta = raw.get("metadata") if isinstance(raw, dict) else None
+    return meta.get("name") if isinstance(meta, dict) else None
 
 
 class Listing:
@@ -73,7 +90,7 @@ class Held:
         """One listed item into ``listing``; an unchanged one is only noted (the new copy is freed
         right here, and the store, which holds the same one, is sent nothing for it)."""
         try:
-            obj = from_object(item, self.kind, pod_names=self.pod_names)
+            obj = to_record(item, self.kind, self.pod_names)
         except ValueError as exc:
             key = self.skip(item, exc)
             if key is not None:
@@ -109,7 +126,7 @@ class Held:
     # -- watch events ------------------------------------------------------------------
     def upsert(self, raw: Any) -> Op | None:
         try:
-            obj = from_object(raw, self.kind, pod_names=self.pod_names)
+            obj = to_record(raw, self.kind, self.pod_names)
         except ValueError as exc:
             self.skip(raw, exc)  # the previous version stays
             return None
@@ -134,7 +151,9 @@ class Held:
         key = raw_key(self.kind, raw)
         why = str(exc)
         if key is None:
-            log.warning("%s: skipping an invalid %s: %s", self.origin, self.kind, why)
+            name = _raw_name(raw)
+            named = f" named {name!r}" if name is not None else ""
+            log.warning("%s: skipping an invalid %s%s: %s", self.origin, self.kind, named, why)
         elif self._bad.get(key) != why:
             self._bad[key] = why
             kept = "keeping its previous version" if key in self.objects else "not served"

@@ -21,19 +21,19 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from dnsd.cluster.sources.kubernetes.client import describe, each_item, gone
+from dnsd.cluster.sources.kubernetes.client import describe, gone
 from dnsd.cluster.sources.kubernetes.failures import FailureLog
 from dnsd.cluster.sources.kubernetes.held import Held, Listing, raw_key
 from dnsd.cluster.sources.kubernetes.probe import ApiProbe
 from dnsd.cluster.sources.kubernetes.retry import Retry
-from dnsd.cluster.sources.kubernetes.stream import Requests, Stopped, event_lines, parse_event
+from dnsd.cluster.sources.kubernetes.stream import Event, Requests, Stopped, event_lines
+from dnsd.cluster.sources.kubernetes.typed import event_decoder, page_reader
 from dnsd.cluster.store import Op, Synced
 from dnsd.runtime import release_heap
 
 log = logging.getLogger(__name__)
 
 WARN_EVERY = 60.0  # seconds between WARNINGs while one resource keeps failing
-_INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 _BIG_LIST = 1000  # objects
 
 
@@ -78,6 +78,8 @@ class Reflector:
         self._stop = stop
         self._options = options
         self._requests = Requests(call, stop, options.read_timeout)
+        self._decode = event_decoder(kind, options.pod_names)
+        self._each_item = page_reader(kind, options.pod_names)
         self._held = Held(origin, kind, options.pod_names)
         self._rv: str | None = None  # None: the next step is a (re)list
         self._listing: Listing | None = None  # a streamed list before its initial-events-end
@@ -211,7 +213,7 @@ class Reflector:
                 continue
             if self._stop.is_set():
                 raise Stopped
-            page = each_item(body, functools.partial(self._held.add, listing=listing))
+            page = self._each_item(body, functools.partial(self._held.add, listing=listing))
             del body
             meta = page.get("metadata")
             meta = meta if isinstance(meta, dict) else {}
@@ -270,7 +272,7 @@ class Reflector:
         try:
             for line in lines:
                 if line and not line.isspace():  # not strip(): a copy of every line (~350 MB at 1M endpoints)
-                    self._apply_event(*parse_event(line), ops)
+                    self._apply_event(self._decode(line), ops)
         finally:
             # Events before a bad line still count; emitted as one batch per read.
             if ops:
@@ -279,41 +281,40 @@ class Reflector:
             self._retry.watched()
             self._succeeded()
 
-    def _apply_event(self, kind: Any, raw: dict[str, Any], meta: Any, ops: list[Op]) -> None:
+    def _apply_event(self, event: Event, ops: list[Op]) -> None:
         if self._listing is not None:
-            self._apply_initial(kind, raw, meta, ops)
+            self._apply_initial(event, ops)
             return
-        op = None
+        kind, op = event.type, None
         if kind in ("ADDED", "MODIFIED"):
-            op = self._held.upsert(raw)
+            op = self._held.upsert(event.object)
         elif kind == "DELETED":
-            op = self._held.withdraw(raw_key(self.kind, raw))
+            op = self._held.withdraw(raw_key(self.kind, event.object))
         elif kind != "BOOKMARK":
             log.debug("%s: ignoring watch event type %r", self.origin, kind)
         if op is not None:
             ops.append(op)
-        rv = meta.get("resourceVersion")
-        if rv:
-            self._rv = rv
+        if event.rv:
+            self._rv = event.rv
 
-    def _apply_initial(self, kind: Any, raw: Any, meta: Any, ops: list[Op]) -> None:
+    def _apply_initial(self, event: Event, ops: list[Op]) -> None:
         """An event of a streamed list, before its end."""
         listing = self._listing
         assert listing is not None
+        kind = event.type
         if kind in ("ADDED", "MODIFIED"):
-            self._held.add(raw, listing)
+            self._held.add(event.object, listing)
         elif kind == "DELETED":
-            key = raw_key(self.kind, raw)
+            key = raw_key(self.kind, event.object)
             if key is not None:
                 listing.drop(key)
-        elif kind == "BOOKMARK" and (meta.get("annotations") or {}).get(_INITIAL_EVENTS_END) != "true":
+        elif kind == "BOOKMARK" and not event.initial_end:
             raise _NoStreamedList("it ignores sendInitialEvents: a plain bookmark came before the initial-events-end")
         elif kind == "BOOKMARK":
-            rv = meta.get("resourceVersion")
-            if not rv:
+            if not event.rv:
                 raise ValueError("initial-events-end bookmark without a resourceVersion")
             if ops:  # cannot happen (no ops before the end), but never reorder
                 self._emit(ops[:])
                 ops.clear()
             self._listing = None
-            self._listed(listing, rv)
+            self._listed(listing, event.rv)

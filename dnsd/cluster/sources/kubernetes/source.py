@@ -4,8 +4,9 @@ One daemon thread per watched resource (per resource and namespace when namespac
 given) runs a reflector (``reflector``): a list, then a watch resumed from the last
 resourceVersion. They share the credentials (``client``: reloaded on a 401 and every
 minute) and one probe (``probe``) that wakes them all when an unreachable API is back.
-Responses are read raw and parsed with ``json`` straight into ``dnsd.cluster.model`` records: the
-client's pydantic models are never built (they cost far more than the conversion itself).
+Responses are read raw and parsed with ``json`` (Services' and EndpointSlices' watch events with
+msgspec: ``typed``) straight into ``dnsd.cluster.model`` records: the client's pydantic models are
+never built (they cost far more than the conversion itself).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from dnsd.cluster.sources.kubernetes.client import Gone
 
@@ -92,8 +92,18 @@ def event_lines(response: Any, stop: threading.Event) -> Iterator[list[bytes]]:
         raise ValueError("watch stream ended inside an event")
 
 
-def parse_event(line: bytes) -> tuple[Any, dict[str, Any], Any]:
-    """A watch event's type, object and the object's metadata; Gone for a 410 ERROR event."""
+class Event(NamedTuple):
+    type: Any  # ADDED, MODIFIED, DELETED, BOOKMARK (ERROR raises)
+    object: Any  # a dict, or what the kind's typed decoder made of it (typed.py)
+    rv: Any  # its metadata.resourceVersion
+    initial_end: bool  # a bookmark annotated k8s.io/initial-events-end: the end of a streamed list
+
+
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+def parse_event(line: bytes) -> Event:
+    """A watch event, its object a dict; Gone for a 410 ERROR event."""
     event = json.loads(line)
     if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
         raise ValueError("watch event without an object")
@@ -103,4 +113,9 @@ def parse_event(line: bytes) -> tuple[Any, dict[str, Any], Any]:
         if code == 410:
             raise Gone(message)
         raise ValueError(f"watch ERROR event {code}: {message}")
-    return kind, raw, raw.get("metadata") or {}
+    meta = raw.get("metadata")
+    if not isinstance(meta, dict):
+        return Event(kind, raw, None, False)  # an object without metadata is refused as such later
+    annotations = meta.get("annotations") if kind == "BOOKMARK" else None
+    end = isinstance(annotations, dict) and annotations.get(INITIAL_EVENTS_END) == "true"
+    return Event(kind, raw, meta.get("resourceVersion"), end)
