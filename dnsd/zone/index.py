@@ -23,7 +23,7 @@ from dnsd.zone.records import Record, SrvData, expand, size
 TYPES = (A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV)  # every type an rrset can have (EXISTS aside)
 _ORDER = (A, PTR, SRV, EXISTS, AAAA, CNAME, TXT, SOA, NS)  # the commonest first: has_data() stops at the first hit
 _SPLIT, _PARENT = operator.methodcaller("partition", "."), operator.itemgetter(2)  # a name -> its parent, in C
-_BORN_MAX = 50_000  # names whose parents Index.add counts at once: a first load's transient dicts stay small
+_BORN_MAX = 5_000  # names whose parents Index.add counts at once: small transient dicts keep PSS down (performance.md)
 
 
 class IndexReader(Protocol):
