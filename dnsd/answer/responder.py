@@ -7,8 +7,9 @@ every spelling: a reply is the query's ID and question spliced into those bytes.
 The fast path decides that from the header alone; anything else takes the strict
 path (dns/query.py), which classifies the query, answers errors from the query's own
 bytes, answers negatives from one template per zone (render.py), and renders and
-stores positive answers. Only positive answers enter the table, and it is bounded in
-bytes: a flood of unique names costs no memory and no rendering.
+stores positive answers. Positive answers enter the table; a negative asked a second time
+is kept beside it until the next change (_remember_negative). Both are bounded in bytes:
+a flood of unique names costs next to no memory and no rendering.
 """
 
 from __future__ import annotations
