@@ -53,11 +53,10 @@ class HeapTrim:
 
     When one takes over ``freeze_after`` seconds, what survived it is frozen: every change leaves its
     records behind as young objects that grow old, and a full collection walks every unfrozen one
-    while queries and changes wait (after 100k changes at 1M endpoints, ~0.2 s; after the whole
-    cluster changed once, the whole heap). Frozen, the next one walks only what came since. Garbage
-    is gone first, and frozen data that later dies is still freed by its reference count (records
-    are acyclic); only a cycle alive at that moment (a query in flight) would never be collected,
-    so a server whose collections stay short never freezes."""
+    while queries and changes wait (after the whole cluster changed once, the whole heap). Frozen,
+    the next one walks only what came since. Garbage is gone first, and frozen data that later dies
+    is still freed by its reference count (records are acyclic); only a cycle alive at that moment
+    (a query in flight) would never be collected, so a server whose collections stay short never freezes."""
 
     def __init__(self, every: int = 10, freeze_after: float = 0.01) -> None:
         self.every = every

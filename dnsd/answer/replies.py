@@ -48,7 +48,7 @@ class Replies:
         self._depends: dict[bytes, tuple[str, ...]] = {}  # key -> other names it is filed under (Answer.depends)
         # Negative replies (NXDOMAIN, NODATA) kept apart: each holds its zone's SOA, whose serial moves with
         # a change anywhere, so every change drops them all at once, with no per-name filing. They share the
-        # byte budget and are evicted first (a positive costs ~4x more to render again).
+        # byte budget and are evicted first (a positive costs more to render again).
         self.negatives: dict[bytes, Entry] = {}
         self._negative_bytes = 0
 

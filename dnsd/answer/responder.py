@@ -4,7 +4,7 @@ Every positive answer is rendered once per (lowercased name, type) with ID 0 and
 lowercased question, and kept as bytes. Its compression pointers aim into the
 question, whose length does not depend on letter case, so one rendering serves
 every spelling: a reply is the query's ID and question spliced into those bytes.
-The fast path decides that from the header alone; anything else takes the strict
+The fast path (fastpath.py) decides that from the header alone; anything else takes the strict
 path (dns/query.py), which classifies the query, answers errors from the query's own
 bytes, answers negatives from one template per zone (render.py), and renders and
 stores positive answers. Positive answers enter the table; a negative asked a second time
@@ -18,14 +18,15 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol, cast
+from typing import cast
 
+from dnsd.answer.fastpath import EDNS_COUNTS, PLAIN_COUNTS, FastPath, Forwarding
 from dnsd.answer.render import render, template
 from dnsd.answer.replies import Replies
 from dnsd.dns.const import ANY, AXFR, CNAME, DEFAULT_PAYLOAD, FORMERR, IXFR, MAX_QUERY, MIN_PAYLOAD, TCP_LIMIT
 from dnsd.dns.names import labels_to_text, wire_labels
 from dnsd.dns.query import Pending, Query, error_reply, header_reply, options_ok, parse
-from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, make_entry, rotated, splice, with_opt
+from dnsd.dns.reply import OPT_LEN, Entry, cut_reply, heads, make_entry, splice, with_opt
 from dnsd.observe.metrics import AUTOPATH_HIT
 from dnsd.zone.index import IndexReader
 from dnsd.zone.records import REVERSE_ZONES, Record, SoaData
@@ -33,30 +34,16 @@ from dnsd.zone.resolver import Answer, resolve
 
 log = logging.getLogger(__name__)
 
-_PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
-_EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 # Negative questions asked once are noted in a bitmap (two bits per question, from its hash), so a second ask
-# keeps the reply: 128 KiB, started over after NEGATIVES_SEEN notes. A name's next ask may come after
-# thousands of others (a pod's search list walks every expansion): bench/qps's mix has ~5,000 such names,
-# which a dict of 4,096 questions cleared when full never kept. At most ~6% of the bits are set, so under
-# 0.4% of a flood's unique names pass as asked before (each then costs one entry of the bounded table).
+# keeps the reply; it starts over after NEGATIVES_SEEN notes. A name's next ask may come after thousands of
+# others (a pod's search list walks every expansion), so the bitmap covers many; it stays sparse (at most
+# 2 * NEGATIVES_SEEN of SEEN_BITS bits set), so few of a flood's unique names pass as asked before.
 SEEN_BITS = 1 << 20
 NEGATIVES_SEEN = 1 << 15
 _SPECIAL_TYPES = frozenset((0, 41, 251, 252, 255))  # internal marker, OPT, IXFR, AXFR, ANY: the strict path's
 
 
-class Forwarding(Protocol):
-    """What the Responder needs from upstream/ (a Forwarder): it never learns more."""
-
-    forwards_default: bool  # names outside the served zones go upstream (else REFUSED)
-
-    def entry(self, key: bytes) -> Entry | None: ...  # a cached upstream reply, fresh
-    def is_stub(self, name: str) -> bool: ...  # under a --stub-domain
-    def forget(self, names: Iterable[str]) -> None: ...  # names whose data changed (reverse, autopath)
-    def forget_derived(self) -> None: ...  # every cached reply derived from our data (autopath)
-
-
-class Responder:
+class Responder(FastPath):
     """Turns query bytes into reply bytes for one index; owns the rendered-answer table."""
 
     def __init__(
@@ -103,90 +90,6 @@ class Responder:
     @property
     def table_bytes(self) -> int:
         return self.replies.bytes
-
-    # -- the fast path -------------------------------------------------------------
-    def fast(self, query: bytes, limit: int, counts: dict[tuple[int, int], int]) -> bytes | None:
-        """A reply from the table, or None when the strict path must decide.
-
-        ``limit`` is the UDP size without EDNS (512) or TCP_LIMIT for TCP. The key is the
-        whole question lowercased; only the strict path inserts keys, and only for valid
-        questions, so a hit proves the question is well formed (the label walk is free),
-        and, the key being everything after the header, that nothing trails it.
-        Lowercasing also folds qtype bytes 0x41-0x5A (types 65-90 with 97-122): none of
-        them is a type we hold, so both answers are the same bytes after the question.
-        """
-        counts_field = query[4:12]
-        if counts_field == _PLAIN_COUNTS:  # QD=1, nothing else: the question is the rest
-            key = query[12:].lower()
-            entry = self._table.get(key)
-            if entry is None:
-                entry = self._negatives.get(key)
-                if entry is None and self.forward is not None:  # a cached upstream reply (no await)
-                    entry = self.forward.entry(key)
-            if entry is None or query[2] & 0xF8 or entry.plain_len > limit:
-                return None
-            if limit == TCP_LIMIT and entry.stat[0] == ANY:
-                return None  # the table holds UDP's minimal ANY; TCP gets every RRset (strict path)
-            counts[entry.stat] = counts.get(entry.stat, 0) + 1
-            tail = entry.plain_tail if entry.rotate is None else rotated(entry.plain_tail, entry.rotate, query)
-            return query[:2] + entry.plain_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:] + tail
-        if counts_field != _EDNS_COUNTS or query[2] & 0xF8:
-            return None
-        qend = query.find(0, 12) + 5
-        key = query[12:qend].lower()
-        entry = self._table.get(key)
-        if entry is None:
-            entry = self._negatives.get(key)
-            if entry is None and self.forward is not None:
-                entry = self.forward.entry(key)
-        if (
-            entry is None
-            or (limit == TCP_LIMIT and entry.stat[0] == ANY)  # as above: TCP gets the full ANY
-            or query[qend : qend + 3] != b"\x00\x00\x29"  # root owner, type OPT
-            or query[qend + 6 : qend + 7] != b"\x00"  # EDNS version 0
-        ):
-            return None
-        rdlength = int.from_bytes(query[qend + 9 : qend + 11], "big")
-        size = len(query)
-        if size != qend + 11 + rdlength:
-            return None
-        if rdlength and (not options_ok(query, qend + 11, size) or (size > MAX_QUERY and limit != TCP_LIMIT)):
-            return None  # lying option lengths and oversize datagrams: the strict path's FORMERR
-        if limit == MIN_PAYLOAD:
-            limit = max(MIN_PAYLOAD, min(self.max_payload, int.from_bytes(query[qend + 3 : qend + 5], "big")))
-        if entry.plain_len + OPT_LEN > limit:
-            return None
-        counts[entry.stat] = counts.get(entry.stat, 0) + 1
-        tail = entry.plain_tail if entry.rotate is None else rotated(entry.plain_tail, entry.rotate, query)
-        return (query[:2] + entry.edns_heads[(query[2] & 1) | ((query[3] >> 3) & 2)] + query[12:qend] + tail
-                + entry.opt)
-
-    def fast_many(self, queries: list[bytes], counts: dict[tuple[int, int], int]) -> list[bytes | None]:
-        """fast() for a batch of UDP queries: the same replies, with the common shape (no EDNS, a table or
-        negative hit) answered in this one loop, everything else by fast() itself. A call per datagram,
-        its attribute lookups and its namedtuple reads were ~a fifth of the Python time per query."""
-        table, negatives, forward, fast = self._table.get, self._negatives.get, self.forward, self.fast
-        replies: list[bytes | None] = []
-        append, join = replies.append, b"".join
-        for query in queries:
-            if not query.startswith(_PLAIN_COUNTS, 4) or query[2] & 0xF8:  # (startswith: no slice made)
-                append(fast(query, MIN_PAYLOAD, counts))
-                continue
-            question = query[12:]
-            key = question.lower()
-            entry = table(key) or negatives(key) or (forward.entry(key) if forward is not None else None)
-            if entry is None:
-                append(None)
-                continue
-            heads, tail, size, _, _, _, stat, rotate = entry
-            if size > MIN_PAYLOAD:
-                append(None)  # the strict path truncates it
-                continue
-            counts[stat] = counts.get(stat, 0) + 1
-            if rotate is not None:
-                tail = rotated(tail, rotate, query)
-            append(join((query[:2], heads[(query[2] & 1) | ((query[3] >> 3) & 2)], question, tail)))
-        return replies
 
     # -- the strict path -------------------------------------------------------------
     def entry(self, qwire: bytes, qtype: int, minimal_any: bool = True) -> Entry | Answer:
@@ -362,14 +265,14 @@ class Responder:
         if qend > 12 + 255 + 4 or query[qend - 2 : qend] != b"\x00\x01":  # name over 255 bytes; class not IN
             return None
         counts_field = query[4:12]
-        edns = counts_field == _EDNS_COUNTS
+        edns = counts_field == EDNS_COUNTS
         if edns:
             if n < qend + 11 or query[qend : qend + 3] != b"\x00\x00\x29" or query[qend + 6]:
                 return None  # not our root OPT of version 0: the strict path decides
             rdlength = int.from_bytes(query[qend + 9 : qend + 11], "big")
             if n != qend + 11 + rdlength or (rdlength and not options_ok(query, qend + 11, n)):
                 return None
-        elif counts_field != _PLAIN_COUNTS or n != qend:
+        elif counts_field != PLAIN_COUNTS or n != qend:
             return None
         qtype = (query[qend - 4] << 8) | query[qend - 3]
         if qtype in _SPECIAL_TYPES:

@@ -25,7 +25,7 @@ _shared_port_lists: dict[tuple[Port, ...], tuple[Port, ...]] = {}
 
 def _share(value: _T, table: dict[_T, _T]) -> _T:
     """One object for equal values: a cluster has a few ports and port lists, repeated in every
-    Service and slice (~4 MB of copies at 10k Services). Records are immutable: sharing is safe."""
+    Service and slice. Records are immutable: sharing is safe."""
     shared = table.setdefault(value, value)
     if len(table) > _SHARED_MAX:
         table.clear()

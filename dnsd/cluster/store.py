@@ -38,7 +38,7 @@ class Replace(NamedTuple):
     origin: str
     objects: tuple[Object, ...]
     # The objects' keys in the same order, when the sender holds them: the store keeps these very
-    # tuples rather than a copy of each (~13 MB at 1M endpoints).
+    # tuples rather than a copy of each.
     keys: tuple[Key, ...] = ()
 
 
@@ -92,7 +92,7 @@ ChangeListener = Callable[[Changes], None]
 
 class ServicesByKey(Mapping[ServiceKey, Service]):
     """The Services by (namespace, name), held as namespace -> name -> Service: the strings are the
-    Services' own, where a key tuple each was ~6 MB at 100k Services. Iterating makes the keys."""
+    Services' own, not a key tuple each. Iterating makes the keys."""
 
     def __init__(self) -> None:
         self._by_namespace: dict[str, dict[str, Service]] = {}
@@ -137,14 +137,13 @@ class Store:
         self.on_change = on_change
         self._by_origin: dict[str, dict[Key, Object]] = {}
         # The effective object of a key that several origins hold (otherwise it is its one holder's):
-        # a dict of every key would be a third copy of the largest ones (~10 MB at 1M endpoints).
+        # a dict of every key would be a third copy of the largest ones.
         self._contested: dict[Key, Object] = {}
         self.services = ServicesByKey()
         # Endpoint sets by the Service they belong to (namespace -> Service name -> its slices), in the
         # order they came; slices win over legacy Endpoints. By name, not by a (namespace, name) key:
-        # the strings are the slices' own, a key tuple each would be ~6 MB at 100k Services. A tuple of
-        # slices, not a dict by name: most Services have one (a dict each was ~24 MB at 1M endpoints),
-        # and the pipeline keeps the very tuple it built the records from.
+        # the strings are the slices' own, not a key tuple each. A tuple of slices, not a dict by name:
+        # most Services have one, and the pipeline keeps the very tuple it built the records from.
         self._slices: dict[str, dict[str, tuple[EndpointSet, ...]]] = {}
         self.legacy: dict[ServiceKey, EndpointSet] = {}
         self.imports: dict[ServiceKey, ServiceImport] = {}

@@ -67,8 +67,8 @@ class UdpListener:
         # recvmmsg/sendmmsg (mmsg.py): one system call per batch each way, while not backlogged (a
         # backlogged socket is read one datagram at a time, with its arrival time: see above).
         self.batch = mmsg.Batch(sock, self.BATCH, self.READ) if mmsg.available() else None
-        # Arrival times (SO_TIMESTAMP) only while they are read: stamping every datagram costs the kernel
-        # ~40 ns of a ~6 us query. Without batches the first datagram's is read for shedding (see readable()).
+        # Arrival times (SO_TIMESTAMP) only while they are read: the kernel stamps every datagram while it is
+        # on. Without batches the first datagram's is read for shedding (see readable()).
         self._timestamps(self.batch is None)
         self.late = 0  # queries dropped for waiting too long
         self.forwarder = forwarder
@@ -174,7 +174,7 @@ class UdpListener:
             batch.flush()  # whatever went wrong, no queued reply may wait for the next batch's slots
         answered = len(datagrams) - len(left)
         if answered:
-            # One clock read per batch: its hits took alike (~1 us each), so each is counted at the mean.
+            # One clock read per batch: table hits take alike, so each is counted at the batch's mean.
             mean = (perf_counter() - started) / answered
             self.listener.duration.observe_many(mean, answered)
             weight = tap.take(answered) if tap is not None else 0

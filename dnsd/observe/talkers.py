@@ -26,9 +26,8 @@ _K = TypeVar("_K", str, bytes)
 KINDS = ("clients", "names", "nxdomain", "forwarded")
 CAPACITY = 128  # keys each summary keeps: the top 10 of a Zipf load are found far below this
 FOLD = 1024  # exact keys held before folding: bounds memory at a few hundred KB per process
-# Queries a second counted one by one; a busier process samples batches to about this many. At 10,000,
-# counting took 100-270 ns per answered query at ~250k a second in-process (bench/udp_inprocess.py with
-# and without --no-top-talkers): 3-6% of the hit path, not the <1% it is meant to cost.
+# Queries a second counted one by one; a busier process samples batches to about this many, so counting
+# stays a small share of the hit path (docs/performance.md, observability overhead).
 BUDGET = 2_000
 
 

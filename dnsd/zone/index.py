@@ -123,7 +123,7 @@ class Index(ZoneLookup):
         touched: set[str] = set()
         by_type, has_data, below = self._by_type, self.has_data, self._below
         # A parent that is one of these names is counted under this very string, not a copy (a
-        # Service's name is the parent of its SRV names' ``_proto`` ENT: ~9 MB at 100k Services).
+        # Service's name is the parent of its SRV names' ``_proto`` ENT).
         own = {name: name for name, _ in diff}
         count = 0
         for (name, rtype), (gone, fresh) in diff.items():
@@ -218,7 +218,7 @@ class Index(ZoneLookup):
                 zone = zone_of(name)
                 if zone is None or len(name) <= len(zone):
                     continue  # the zone's apex, or outside every zone: not counted
-                parent = born.get(name, name)  # the string the tables hold (~9 MB less at 100k Services)
+                parent = born.get(name, name)  # the string the tables hold, not a copy
                 had = below.get(parent, 0)
                 below[parent] = had + n
                 if not had and not has_data(parent):  # it starts existing: an empty non-terminal
@@ -283,7 +283,7 @@ def patched(current: tuple[object, ...], gone: set[object], fresh: list[Any]) ->
 class _SrvUp(NamedTuple):
     """An SRV record whose target is its owner name or an ancestor ``up`` labels above it, as a
     ClusterIP Service's are (``_http._tcp.web.ns.svc.Z`` -> ``web.ns.svc.Z``): one shared object for
-    every Service with that port, not an SrvData each (~13 MB at 100k Services)."""
+    every Service with that port, not an SrvData each."""
 
     priority: int
     weight: int

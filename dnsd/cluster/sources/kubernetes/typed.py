@@ -1,11 +1,11 @@
 """Watch events of Services and EndpointSlices decoded straight into what dnsd reads of them.
 
-A streamed list of 1M endpoints is ~420 MB of JSON, most of it what DNS never reads
-(targetRef, nodeName, zone, managedFields, annotations...). ``json.loads`` builds every key of it
-as a dict, ~2.3 s at 1M endpoints; msgspec decodes into Structs that declare only the fields dnsd
-reads and skips the rest, and the conversion then reads attributes (~1 s in all, decoding and
-converting). The converters call the model's own builders (``build_service``, ``build_slice``,
-``endpoint_hostname``), so a record is what ``from_object`` makes of the same object.
+A streamed list of a big cluster is mostly what DNS never reads (targetRef, nodeName, zone,
+managedFields, annotations...). ``json.loads`` builds every key of it as a dict; msgspec decodes into
+Structs that declare only the fields dnsd reads and skips the rest, and the conversion then reads
+attributes (docs/performance.md, typed decoding). The converters call the model's own builders
+(``build_service``, ``build_slice``, ``endpoint_hostname``), so a record is what ``from_object``
+makes of the same object.
 
 The fast path only takes what it can read exactly as ``from_object`` would: anything the Structs
 refuse (a field of an unexpected type, NaN, an ERROR or BOOKMARK event...) is decoded again with
@@ -143,7 +143,7 @@ def event_decoder(kind: str, pod_names: bool = False) -> Callable[[bytes], Event
 
 def page_reader(kind: str, pod_names: bool = False) -> Callable[[bytes, Callable[[Any], None]], dict[str, Any]]:
     """``each_item`` for ``kind``: a page's items typed for Services and EndpointSlices (a real API
-    server without streamed lists pages them: the same ~420 MB of JSON at 1M endpoints). A page
+    server without streamed lists pages them, the same JSON). A page
     msgspec refuses is read by each_item, which says what is wrong with it; an item the Structs
     refuse is read by ``json``, as the watch events are."""
     if kind == SERVICE:
