@@ -84,10 +84,10 @@ class Batch:
                 hdr = msgs[i].msg_hdr
                 hdr.msg_name, hdr.msg_namelen = self.nbase + i * 28, self.namelen
                 hdr.msg_iov, hdr.msg_iovlen = ctypes.addressof(iov[i]), 1
-        # Views for the per-datagram work: indexing memory is ~5x cheaper than ctypes attribute access.
         self._rmsgs_at = ctypes.c_void_p(ctypes.addressof(self.rmsgs))
         self._smsgs_at = ctypes.addressof(self.smsgs)
         self._smsgs_ptr = ctypes.c_void_p(self._smsgs_at)
+        # Views for the per-datagram work: indexing memory is ~5x cheaper than ctypes attribute access.
         self.rview = memoryview(self.rbuf).cast("B")
         self._slots = [self.rview[i * read : (i + 1) * read] for i in range(size)]  # one view per slot, sliced per datagram
         self.nview = memoryview(self.names).cast("B")
