@@ -9,6 +9,7 @@ On a system without them (``available()`` False) the listener keeps its recvfrom
 
 from __future__ import annotations
 
+import array
 import ctypes
 import ctypes.util
 import errno
@@ -96,10 +97,14 @@ class Batch:
         self._send_names = memoryview(self.smsgs).cast("B").cast("Q")[::stride]  # each message's msg_name
         self._send_iov = memoryview(self.siov).cast("B").cast("Q")  # iov_base, iov_len of each message
         self.replies: list[bytes] = []  # queued for flush(), held until it returns
+        self._moved = False  # a message's peer is not its slot's (a reply was skipped): flush() puts them back
+        self._own_names = array.array("Q", range(self.nbase, self.nbase + size * 28, 28))
 
     def receive(self) -> list[bytes]:
         """The datagrams waiting, up to ``size``, in slots 0..n-1 (none: an empty list); OSError on a socket error."""
         self.replies.clear()  # never sent to the slots' next peers (flush() clears them too)
+        if self._moved:
+            self._put_back()
         got = self._recv(self.fd, self._rmsgs_at, self.size, MSG_DONTWAIT, None)
         if got <= 0:
             if got == 0:
@@ -119,7 +124,7 @@ class Batch:
         return socket.inet_ntop(socket.AF_INET6, name[8:24]), (name[2] << 8) | name[3]
 
     def reply_all(self, replies: list[bytes | None]) -> list[int]:
-        """Queue ``replies[i]`` for the peer of slot ``i`` (sent by flush()): three pointers set per reply,
+        """Queue ``replies[i]`` for the peer of slot ``i`` (sent by flush()): two pointers set per reply,
         nothing copied. An empty reply is no reply (a dropped query); the slots whose reply is None are
         returned, in order, for the caller to answer."""
         queued, names, iov, nbase = self.replies, self._send_names, self._send_iov, self.nbase
@@ -131,7 +136,9 @@ class Batch:
                     left.append(i)
                 continue
             queued.append(data)
-            names[j] = nbase + i * 28
+            if i != j:  # else the message's peer is already the slot's own (__init__, flush)
+                names[j] = nbase + i * 28
+                self._moved = True
             iov[2 * j] = id(data) + _BYTES_DATA
             iov[2 * j + 1] = len(data)
             j += 1
@@ -149,6 +156,13 @@ class Batch:
                 break  # EAGAIN (buffer full) or an error for this peer: the rest of the batch is dropped
             sent += done
         self.replies.clear()
+        if self._moved:
+            self._put_back()
+
+    def _put_back(self) -> None:
+        """Each message's peer back to its slot's."""
+        self._moved = False
+        self._send_names[:] = self._own_names
 
 
 __all__ = ["Batch", "available"]
