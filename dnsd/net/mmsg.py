@@ -94,11 +94,12 @@ class Batch:
         self.nview = memoryview(self.names).cast("B")
         stride = ctypes.sizeof(_Mmsghdr) // 8
         self._lengths = memoryview(self.rmsgs).cast("B").cast("I")[ctypes.sizeof(_Msghdr) // 4 :: stride * 2]
-        self._send_names = memoryview(self.smsgs).cast("B").cast("Q")[::stride]  # each message's msg_name
-        self._send_iov = memoryview(self.siov).cast("B").cast("Q")  # iov_base, iov_len of each message
+        # As C longs ("l", 64 bits on Linux), not "Q": CPython stores a long through a faster path.
+        self._send_names = memoryview(self.smsgs).cast("B").cast("l")[::stride]  # each message's msg_name
+        self._send_iov = memoryview(self.siov).cast("B").cast("l")  # iov_base, iov_len of each message
         self.replies: list[bytes] = []  # queued for flush(), held until it returns
         self._moved = False  # a message's peer is not its slot's (a reply was skipped): flush() puts them back
-        self._own_names = array.array("Q", range(self.nbase, self.nbase + size * 28, 28))
+        self._own_names = array.array("l", range(self.nbase, self.nbase + size * 28, 28))
 
     def receive(self) -> list[bytes]:
         """The datagrams waiting, up to ``size``, in slots 0..n-1 (none: an empty list); OSError on a socket error."""
@@ -130,6 +131,7 @@ class Batch:
         queued, names, iov, nbase = self.replies, self._send_names, self._send_iov, self.nbase
         left: list[int] = []
         j = len(queued)
+        k = 2 * j  # message j's iov_base; its iov_len follows
         for i, data in enumerate(replies):
             if not data:
                 if data is None:
@@ -139,9 +141,10 @@ class Batch:
             if i != j:  # else the message's peer is already the slot's own (__init__, flush)
                 names[j] = nbase + i * 28
                 self._moved = True
-            iov[2 * j] = id(data) + _BYTES_DATA
-            iov[2 * j + 1] = len(data)
+            iov[k] = id(data) + _BYTES_DATA
+            iov[k + 1] = len(data)
             j += 1
+            k += 2
         return left
 
     def flush(self) -> None:
