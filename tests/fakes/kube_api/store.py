@@ -118,6 +118,10 @@ class ObjectStore:
         with self._lock:
             for rt, key, new in prepared:
                 self._commit(rt, key, new, want_copy=False)
+            # Sorted now, as a real API server's watch cache is ready before the first list: else the first
+            # list after a big load waits for the sort on the server's loop, time the client would seem to spend.
+            for rt in {rt for rt, _, _ in prepared}:
+                self._sorted_snapshot(rt)
             return self._rv
 
     def delete(self, kind: str, namespace: str | None, name: str) -> JSON:
