@@ -174,8 +174,10 @@ def _label(value: Any, what: str) -> str:
 
 def _external_ips(raw: Any, status: Any) -> tuple[str, ...]:
     """spec.externalIPs (``raw``), then the LoadBalancer's ingress IPs (an ingress with only a hostname has none)."""
-    raw = raw or []
     balancer = status.get("loadBalancer") if isinstance(status, dict) else None
+    if not raw and not balancer:
+        return ()  # most Services: neither, and a first load converts 100k of them
+    raw = raw or []
     ingress = (balancer.get("ingress") or []) if isinstance(balancer, dict) else []
     if not isinstance(raw, list) or not isinstance(ingress, list):
         raise ValueError("spec.externalIPs and status.loadBalancer.ingress must be lists")

@@ -37,15 +37,22 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
 
 
-def _libc() -> Any:
-    if not sys.platform.startswith("linux"):
+def _open(name: str | None) -> Any:
+    if name is None:
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(name, use_errno=True)
         libc.recvmmsg, libc.sendmmsg  # noqa: B018 (both must exist)
         return libc
     except (OSError, AttributeError):
         return None
+
+
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    # glibc's name first: find_library("c") runs `ldconfig -p` in a subprocess, which every start would wait for.
+    return _open("libc.so.6") or _open(ctypes.util.find_library("c"))
 
 
 _LIBC = _libc()
