@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.message
@@ -21,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bench.common import wire_query
 from bench.fuzz_query import check, dataplane, mutate, seeds
 from dnsd.cluster.model import Port, Service
 from dnsd.cluster.store import Expect, Replace, Synced
@@ -116,25 +118,27 @@ def test_atheris_briefly(tmp_path: Path) -> None:
     assert "Done 4000 runs" in result.stderr or "DONE" in result.stderr, result.stderr[-2000:]
 
 
+def _allocated_by(run: Callable[[], object]) -> int:
+    """Bytes that ``run`` left allocated (tracemalloc)."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    run()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return after - before
+
+
 def test_table_size_estimate() -> None:
     """The byte bound counts what entries really take (tracemalloc), within 25%."""
     dp = Dataplane(["cluster.local"], 5, None)
     services = tuple(Service("ns", f"s{i}", "ClusterIP", (f"10.96.{i // 250}.{i % 250 + 1}",),
                              (Port("http", 80, "tcp"), Port("grpc", 9090, "tcp"))) for i in range(2000))
     dp.apply([Expect("t"), Replace("file:t", services), Synced("t")])
-    queries = []
-    for i in range(2000):
-        for name, qtype in ((f"s{i}.ns.svc.cluster.local", 1), (f"_http._tcp.s{i}.ns.svc.cluster.local", 33)):
-            wire = b"".join(bytes((len(lb),)) + lb.encode() for lb in name.split(".")) + b"\x00"
-            queries.append(struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + wire + struct.pack("!HH", qtype, 1))
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for query in queries:
-        dp.responder.answer(query)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
+    queries = [wire_query(1, name, qtype) for i in range(2000)
+               for name, qtype in ((f"s{i}.ns.svc.cluster.local", 1), (f"_http._tcp.s{i}.ns.svc.cluster.local", 33))]
+    measured = _allocated_by(lambda: [dp.responder.answer(query) for query in queries])
     assert len(dp.responder._table) == len(queries)
-    measured, estimated = after - before, dp.responder.table_bytes
+    estimated = dp.responder.table_bytes
     print(f"table: {measured / len(queries):.0f} bytes/entry measured, {estimated / len(queries):.0f} estimated")
     assert 0.75 < measured / estimated < 1.25, (measured, estimated)
 
@@ -143,20 +147,12 @@ def test_negative_size_estimate() -> None:
     """Kept negatives (asked twice) are counted as they really take (tracemalloc), within 25%."""
     dp = Dataplane(["cluster.local"], 5, None)
     dp.apply([Expect("t"), Replace("file:t", ()), Synced("t")])
-    queries = []
-    for i in range(4000):
-        for name, qtype in ((f"name-{i}.shop.svc.cluster.local.svc.cluster.local", 1), (f"n{i}.ns.svc.cluster.local", 28)):
-            wire = b"".join(bytes((len(lb),)) + lb.encode() for lb in name.split(".")) + b"\x00"
-            queries.append(struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + wire + struct.pack("!HH", qtype, 1))
+    queries = [wire_query(1, name, qtype) for i in range(4000)
+               for name, qtype in ((f"name-{i}.shop.svc.cluster.local.svc.cluster.local", 1), (f"n{i}.ns.svc.cluster.local", 28))]
     for query in queries:
         dp.responder.answer(query)  # asked once: noted only
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for query in queries:
-        dp.responder.answer(query)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
+    measured = _allocated_by(lambda: [dp.responder.answer(query) for query in queries])
     assert len(dp.responder._negatives) == len(queries)
-    measured, estimated = after - before, dp.responder.table_bytes
+    estimated = dp.responder.table_bytes
     print(f"negatives: {measured / len(queries):.0f} bytes/entry measured, {estimated / len(queries):.0f} estimated")
     assert 0.75 < measured / estimated < 1.25, (measured, estimated)
