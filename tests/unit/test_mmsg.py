@@ -5,6 +5,7 @@ plain recvfrom/sendto loop, kept for systems without them, answering alike."""
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -71,15 +72,22 @@ class _Table:
         return [query[::-1] for query in queries]
 
 
+def _listener(server: socket.socket, batched: bool, **options: Any) -> UdpListener:
+    """A listener on ``server`` (bound to 127.0.0.1 here) answering from _Table; without batches when not ``batched``,
+    as on a system without recvmmsg."""
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    listener = UdpListener(server, _Table(), Listener("udp", "1", "dns://test"), **options)  # type: ignore[arg-type]
+    if not batched:
+        listener.batch = None
+    return listener
+
+
 @pytest.mark.parametrize("batched", [True, False])
 def test_the_listener_answers_alike_with_and_without_mmsg(batched: bool) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-        server.bind(("127.0.0.1", 0))
-        server.setblocking(False)
-        listener = UdpListener(server, _Table(), Listener("udp", "1", "dns://test"))  # type: ignore[arg-type]
-        if not batched:
-            listener.batch = None  # as on a system without recvmmsg
+        listener = _listener(server, batched)
         assert (listener.batch is not None) is batched
         for i in range(5):
             client.sendto(b"abc%d" % i, server.getsockname())
@@ -95,12 +103,7 @@ def test_a_client_not_allowed_gets_refused_or_nothing(batched: bool) -> None:
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-        server.bind(("127.0.0.1", 0))
-        server.setblocking(False)
-        listener = UdpListener(server, _Table(), Listener("udp", "1", "dns://test"),  # type: ignore[arg-type]
-                               allowed=lambda host: False)
-        if not batched:
-            listener.batch = None
+        listener = _listener(server, batched, allowed=lambda host: False)
         query = dnslib.DNSRecord.question("web.default.svc.cluster.local", "A")
         response = dnslib.DNSRecord.question("web.default.svc.cluster.local", "A")
         response.header.qr = 1  # a response is never answered, not even with REFUSED
