@@ -7,14 +7,13 @@ DNS needs and validates it, raising ``ValueError`` with a readable reason.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 from typing import Any, NamedTuple
 
+from dnsd.cluster.addresses import canonical_ip, pack, packed_ip, unpack
 from dnsd.cluster.ports import Port, convert_ports
 
 SERVICE = "Service"
@@ -46,12 +45,11 @@ class Subset(NamedTuple):
     compares old and new records); read with ``endpoints()``."""
 
     ports: tuple[Port, ...]
-    # Ready (or readiness unknown) addresses in canonical text form, separated by spaces: one
-    # string per subset, not one per address (100k address strings and their tuples' slots were
-    # ~7 MB; only a headless Service's records use them, and they are built from this on change).
-    addresses: str
+    # Ready (or readiness unknown) addresses, packed (addresses.pack): one bytes object per subset,
+    # not a string per address; only a headless Service's records read them, built on change.
+    addresses: bytes = b""
     # Kept apart: DNS shows them only for a Service with publishNotReadyAddresses.
-    not_ready: str = ""
+    not_ready: bytes = b""
     # One per address, ``addresses`` then ``not_ready``, "" for an endpoint without; the shared
     # empty tuple when no endpoint has one. A hostname is the endpoint's own, or with
     # ``pod_names`` its pod's name.
@@ -59,8 +57,10 @@ class Subset(NamedTuple):
 
     def endpoints(self, not_ready: bool = False) -> Iterator[tuple[str, str]]:
         """(address, hostname) of each ready endpoint, then with ``not_ready`` the others."""
-        text = f"{self.addresses} {self.not_ready}" if not_ready and self.not_ready else self.addresses
-        return zip(text.split(), self.hostnames or repeat(""), strict=False)  # stops at the last address
+        texts = unpack(self.addresses)
+        if not_ready and self.not_ready:
+            texts += unpack(self.not_ready)
+        return zip(texts, self.hostnames or repeat(""), strict=False)  # stops at the last address
 
 
 class Service(NamedTuple):
@@ -140,7 +140,7 @@ def subset(ports: tuple[Port, ...], ready: Iterable[tuple[str, str]], not_ready:
     """A Subset of (address, hostname) endpoints, in the one form equal subsets share."""
     addresses, hostnames = tuple(zip(*ready, strict=True)) or ((), ())
     not_ready_addresses, not_ready_hostnames = tuple(zip(*not_ready, strict=True)) or ((), ())
-    packed = " ".join(addresses), " ".join(not_ready_addresses)
+    packed = pack([packed_ip(a) for a in addresses]), pack([packed_ip(a) for a in not_ready_addresses])
     if any(hostnames) or any(not_ready_hostnames):
         return Subset(ports, *packed, hostnames + not_ready_hostnames)
     return Subset(ports, *packed)
@@ -148,22 +148,6 @@ def subset(ports: tuple[Port, ...], ready: Iterable[tuple[str, str]], not_ready:
 
 def service_key(obj: Service | EndpointSet | ServiceImport | ImportedSlice) -> ServiceKey:
     return (obj.namespace, obj.name if isinstance(obj, Service | ServiceImport) else obj.service)
-
-
-def canonical_ip(value: Any) -> str:
-    text = value if value.__class__ is str else str(value)
-    try:
-        # inet_pton is much cheaper than ipaddress, and as strict for IPv4 (no leading zeros, no short
-        # forms, no spaces): what it takes is written canonically already, so no inet_ntop back. This is
-        # most of the conversion cost of a large EndpointSlice list.
-        socket.inet_pton(socket.AF_INET, text)
-        return text
-    except OSError:
-        pass
-    try:
-        return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        raise ValueError(f"bad IP address {value!r}") from None
 
 
 def _label(value: Any, what: str) -> str:
@@ -264,10 +248,10 @@ def build_slice(namespace: str, name: str, labels: Any, address_type: Any,
     return EndpointSet(ENDPOINT_SLICE, namespace, name, service, (subset(),))
 
 
-def packed_subset(ports: tuple[Port, ...], ready: list[str], other: list[str], hostnames: tuple[str, ...] | None) -> Subset:
-    """A slice's Subset from its canonical addresses, ready and not, and their hostnames (None when no
+def packed_subset(ports: tuple[Port, ...], ready: list[bytes], other: list[bytes], hostnames: tuple[str, ...] | None) -> Subset:
+    """A slice's Subset from its addresses (packed_ip), ready and not, and their hostnames (None when no
     endpoint has one): what subset() makes of (address, hostname) pairs, built directly."""
-    packed = " ".join(ready), " ".join(other)
+    packed = pack(ready), pack(other)
     return Subset(ports, *packed, hostnames) if hostnames is not None else Subset(ports, *packed)
 
 
@@ -277,9 +261,9 @@ def _slice_subset(obj: dict, pod_names: bool) -> Subset:
         raise ValueError("endpoints must be a list")
     # This loop runs once per endpoint of every slice listed (a million at 1M endpoints), so
     # nothing is made twice here. dnsd.cluster.sources.kubernetes.typed has its twin for typed objects.
-    ready_addresses: list[str] = []
+    ready_addresses: list[bytes] = []
     ready_hostnames: list[str] = []
-    other_addresses: list[str] = []
+    other_addresses: list[bytes] = []
     other_hostnames: list[str] = []
     named = False
     for i, ep in enumerate(raws):
@@ -300,7 +284,7 @@ def _slice_subset(obj: dict, pod_names: bool) -> Subset:
         else:
             into, hostnames = other_addresses, other_hostnames
         for address in addresses:
-            into.append(canonical_ip(address))
+            into.append(packed_ip(address))
             hostnames.append(hostname)
         named = named or bool(hostname)
     ports = convert_ports(obj.get("ports"), "ports", allow_null=True)

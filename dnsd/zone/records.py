@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple, cast
 
+from dnsd.cluster.addresses import canonical_ip
 from dnsd.cluster.model import (
     CLUSTER_IP,
     EXTERNAL_NAME,
@@ -20,7 +21,6 @@ from dnsd.cluster.model import (
     Port,
     Service,
     ServiceImport,
-    canonical_ip,
 )
 from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, REVERSE_ZONES, SOA, SRV, TXT, A
 

@@ -77,7 +77,7 @@ def svc_ips(store: Store) -> dict[tuple[str, str], tuple[str, ...]]:
 
 
 def ready(store: Store, ns: str, name: str) -> set[str]:
-    return {a for es in store.endpoint_sets((ns, name)) for sub in es.subsets for a in sub.addresses.split()}
+    return {a for es in store.endpoint_sets((ns, name)) for sub in es.subsets for a, _ in sub.endpoints()}
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from dnsd.cluster.addresses import pack, packed_ip
 from dnsd.cluster.model import EndpointSet, Service, Subset, from_object, subset
 from dnsd.cluster.store import Replace, Store, Upsert
 from dnsd.dns.const import A
@@ -59,7 +60,8 @@ def test_a_hostname_change_is_a_change() -> None:
     assert names(store) == {f"10-0-0-1.db.shop.svc.{Z}": "10.0.0.1", f"10-0-0-2.db.shop.svc.{Z}": "10.0.0.2"}
     # Without any hostname, one form whatever built it: no ("", "") to compare unequal to ().
     (sub,) = gone.subsets
-    assert sub == subset(sub.ports, [("10.0.0.1", "")], [("10.0.0.2", "")]) == Subset(sub.ports, "10.0.0.1", "10.0.0.2")
+    packed = Subset(sub.ports, pack([packed_ip("10.0.0.1")]), pack([packed_ip("10.0.0.2")]))
+    assert sub == subset(sub.ports, [("10.0.0.1", "")], [("10.0.0.2", "")]) == packed
 
 
 def test_records_survive_pickling() -> None:
@@ -81,7 +83,7 @@ def test_canonical_ip_takes_what_ipaddress_takes_and_writes_it_as_ipaddress_does
     """IPv4 text inet_pton takes is returned as it came: it must be canonical already."""
     import ipaddress
 
-    from dnsd.cluster.model import canonical_ip
+    from dnsd.cluster.addresses import canonical_ip
 
     try:
         want: str | None = str(ipaddress.ip_address(text.strip()))

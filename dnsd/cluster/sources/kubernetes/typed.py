@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from dnsd.cluster.addresses import packed_ip
 from dnsd.cluster.model import (
     ENDPOINT_SLICE,
     SERVICE,
@@ -28,7 +29,6 @@ from dnsd.cluster.model import (
     Subset,
     build_service,
     build_slice,
-    canonical_ip,
     endpoint_hostname,
     from_object,
     object_names,
@@ -212,9 +212,9 @@ def _slice(obj: _Slice, pod_names: bool) -> Object | None:
 
 def _subset(obj: _Slice, pod_names: bool) -> Subset:
     """model._slice_subset's loop over typed endpoints: the same checks in the same order."""
-    ready_addresses: list[str] = []
+    ready_addresses: list[bytes] = []
     ready_hostnames: list[str] = []
-    other_addresses: list[str] = []
+    other_addresses: list[bytes] = []
     other_hostnames: list[str] = []
     named = False
     for i, ep in enumerate(obj.endpoints or ()):
@@ -235,7 +235,7 @@ def _subset(obj: _Slice, pod_names: bool) -> Subset:
         else:
             into, hostnames = other_addresses, other_hostnames
         for address in addresses:
-            into.append(canonical_ip(address))
+            into.append(packed_ip(address))
             hostnames.append(hostname)
         named = named or bool(hostname)
     ports = convert_ports(obj.ports, "ports", allow_null=True)
