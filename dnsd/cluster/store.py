@@ -142,9 +142,9 @@ class Store:
         self.services = ServicesByKey()
         # Endpoint sets by the Service they belong to (namespace -> Service name -> its slices), in the
         # order they came; slices win over legacy Endpoints. By name, not by a (namespace, name) key:
-        # the strings are the slices' own, not a key tuple each. A tuple of slices, not a dict by name:
-        # most Services have one, and the pipeline keeps the very tuple it built the records from.
-        self._slices: dict[str, dict[str, tuple[EndpointSet, ...]]] = {}
+        # the strings are the slices' own, not a key tuple each. A tuple of slices, not a dict by name,
+        # and a lone slice as itself (an EndpointSet, never a plain tuple): most Services have one.
+        self._slices: dict[str, dict[str, EndpointSet | tuple[EndpointSet, ...]]] = {}
         self.legacy: dict[ServiceKey, EndpointSet] = {}
         self.imports: dict[ServiceKey, ServiceImport] = {}
         self.imported_slices: dict[ServiceKey, dict[str, ImportedSlice]] = {}
@@ -162,13 +162,13 @@ class Store:
     @property
     def slices(self) -> dict[ServiceKey, tuple[EndpointSet, ...]]:
         """Every Service's EndpointSlices, by Service (made on each call: for inspection)."""
-        return {(ns, name): sets for ns, by_name in self._slices.items() for name, sets in by_name.items()}
+        return {(ns, name): _sets(held) for ns, by_name in self._slices.items() for name, held in by_name.items()}
 
     def endpoint_sets(self, key: ServiceKey) -> tuple[EndpointSet, ...]:
         by_name = self._slices.get(key[0])
         slices = by_name.get(key[1]) if by_name else None
         if slices:
-            return slices
+            return _sets(slices)
         legacy = self.legacy.get(key)
         return (legacy,) if legacy else ()
 
@@ -298,10 +298,14 @@ class Store:
             by_name = self._slices.get(obj.namespace)
             if by_name is None:
                 by_name = self._slices[obj.namespace] = {}
-            slices = by_name.get(obj.service, ())
-            # In place when the slice is known (a dict's order), else last.
-            at = next((i for i, held in enumerate(slices) if held.name == obj.name), len(slices))
-            by_name[obj.service] = (*slices[:at], obj, *slices[at + 1:])
+            held = by_name.get(obj.service)
+            if held is None:
+                by_name[obj.service] = obj
+            else:
+                slices = _sets(held)
+                # In place when the slice is known (a dict's order), else last.
+                at = next((i for i, one in enumerate(slices) if one.name == obj.name), len(slices))
+                by_name[obj.service] = _held((*slices[:at], obj, *slices[at + 1:]))
         else:
             self.legacy[skey] = obj
 
@@ -330,9 +334,9 @@ class Store:
             self._ns_ref(obj.namespace, -1, namespaces)
         elif obj.kind == ENDPOINT_SLICE:
             by_name = self._slices[obj.namespace]
-            slices = tuple(held for held in by_name[obj.service] if held.name != obj.name)
+            slices = tuple(one for one in _sets(by_name[obj.service]) if one.name != obj.name)
             if slices:
-                by_name[obj.service] = slices
+                by_name[obj.service] = _held(slices)
             else:
                 del by_name[obj.service]
                 if not by_name:
@@ -348,6 +352,15 @@ class Store:
             del self.namespaces[namespace]
         if count == (1 if delta > 0 else 0):  # the namespace started or stopped existing
             namespaces.add(namespace)
+
+
+def _sets(held: EndpointSet | tuple[EndpointSet, ...]) -> tuple[EndpointSet, ...]:
+    """A Service's slices as the store holds them (a lone one as itself) as a tuple."""
+    return held if held.__class__ is tuple else (held,)  # type: ignore[return-value]
+
+
+def _held(slices: tuple[EndpointSet, ...]) -> EndpointSet | tuple[EndpointSet, ...]:
+    return slices[0] if len(slices) == 1 else slices
 
 
 __all__ = [
