@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, cast
 
 from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A
-from dnsd.zone.records import Record, SrvData, expand, size
+from dnsd.zone.records import Record, SrvData, SrvGroup, expand, size
 
 TYPES = (A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV)  # every type an rrset can have (EXISTS aside)
 _ORDER = (A, PTR, SRV, EXISTS, AAAA, CNAME, TXT, SOA, NS)  # the commonest first: has_data() stops at the first hit
@@ -193,7 +193,10 @@ class Index(ZoneLookup):
                     current = held if held.__class__ is tuple else (held,)
                     table[name] = current + tuple(fresh)
                 if rtype == SRV:
-                    count += size(current + tuple(fresh)) - size(current)  # groups count one per target
+                    if current or fresh[0].__class__ is SrvGroup:
+                        count += size(current + tuple(fresh)) - size(current)  # groups count one per target
+                    else:
+                        count += len(fresh)
                 elif rtype != EXISTS:
                     count += len(fresh)
             if len(born) > _BORN_MAX:
@@ -207,7 +210,11 @@ class Index(ZoneLookup):
         """Names in ``born`` started existing (their parents' counts are not raised yet): raise each
         parent's count once by its number of such children (counted in C), and go on up with the
         parents that this makes exist. The same counts as _count_below() for each name in turn."""
-        below, has_data, zone_of = self._below, self.has_data, self.zone_of
+        below = self._below
+        t0, t1, t2, t3, t4, t5, t6, t7, t8 = self._tables
+        # zone_of(name) is None or name is its zone's apex, in two C calls: a name is in a zone when it
+        # ends with "." and the zone (the apex itself aside).
+        apexes, inside = frozenset(self.zones), tuple("." + zone for zone in self.zones)
         for apex in self.zones:
             born.pop(apex, None)  # an apex has no parent in its zone
         level = born
@@ -215,13 +222,15 @@ class Index(ZoneLookup):
             up: dict[str, str] = {}
             counts: Counter[str] = Counter(map(_PARENT, map(_SPLIT, level)))
             for name, n in counts.items():
-                zone = zone_of(name)
-                if zone is None or len(name) <= len(zone):
+                if name in apexes or not name.endswith(inside):
                     continue  # the zone's apex, or outside every zone: not counted
                 parent = born.get(name, name)  # the string the tables hold, not a copy
                 had = below.get(parent, 0)
                 below[parent] = had + n
-                if not had and not has_data(parent):  # it starts existing: an empty non-terminal
+                # has_data(), inlined: once per new parent (each Service's _proto name) of a first load.
+                if not had and not (parent in t0 or parent in t1 or parent in t2 or parent in t3 or parent in t4
+                                    or parent in t5 or parent in t6 or parent in t7 or parent in t8):
+                    # It starts existing: an empty non-terminal.
                     touched.add(parent)
                     up[parent] = parent
             level = up
@@ -291,35 +300,29 @@ class _SrvUp(NamedTuple):
     up: int
 
 
-_shared_srv: dict[tuple[int, int], dict[int, _SrvUp]] = {}  # (priority, weight) -> port -> (up -> _SrvUp)
+_shared_srv: dict[tuple[int, int, int, int], _SrvUp] = {}  # (priority, weight, port, up) -> the one _SrvUp
+_SHARED_MAX = 4096  # a cluster has few ports: never growing for ever
 
 
 def _pack(name: str, r: Any) -> Any:
     """``r`` as the index keeps it: short when it can be (see _SrvUp)."""
     if r.__class__ is not SrvData:
         return r
-    target = r.target
+    priority, weight, port, target = r
     if target == name:
         up = 0
     elif name.endswith(target) and name[-len(target) - 1: -len(target)] == ".":
         up = name.count(".", 0, len(name) - len(target))
     else:
         return r
-    priority, weight, port = r.priority, r.weight, r.port
     if not (priority.__class__ is weight.__class__ is port.__class__ is int):
         return r  # as it is: True is not 1
-    # Nested lookups, not a tuple key: nothing is made for a record the table already has.
-    by_port = _shared_srv.get((priority, weight))
-    if by_port is None:
-        if len(_shared_srv) > 64:  # a cluster has few (priority, weight) pairs: never growing for ever
-            _shared_srv.clear()
-        by_port = _shared_srv[(priority, weight)] = {}
-    key = port << 8 | up if up < 256 else None
-    short = by_port.get(key) if key is not None else None
+    key = (priority, weight, port, up)
+    short = _shared_srv.get(key)
     if short is None:
-        short = _SrvUp(priority, weight, port, up)
-        if key is not None and len(by_port) < 4096:
-            by_port[key] = short
+        if len(_shared_srv) >= _SHARED_MAX:
+            _shared_srv.clear()
+        short = _shared_srv[key] = _SrvUp(priority, weight, port, up)
     return short
 
 
