@@ -16,7 +16,9 @@ the model validates them, so a bad value reaches the same check with the same me
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -34,12 +36,15 @@ from dnsd.cluster.model import (
     object_names,
     packed_subset,
 )
-from dnsd.cluster.ports import convert_ports
+from dnsd.cluster.ports import Port, convert_ports
 from dnsd.cluster.sources.kubernetes.client import each_item
 from dnsd.cluster.sources.kubernetes.stream import Event, parse_event
 
 # Not tracked by the collector (gc=False): they hold no cycles, and a list decoded at once would
 # otherwise make every collection walk them.
+
+
+_NULL = msgspec.Raw(b"null")
 
 
 class _Meta(msgspec.Struct, gc=False):
@@ -85,7 +90,7 @@ class _Slice(msgspec.Struct, gc=False):
     metadata: _Meta | None = None
     addressType: Any = "IPv4"  # absent means IPv4; null is not
     endpoints: list[_Endpoint] | None = None
-    ports: Any = None
+    ports: msgspec.Raw = _NULL  # their JSON text: converted once per distinct text (_ports)
 
 
 class _NamedSlice(_Slice, gc=False):
@@ -211,7 +216,12 @@ def _slice(obj: _Slice, pod_names: bool) -> Object | None:
 
 
 def _subset(obj: _Slice, pod_names: bool) -> Subset:
-    """model._slice_subset's loop over typed endpoints: the same checks in the same order."""
+    """model._slice_subset's loop over typed endpoints: the same checks in the same order. A slice whose
+    endpoints all have IPv4 addresses and no hostname (most) is read by _plain first."""
+    if not pod_names:
+        plain = _plain(obj.endpoints or ())
+        if plain is not None:
+            return packed_subset(_ports(obj.ports), *plain, None)
     ready_addresses: list[bytes] = []
     ready_hostnames: list[str] = []
     other_addresses: list[bytes] = []
@@ -238,8 +248,45 @@ def _subset(obj: _Slice, pod_names: bool) -> Subset:
             into.append(packed_ip(address))
             hostnames.append(hostname)
         named = named or bool(hostname)
-    ports = convert_ports(obj.ports, "ports", allow_null=True)
+    ports = _ports(obj.ports)
     return packed_subset(ports, ready_addresses, other_addresses, (*ready_hostnames, *other_hostnames) if named else None)
+
+
+_pton4 = partial(socket.inet_pton, socket.AF_INET)
+
+
+def _plain(endpoints: list[_Endpoint] | tuple[()]) -> tuple[list[bytes], list[bytes]] | None:
+    """The packed addresses of endpoints, ready and not, when each has a list of IPv4 addresses and no hostname
+    (each address packed in C: no Python call per address); None at the first that has not: _subset reads them
+    all, with every check."""
+    ready: list[bytes] = []
+    other: list[bytes] = []
+    try:
+        for ep in endpoints:
+            addresses = ep.addresses
+            if ep.hostname or addresses.__class__ is not list or not addresses:
+                return None
+            conditions = ep.conditions
+            (ready if conditions is None or conditions.ready is not False else other).extend(map(_pton4, addresses))
+    except (OSError, TypeError):  # not IPv4 text: IPv6, or not an address at all
+        return None
+    return ready, other
+
+
+_ports_by_text: dict[bytes, tuple[Port, ...]] = {}
+_PORTS_MAX = 4096  # distinct port lists kept (a cluster has few): never growing for ever
+
+
+def _ports(raw: msgspec.Raw) -> tuple[Port, ...]:
+    """A slice's ports from their JSON text, converted (and checked) once per distinct text."""
+    text = bytes(raw)
+    known = _ports_by_text.get(text)
+    if known is None:
+        known = convert_ports(msgspec.json.decode(text), "ports", allow_null=True)
+        if len(_ports_by_text) >= _PORTS_MAX:
+            _ports_by_text.clear()
+        _ports_by_text[text] = known
+    return known
 
 
 __all__ = ["Typed", "event_decoder", "names", "page_reader", "to_record"]
