@@ -177,12 +177,12 @@ class Pipeline:
                     fresh.append(new)  # type: ignore[arg-type]
                 continue
             if fresh:
-                touched |= self._add(fresh)
+                touched = _union(touched, self._add(fresh))
                 fresh = []
             touched |= index.apply(service_records(*old, zones, ignore_empty=ignore_empty, external=external),
                                    service_records(*new, zones, ignore_empty=ignore_empty, external=external))
         if fresh:
-            touched |= self._add(fresh)
+            touched = _union(touched, self._add(fresh))
         for ns in namespaces:
             exists = store.namespace_exists(ns) and served(ns)
             if exists == (ns in self._namespaces):
@@ -252,6 +252,15 @@ class Pipeline:
                 self.on_change(touched)
                 if self.on_publish is not None:
                     self._touched |= touched
+
+
+def _union(one: set[str], other: set[str]) -> set[str]:
+    """Both sets' names, the smaller merged into the larger (a first load's add() touches ~450k names at 1M
+    endpoints: copied into an empty set, a second table as large)."""
+    if len(one) < len(other):
+        one, other = other, one
+    one |= other
+    return one
 
 
 __all__ = ["BIG_BATCH", "EVERYTHING", "Pipeline", "Scope", "big_batch"]
