@@ -4,11 +4,14 @@ they stream (newline-delimited JSON, applied as they arrive)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
+
+import urllib3
 
 from dnsd.cluster.sources.kubernetes.client import Gone
 
@@ -68,8 +71,9 @@ def event_lines(response: Any, stop: threading.Event) -> Iterator[list[bytes]]:
     """The lines of a watch stream, a batch per read: each read1() returns whatever the server
     has sent, so events are applied as they arrive rather than when a buffer fills."""
     partial: list[bytes] = []  # the start of a line split across reads
+    read1 = _reader(response)
     while True:
-        data = response.read1(_READ_SIZE)
+        data = read1(_READ_SIZE)
         if not data:
             break
         if b"\n" not in data:
@@ -90,6 +94,14 @@ def event_lines(response: Any, stop: threading.Event) -> Iterator[list[bytes]]:
         raise Stopped  # our shutdown() ended the stream: not the server's clean end
     if any(p.strip() for p in partial):
         raise ValueError("watch stream ended inside an event")
+
+
+def _reader(response: Any) -> Callable[[int], bytes]:
+    """``response.read1``; for a urllib3 response whose body is not compressed, without decoding: urllib3
+    would copy every read into a BytesIO of its own (its decoded buffer) before returning it."""
+    if isinstance(response, urllib3.HTTPResponse) and response.headers.get("content-encoding", "identity") == "identity":
+        return functools.partial(response.read1, decode_content=False)
+    return response.read1  # type: ignore[no-any-return]
 
 
 class Event(NamedTuple):
