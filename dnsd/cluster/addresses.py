@@ -2,9 +2,9 @@
 
 A Service's addresses are text (its A and PTR records use them as they are). An endpoint's are
 held in binary, all of a Subset's in one bytes object (``pack``): a million endpoints are a million
-addresses that only a headless Service's records read, and 4 bytes each instead of their text
-and a separator is ~10 MB less at 1M endpoints (docs/performance.md). ``unpack`` gives back the
-text ``canonical_ip`` would have given.
+addresses that only a headless Service's records read, so 4 (or 16) bytes each rather than their
+text and a separator (docs/performance.md). ``unpack`` gives back the text ``canonical_ip`` would
+have given.
 """
 
 from __future__ import annotations

@@ -255,8 +255,8 @@ class Pipeline:
 
 
 def _union(one: set[str], other: set[str]) -> set[str]:
-    """Both sets' names, the smaller merged into the larger (a first load's add() touches ~450k names at 1M
-    endpoints: copied into an empty set, a second table as large)."""
+    """Both sets' names, the smaller merged into the larger: a first load's add() touches every name of the
+    cluster, and copied into an empty set they would make a second table as large."""
     if len(one) < len(other):
         one, other = other, one
     one |= other
