@@ -3,6 +3,7 @@ slice carries one, and a cluster has few distinct ones."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from typing import Any, NamedTuple, TypeVar
@@ -77,4 +78,19 @@ def convert_ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[P
     return converted
 
 
-__all__ = ["Port", "convert_ports"]
+
+_converted_texts: dict[bytes, tuple[Port, ...]] = {}  # port lists already converted, by their JSON text
+
+
+def convert_ports_json(text: bytes, where: str, *, allow_null: bool = False) -> tuple[Port, ...]:
+    """``convert_ports`` of a port list given as its JSON text (what a typed decoder kept of it): the text
+    is the key, so a list seen before costs one lookup, not its fields read again."""
+    known = _converted_texts.get(text)
+    if known is None:
+        known = convert_ports(json.loads(text), where, allow_null=allow_null)
+        if len(_converted_texts) > _SHARED_MAX:
+            _converted_texts.clear()
+        _converted_texts[text] = known
+    return known
+
+__all__ = ["Port", "convert_ports", "convert_ports_json"]

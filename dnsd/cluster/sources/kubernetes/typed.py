@@ -36,7 +36,7 @@ from dnsd.cluster.model import (
     object_names,
     packed_subset,
 )
-from dnsd.cluster.ports import Port, convert_ports
+from dnsd.cluster.ports import convert_ports_json
 from dnsd.cluster.sources.kubernetes.client import each_item
 from dnsd.cluster.sources.kubernetes.stream import Event, parse_event
 
@@ -90,7 +90,7 @@ class _Slice(msgspec.Struct, gc=False):
     metadata: _Meta | None = None
     addressType: Any = "IPv4"  # absent means IPv4; null is not
     endpoints: list[_Endpoint] | None = None
-    ports: msgspec.Raw = _NULL  # their JSON text: converted once per distinct text (_ports)
+    ports: msgspec.Raw = _NULL  # their JSON text: converted once per distinct text (convert_ports_json)
 
 
 class _NamedSlice(_Slice, gc=False):
@@ -221,7 +221,7 @@ def _subset(obj: _Slice, pod_names: bool) -> Subset:
     if not pod_names:
         plain = _plain(obj.endpoints or ())
         if plain is not None:
-            return packed_subset(_ports(obj.ports), *plain, None)
+            return packed_subset(convert_ports_json(bytes(obj.ports), "ports", allow_null=True), *plain, None)
     ready_addresses: list[bytes] = []
     ready_hostnames: list[str] = []
     other_addresses: list[bytes] = []
@@ -248,7 +248,7 @@ def _subset(obj: _Slice, pod_names: bool) -> Subset:
             into.append(packed_ip(address))
             hostnames.append(hostname)
         named = named or bool(hostname)
-    ports = _ports(obj.ports)
+    ports = convert_ports_json(bytes(obj.ports), "ports", allow_null=True)
     return packed_subset(ports, ready_addresses, other_addresses, (*ready_hostnames, *other_hostnames) if named else None)
 
 
@@ -271,22 +271,6 @@ def _plain(endpoints: list[_Endpoint] | tuple[()]) -> tuple[list[bytes], list[by
     except (OSError, TypeError):  # not IPv4 text: IPv6, or not an address at all
         return None
     return ready, other
-
-
-_ports_by_text: dict[bytes, tuple[Port, ...]] = {}
-_PORTS_MAX = 4096  # distinct port lists kept (a cluster has few): never growing for ever
-
-
-def _ports(raw: msgspec.Raw) -> tuple[Port, ...]:
-    """A slice's ports from their JSON text, converted (and checked) once per distinct text."""
-    text = bytes(raw)
-    known = _ports_by_text.get(text)
-    if known is None:
-        known = convert_ports(msgspec.json.decode(text), "ports", allow_null=True)
-        if len(_ports_by_text) >= _PORTS_MAX:
-            _ports_by_text.clear()
-        _ports_by_text[text] = known
-    return known
 
 
 __all__ = ["Typed", "event_decoder", "names", "page_reader", "to_record"]
