@@ -28,7 +28,6 @@ class Forwarding(Protocol):
     def forget_derived(self) -> None: ...  # every cached reply derived from our data (autopath)
 
 
-
 class FastPath:
     """The Responder's fast path (the Responder sets these attributes)."""
 
