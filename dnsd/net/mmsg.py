@@ -121,6 +121,8 @@ class Batch:
             if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                 return []
             raise OSError(code, errno.errorcode.get(code, "recvmmsg"))
+        if got == 1:  # the commonest batch below saturation: no zip, list or comprehension to set up
+            return [self._slots[0][: self._lengths[0]].tobytes()]
         return [slot[:n].tobytes() for slot, n in zip(self._slots, self._lengths[:got].tolist(), strict=False)]
 
     def address(self, i: int) -> tuple[str, int]:

@@ -60,6 +60,21 @@ def test_a_batch_is_read_and_answered_to_each_peer(family: int) -> None:
                 c.close()
 
 
+def test_a_lone_datagram_is_read_to_its_own_length() -> None:
+    """A batch of one (the common case below saturation) is read exactly, not with what a longer
+    datagram left in its slot before."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        client.bind(("127.0.0.1", 0))
+        batch = mmsg.Batch(server, 8, 513)
+        for data in (b"a longer query first", b"short", b"", b"x" * 513):
+            client.sendto(data, server.getsockname())
+            assert batch.receive() == [data]
+            assert batch.address(0) == client.getsockname()
+
+
 class _Table:
     """A Responder whose table answers every query with its reverse."""
 
