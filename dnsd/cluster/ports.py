@@ -78,7 +78,6 @@ def convert_ports(raws: Any, where: str, *, allow_null: bool = False) -> tuple[P
     return converted
 
 
-
 _converted_texts: dict[bytes, tuple[Port, ...]] = {}  # port lists already converted, by their JSON text
 
 
@@ -92,5 +91,6 @@ def convert_ports_json(text: bytes, where: str, *, allow_null: bool = False) -> 
             _converted_texts.clear()
         _converted_texts[text] = known
     return known
+
 
 __all__ = ["Port", "convert_ports", "convert_ports_json"]
