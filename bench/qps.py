@@ -26,6 +26,7 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -510,12 +511,20 @@ def table(results: list[Result], common_rate: float | None, given_rate: bool) ->
 def ratios(results: list[Result]) -> dict[str, float]:
     qps = {r.key: r.max.qps for r in results if r.max and r.max.qps > 0}
     per_core = {r.key: r.max.qps_per_core for r in results if r.max and not math.isnan(r.max.qps_per_core)}
+    # The latency runs: the same offered rate for every server (unless one could not sustain it), by round.
+    fixed = {r.key: [f.qps_per_core for f in r.fixed_runs] for r in results if r.fixed_runs and not r.overloaded_at_common_rate}
     out = {}
     for other in ("knot", "naive"):
         if "dnsd" in qps and other in qps:
             out[f"dnsd/{other}"] = round(qps["dnsd"] / qps[other], 3)
         if "dnsd" in per_core and other in per_core:
             out[f"dnsd/{other} per core"] = round(per_core["dnsd"] / per_core[other], 3)
+        if "dnsd" in fixed and other in fixed:
+            # Round by round (the rounds alternate the servers), the median: below saturation, where a
+            # batch's fixed cost weighs more and neither side waits for dnsperf.
+            paired = [a / b for a, b in zip(fixed["dnsd"], fixed[other], strict=False) if not (math.isnan(a) or math.isnan(b))]
+            if paired:
+                out[f"dnsd/{other} per core at the fixed rate"] = round(statistics.median(paired), 3)
     return out
 
 
