@@ -15,6 +15,7 @@ from typing import Any
 
 # A packed sequence's first byte: every address is 4 bytes (4), every one 16 (6), or each follows its length (0).
 _V4, _V6 = 4, 6
+_V4_LEAD, _V6_LEAD = bytes((_V4,)), bytes((_V6,))
 _inet_pton, _inet_ntop, _AF_INET = socket.inet_pton, socket.inet_ntop, socket.AF_INET
 
 
@@ -28,10 +29,7 @@ def canonical_ip(value: Any) -> str:
         return text
     except OSError:
         pass
-    try:
-        return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        raise ValueError(f"bad IP address {value!r}") from None
+    return str(_parsed(text, value))
 
 
 def packed_ip(value: Any) -> bytes:
@@ -42,13 +40,18 @@ def packed_ip(value: Any) -> bytes:
         return _inet_pton(_AF_INET, text)  # the common case, and the cheap one: once per endpoint
     except OSError:
         pass
-    try:
-        ip = ipaddress.ip_address(text.strip())
-    except ValueError:
-        raise ValueError(f"bad IP address {value!r}") from None
+    ip = _parsed(text, value)
     if getattr(ip, "scope_id", None):
         raise ValueError(f"bad IP address {value!r}: an endpoint's address has no scope")
     return ip.packed
+
+
+def _parsed(text: str, value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The slow path of both: ``ipaddress``, for what ``inet_pton`` refused as IPv4."""
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"bad IP address {value!r}") from None
 
 
 def pack(addresses: list[bytes]) -> bytes:
@@ -57,9 +60,9 @@ def pack(addresses: list[bytes]) -> bytes:
         return b""
     data = b"".join(addresses)
     if len(data) == 4 * len(addresses):  # 4 and 16 bytes mixed never add up to 4 or 16 a piece
-        return b"\x04" + data
+        return _V4_LEAD + data
     if len(data) == 16 * len(addresses):
-        return b"\x06" + data
+        return _V6_LEAD + data
     return b"\x00" + b"".join([bytes((len(a),)) + a for a in addresses])
 
 
