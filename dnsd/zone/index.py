@@ -6,7 +6,9 @@ changed Service owns. The caller passes the owner's old and new records (records
 pure functions of small immutable inputs, so recomputing the old ones is cheaper than
 keeping them: ~20 MB less at 100k endpoints). Besides the data it counts, for every
 name, how many of its children exist: a name with nothing of its own but something
-below is an empty non-terminal (NODATA, not NXDOMAIN).
+below is an empty non-terminal (NODATA, not NXDOMAIN). A ClusterIP Service's addresses and
+SRVs are one entry (records.ServiceData), answered for its name and the ``_`` names below it
+(service_entry.py); those names are not counted, the entry makes them exist.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, cast
 
 from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A
-from dnsd.zone.records import Record, SrvData, SrvGroup, expand, size
+from dnsd.zone import service_entry
+from dnsd.zone.records import SERVICE, Record, ServiceData, SrvData, SrvGroup, expand, plain, size
 
 TYPES = (A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV)  # every type an rrset can have (EXISTS aside)
-_ORDER = (A, PTR, SRV, EXISTS, AAAA, CNAME, TXT, SOA, NS)  # the commonest first: has_data() stops at the first hit
+_ORDER = (A, PTR, SERVICE, SRV, EXISTS, AAAA, CNAME, TXT, SOA, NS)  # the commonest first: has_data() stops at the first hit
 _SPLIT, _PARENT = operator.methodcaller("partition", "."), operator.itemgetter(2)  # a name -> its parent, in C
 _BORN_MAX = 5_000  # names whose parents Index.add counts at once: small transient dicts keep PSS down (performance.md)
 
@@ -73,38 +76,62 @@ class Index(ZoneLookup):
         # NamedTuple), not in a 1-tuple: most are (a pod's A, an address's PTR), ~5 MB at 100k endpoints.
         self._by_type: dict[int, dict[str, object]] = {t: {} for t in _ORDER}
         self._tables = tuple(self._by_type.values())
+        self._entries = cast(dict[str, ServiceData], self._by_type[SERVICE])  # one entry per name: never a tuple
         self._below: dict[str, int] = {}  # name -> how many of its children exist (data, or children of their own)
         self.record_count = 0  # records served (EXISTS markers excluded)
 
     def has_data(self, name: str) -> bool:
-        for table in self._tables:  # noqa: SIM110 - a loop: any() over a generator costs twice as much here
+        for table in self._tables:
             if name in table:
                 return True
-        return False
+        return name[:1] == "_" and bool(self._below_entry(name, SRV))  # a named port's SRV
 
     def has_children(self, name: str) -> bool:
-        return name in self._below
+        if name in self._below:
+            return True
+        base = name if name[:1] != "_" else service_entry.owner(name)
+        data = self._entries.get(base) if base else None
+        return data is not None and service_entry.has_children(cast(str, base), data, name)
 
     def exists(self, name: str) -> bool:
-        return name in self._below or self.has_data(name)
+        return self.has_data(name) or self.has_children(name)
 
     def rrset(self, name: str, rtype: int) -> tuple[object, ...]:
         table = self._by_type.get(rtype)
         if table is None:
             return ()
-        return expand(self.srv_held(name)) if rtype == SRV else _rrset(table.get(name, ()))
+        if rtype == SRV:
+            return expand(self.srv_held(name))
+        held = table.get(name)
+        if held is not None:
+            return _rrset(held)
+        data = self._entries.get(name) if rtype in (A, AAAA) else None
+        return () if data is None else service_entry.rrset(name, data, name, rtype)
 
     def srv_held(self, name: str) -> tuple[object, ...]:
         """``name``'s SRV rrset as the records gave it, groups not expanded."""
-        held = _rrset(self._by_type[SRV].get(name, ()))
-        for r in held:
+        held = self._by_type[SRV].get(name)
+        if held is None:
+            data = self._entries.get(name)
+            return self._below_entry(name, SRV) if data is None else service_entry.rrset(name, data, name, SRV)
+        rrset = _rrset(held)
+        for r in rrset:
             if r.__class__ is _SrvUp:
-                return tuple([_unpack(name, r) for r in held])
-        return held
+                return tuple([_unpack(name, r) for r in rrset])
+        return rrset
+
+    def _below_entry(self, name: str, rtype: int) -> tuple[object, ...]:
+        """The rrset of ``name`` below a Service's name, from its entry: () if there is none."""
+        base = service_entry.owner(name)
+        data = self._entries.get(base) if base else None
+        return () if data is None else service_entry.rrset(cast(str, base), data, name, rtype)
 
     def records(self) -> Iterator[Record]:
         for rtype, table in self._by_type.items():
-            if rtype != EXISTS:
+            if rtype == SERVICE:
+                for name, data in table.items():  # one record for equal ones (53/tcp and 53/udp: one bare SRV)
+                    yield from (r for r in dict.fromkeys(plain(((name, SERVICE, data),))) if r[1] != EXISTS)
+            elif rtype != EXISTS:
                 for name in table:
                     for rdata in expand(self.srv_held(name)) if rtype == SRV else _rrset(table[name]):
                         yield name, rtype, rdata
@@ -140,6 +167,10 @@ class Index(ZoneLookup):
                 rrset = patched(current, gone, fresh) if current else tuple(sorted(fresh))
             if rtype == SRV:
                 count += size(rrset) - size(current)  # groups count one per target
+            elif rtype == SERVICE:
+                count += sum(map(service_entry.size, rrset)) - sum(map(service_entry.size, current))
+                for data in (*gone, *fresh):  # the names below it come and go with the entry
+                    touched.update(service_entry.below_names(name, data))
             elif rtype != EXISTS:
                 count += len(rrset) - len(current)
             if rrset:
@@ -161,7 +192,7 @@ class Index(ZoneLookup):
         difference needs (sets of old and new, a diff and a set of names per owner), and each parent's
         count of children raised once by the number of its children that started existing."""
         by_type, below = self._by_type, self._below
-        t0, t1, t2, t3, t4, t5, t6, t7, t8 = self._tables
+        t0, t1, t2, t3, t4, t5, t6, t7, t8, t9 = self._tables
         touched: set[str] = set()
         add_touched = touched.add
         born: dict[str, str] = {}  # names that started existing, to themselves: the strings the tables hold
@@ -185,7 +216,7 @@ class Index(ZoneLookup):
                 if held is None:
                     # has_data() and the children's count, inlined: once per new rrset of a first load.
                     if not (name in below or name in t0 or name in t1 or name in t2 or name in t3 or name in t4
-                            or name in t5 or name in t6 or name in t7 or name in t8):
+                            or name in t5 or name in t6 or name in t7 or name in t8 or name in t9):
                         born[name] = name
                     table[name] = fresh[0] if len(fresh) == 1 else tuple(fresh)
                     current: tuple[object, ...] = ()
@@ -197,6 +228,10 @@ class Index(ZoneLookup):
                         count += size(current + tuple(fresh)) - size(current)  # groups count one per target
                     else:
                         count += len(fresh)
+                elif rtype == SERVICE:
+                    for data in fresh:
+                        count += service_entry.size(data)
+                        touched.update(service_entry.below_names(name, data))
                 elif rtype != EXISTS:
                     count += len(fresh)
             if len(born) > _BORN_MAX:
@@ -211,7 +246,7 @@ class Index(ZoneLookup):
         parent's count once by its number of such children (counted in C), and go on up with the
         parents that this makes exist. The same counts as _count_below() for each name in turn."""
         below = self._below
-        t0, t1, t2, t3, t4, t5, t6, t7, t8 = self._tables
+        t0, t1, t2, t3, t4, t5, t6, t7, t8, t9 = self._tables
         # zone_of(name) is None or name is its zone's apex, in two C calls: a name is in a zone when it
         # ends with "." and the zone (the apex itself aside).
         apexes, inside = frozenset(self.zones), tuple("." + zone for zone in self.zones)
@@ -229,7 +264,7 @@ class Index(ZoneLookup):
                 below[parent] = had + n
                 # has_data(), inlined: once per new parent (each Service's _proto name) of a first load.
                 if not had and not (parent in t0 or parent in t1 or parent in t2 or parent in t3 or parent in t4
-                                    or parent in t5 or parent in t6 or parent in t7 or parent in t8):
+                                    or parent in t5 or parent in t6 or parent in t7 or parent in t8 or parent in t9):
                     # It starts existing: an empty non-terminal.
                     touched.add(parent)
                     up[parent] = parent

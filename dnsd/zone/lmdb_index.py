@@ -25,7 +25,7 @@ import lmdb
 from dnsd.dns.const import EXISTS, SRV
 from dnsd.zone.index import TYPES, ZoneLookup, changes, patched
 from dnsd.zone.lmdb_codec import BITS, Format
-from dnsd.zone.records import Record, expand, size
+from dnsd.zone.records import Record, expand, plain, size
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,9 @@ class SharedIndexWriter(SharedIndex):
 
     def _apply(self, old: Iterable[Record], new: Iterable[Record]) -> set[str]:
         touched: set[str] = set()
-        for (name, rtype), (gone, fresh) in changes(old, new).items():
+        # A Service's one entry (records.ServiceData) is stored as the records it stands for: the file's
+        # codec packs those short already, and a worker reads a name's value without asking another's.
+        for (name, rtype), (gone, fresh) in changes(plain(old), plain(new)).items():
             touched.add(name)
             entry = self._entry(name)
             types: dict[int, tuple[object, ...]] = entry[1]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dnsd.cluster.model import CLUSTER_IP, Port, Service
 from dnsd.dns.const import EXISTS, PTR, SRV, TXT, A
 from dnsd.zone.index import Index
-from dnsd.zone.records import Record, SrvData, SrvGroup, service_records
+from dnsd.zone.records import SERVICE, Record, ServiceData, SrvData, SrvGroup, service_records
 
 pytestmark = pytest.mark.unit
 
@@ -31,6 +31,8 @@ RDATA = st.one_of(
     st.tuples(st.just(TXT), st.sampled_from(["1.1.0", "x"])),
     st.tuples(st.just(SRV), st.builds(SrvData, st.just(0), st.sampled_from([100, 50]), st.sampled_from([53, 80]),
                                       st.sampled_from(["web.a.svc.cluster.local", "db.b.svc.cluster.local"]))),
+    st.tuples(st.just(SERVICE), st.builds(ServiceData, st.sampled_from([(), ("10.0.0.1",), ("10.0.0.1", "fd00::1")]),
+                                          st.sampled_from([(), (Port("http", 80, "tcp"), Port("", 53, "udp"))]))),
 )
 RECORD = st.builds(lambda name, pair: (name, pair[0], pair[1]), st.sampled_from(NAMES), RDATA)
 GROUPED = st.builds(lambda name, port, targets: (name, SRV, SrvGroup(0, 50, port, tuple(targets))),
@@ -76,11 +78,9 @@ def test_add_counts_parents_in_several_rounds(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_add_keeps_one_string_per_name() -> None:
-    """A Service's name, parent of its ``_proto`` name, is counted under the string its rrsets are held by."""
-    svc = Service("ns", "web", CLUSTER_IP, ("10.0.0.1",), (Port("http", 80, "tcp"),))
+    """A headless Service's name, parent of its endpoints' names, is counted under the string its rrsets are held by."""
+    base = "db.ns.svc.cluster.local"
     index = Index(("cluster.local", "in-addr.arpa"))
-    records = service_records(svc, (), ("cluster.local",))
-    index.add([records])
-    base = records[0][0]
+    index.add([[(base, A, "10.0.0.1"), (f"db-0.{base}", A, "10.0.0.1")]])
     held = next(name for name in index._below if name == base)
     assert held is base

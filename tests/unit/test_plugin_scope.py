@@ -13,7 +13,7 @@ from dnsd.cluster.selector import matches, parse
 from dnsd.cluster.store import Delete, Replace, Synced, Upsert
 from dnsd.dns.const import CNAME, NS, PTR, SOA, SRV, TXT, A
 from dnsd.zone.pipeline import Pipeline, Scope
-from dnsd.zone.records import service_records
+from dnsd.zone.records import plain, service_records
 
 Z = "cluster.local"
 HTTP = (Port("http", 80, "tcp"),)
@@ -66,7 +66,7 @@ def test_namespace_labels_in_the_model() -> None:
 
 # -- --ignore-empty-service ----------------------------------------------------------------------
 def kinds(records: list) -> set[tuple[str, int]]:
-    return {(name, rtype) for name, rtype, _ in records}
+    return {(name, rtype) for name, rtype, _ in plain(records)}  # a Service's entry as its records
 
 
 def test_an_empty_cluster_ip_service_keeps_only_its_ptr() -> None:
