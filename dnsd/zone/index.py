@@ -89,7 +89,7 @@ class Index(ZoneLookup):
     def has_children(self, name: str) -> bool:
         if name in self._below:
             return True
-        base = name if name[:1] != "_" else service_entry.owner(name)
+        base = service_entry.owner(name) if name[:1] == "_" else name
         data = self._entries.get(base) if base else None
         return data is not None and service_entry.has_children(cast(str, base), data, name)
 
@@ -104,7 +104,7 @@ class Index(ZoneLookup):
             return expand(self.srv_held(name))
         held = table.get(name)
         if held is not None:
-            return _rrset(held)
+            return held if held.__class__ is tuple else (held,)  # as _rrset(), inlined: every answer reads it
         data = self._entries.get(name) if rtype in (A, AAAA) else None
         return () if data is None else service_entry.rrset(name, data, name, rtype)
 

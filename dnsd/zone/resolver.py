@@ -71,7 +71,7 @@ def resolve(index: IndexReader, qname: str, qtype: int, synced: bool, minimal_an
             return pod
     if not synced:
         return Answer(SERVFAIL, authoritative=False)  # never a cacheable negative before the first sync
-    soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
+    soa = _soa(index, zone)
     if has_data or index.has_children(qname) or qname == zone:  # it exists: NODATA
         return Answer(NOERROR, (), soa, negative=True)
     return Answer(NXDOMAIN, (), soa, negative=True)
@@ -106,15 +106,18 @@ def _pod(index: IndexReader, qname: str, qtype: int, zone: str, synced: bool) ->
     if address is None:
         return None
     if not index.exists(parent):  # not a namespace (yet): the cached NXDOMAIN goes when it appears
-        soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
-        return Answer(NXDOMAIN, (), soa, negative=True, depends=(parent,)) if synced else None
+        return Answer(NXDOMAIN, (), _soa(index, zone), negative=True, depends=(parent,)) if synced else None
     rtype = address_type(address)
     if qtype in (rtype, ANY):
         return Answer(NOERROR, ((qname, rtype, address),), depends=(parent,))
     if not synced:
         return Answer(SERVFAIL, authoritative=False)
-    soa = tuple((zone, SOA, rdata) for rdata in index.rrset(zone, SOA))
-    return Answer(NOERROR, (), soa, negative=True, depends=(parent,))
+    return Answer(NOERROR, (), _soa(index, zone), negative=True, depends=(parent,))
+
+
+def _soa(index: IndexReader, zone: str) -> tuple[Record, ...]:
+    """The zone's SOA as a negative answer's authority section (a list, not a generator: every NXDOMAIN makes one)."""
+    return tuple([(zone, SOA, rdata) for rdata in index.rrset(zone, SOA)])
 
 
 def _additional(index: IndexReader, answer: tuple[Record, ...]) -> tuple[Record, ...]:
