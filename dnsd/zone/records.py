@@ -53,7 +53,8 @@ class ServiceData(NamedTuple):
     """A ClusterIP Service's addresses and ports, the Service's own (shared) tuples: its name's A/AAAA,
     one SRV there per port number, and an SRV per named port at ``_<port>._<proto>.<name>``, all in
     one record (``SERVICE``) that the index answers them from (service_entry.py). As separate records
-    they were ~4.5 rrsets and two counted parents a Service: ~1 s of a 1M first sync and ~38 MB."""
+    they were ~4.5 rrsets and two counted parents a Service (docs/performance.md, "One entry per
+    ClusterIP Service")."""
 
     ips: tuple[str, ...]
     ports: tuple[Port, ...]
