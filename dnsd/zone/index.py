@@ -214,7 +214,8 @@ class Index(ZoneLookup):
                 table = by_type[rtype]
                 held = table.get(name)
                 if held is None:
-                    # has_data() and the children's count, inlined: once per new rrset of a first load.
+                    # has_data() and the children's count, inlined: once per new rrset of a first load. (An
+                    # entry's _ names, which has_data() also asks of, hold nothing else: service_entry.py.)
                     if not (name in below or name in t0 or name in t1 or name in t2 or name in t3 or name in t4
                             or name in t5 or name in t6 or name in t7 or name in t8 or name in t9):
                         born[name] = name

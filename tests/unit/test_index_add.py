@@ -31,14 +31,16 @@ RDATA = st.one_of(
     st.tuples(st.just(TXT), st.sampled_from(["1.1.0", "x"])),
     st.tuples(st.just(SRV), st.builds(SrvData, st.just(0), st.sampled_from([100, 50]), st.sampled_from([53, 80]),
                                       st.sampled_from(["web.a.svc.cluster.local", "db.b.svc.cluster.local"]))),
-    st.tuples(st.just(SERVICE), st.builds(ServiceData, st.sampled_from([(), ("10.0.0.1",), ("10.0.0.1", "fd00::1")]),
-                                          st.sampled_from([(), (Port("http", 80, "tcp"), Port("", 53, "udp"))]))),
 )
 RECORD = st.builds(lambda name, pair: (name, pair[0], pair[1]), st.sampled_from(NAMES), RDATA)
+# A ClusterIP Service's entry: at a name none of whose ``_`` names holds anything else (they are the entry's).
+ENTRY = st.builds(lambda ips, ports: ("db.b.svc.cluster.local", SERVICE, ServiceData(ips, ports)),
+                  st.sampled_from([(), ("10.0.0.1",), ("10.0.0.1", "fd00::1")]),
+                  st.sampled_from([(), (Port("http", 80, "tcp"), Port("", 53, "udp"))]))
 GROUPED = st.builds(lambda name, port, targets: (name, SRV, SrvGroup(0, 50, port, tuple(targets))),
                     st.sampled_from(["h.b.svc.cluster.local", "_dns._udp.h.b.svc.cluster.local"]),  # groups only
                     st.sampled_from([53, 80]), st.lists(st.sampled_from(["a.x", "b.x"]), min_size=1, max_size=2))
-OWNER = st.lists(st.one_of(RECORD, GROUPED), max_size=8)
+OWNER = st.lists(st.one_of(RECORD, GROUPED, ENTRY), max_size=8)
 
 
 def state(index: Index) -> tuple[Any, ...]:
