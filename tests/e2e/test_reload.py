@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import Dnsd, answers, rcode, wait_for
 
 Z = "cluster.local"
@@ -122,3 +124,34 @@ endpoints: [{eps}]
     time.sleep(1.05)
     path.write_text(slice_yaml(["10.1.0.4"]))
     wait_for(lambda: serial() > before, timeout=2.0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_change_reaches_every_name_the_service_answers(start_dnsd, manifest_dir: Path, workers: int) -> None:
+    """A ClusterIP Service's name, its ``_port._proto`` SRVs and their ``_proto`` names follow its ports,
+    though each was answered (and kept) before: by one process, and by workers reading the shared file."""
+    path = manifest_dir / "svc.yaml"
+    base = f"api.app.svc.{Z}"
+    path.write_text(service("api", "10.96.8.1").replace(
+        "ports: [{name: http, port: 80}]", "ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}]"))
+    server = start_dnsd("--manifests", str(manifest_dir), workers=workers)
+
+    def srv(name: str) -> list[str]:
+        return answers(server.query(name, "SRV"))
+
+    for _ in range(4):  # a new socket each time: every worker answers (and keeps) some
+        assert srv(base) == [f"{base}. SRV 0 100 53 {base}.", f"{base}. SRV 0 100 80 {base}."]
+        assert srv(f"_http._tcp.{base}") == [f"_http._tcp.{base}. SRV 0 100 80 {base}."]
+        assert srv(f"_dns._udp.{base}") == [f"_dns._udp.{base}. SRV 0 100 53 {base}."]
+        assert rcode(server.query(f"_udp.{base}", "SRV")) == "NOERROR"  # an empty non-terminal
+        assert rcode(server.query(f"_grpc._tcp.{base}", "SRV")) == "NXDOMAIN"
+
+    path.write_text(service("api", "10.96.8.1").replace("{name: http, port: 80}", "{name: grpc, port: 9090}"))
+    wait_for(lambda: srv(f"_grpc._tcp.{base}") == [f"_grpc._tcp.{base}. SRV 0 100 9090 {base}."], timeout=2.0)
+    for _ in range(4):
+        assert srv(base) == [f"{base}. SRV 0 100 9090 {base}."]
+        assert rcode(server.query(f"_http._tcp.{base}", "SRV")) == "NXDOMAIN"
+        assert rcode(server.query(f"_dns._udp.{base}", "SRV")) == "NXDOMAIN"
+        assert rcode(server.query(f"_udp.{base}", "SRV")) == "NXDOMAIN"
+        assert rcode(server.query(f"_tcp.{base}", "SRV")) == "NOERROR"
+        assert answers(server.query(base)) == [f"{base}. A 10.96.8.1"]
