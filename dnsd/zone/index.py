@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Protocol, cast
 
 from dnsd.dns.const import AAAA, CNAME, EXISTS, NS, PTR, SOA, SRV, TXT, A
 from dnsd.zone import service_entry
-from dnsd.zone.records import SERVICE, Record, ServiceData, SrvData, SrvGroup, expand, plain, size
+from dnsd.zone.records import SERVICE, Record, ServiceData, SrvData, SrvGroup, cluster_ip_records, expand, size
 
 TYPES = (A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV)  # every type an rrset can have (EXISTS aside)
 _ORDER = (A, PTR, SERVICE, SRV, EXISTS, AAAA, CNAME, TXT, SOA, NS)  # the commonest first: has_data() stops at the first hit
@@ -129,8 +129,8 @@ class Index(ZoneLookup):
     def records(self) -> Iterator[Record]:
         for rtype, table in self._by_type.items():
             if rtype == SERVICE:
-                for name, data in table.items():  # one record for equal ones (53/tcp and 53/udp: one bare SRV)
-                    yield from (r for r in dict.fromkeys(plain(((name, SERVICE, data),))) if r[1] != EXISTS)
+                for name, data in self._entries.items():  # one record for equal ones (53/tcp and 53/udp: one bare SRV)
+                    yield from (r for r in dict.fromkeys(cluster_ip_records(data, name, reverse=False)) if r[1] != EXISTS)
             elif rtype != EXISTS:
                 for name in table:
                     for rdata in expand(self.srv_held(name)) if rtype == SRV else _rrset(table[name]):
