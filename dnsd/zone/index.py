@@ -84,14 +84,14 @@ class Index(ZoneLookup):
         for table in self._tables:
             if name in table:
                 return True
-        return name[:1] == "_" and bool(self._below_entry(name, SRV))  # a named port's SRV
+        found = self._entry_of(name) if name[:1] == "_" else None  # a named port's SRV
+        return found is not None and service_entry.holds(*found, name)
 
     def has_children(self, name: str) -> bool:
         if name in self._below:
             return True
-        base = service_entry.owner(name) if name[:1] == "_" else name
-        data = self._entries.get(base) if base else None
-        return data is not None and service_entry.has_children(cast(str, base), data, name)
+        found = self._entry_of(name)
+        return found is not None and service_entry.has_children(*found, name)
 
     def exists(self, name: str) -> bool:
         return self.has_data(name) or self.has_children(name)
@@ -112,19 +112,20 @@ class Index(ZoneLookup):
         """``name``'s SRV rrset as the records gave it, groups not expanded."""
         held = self._by_type[SRV].get(name)
         if held is None:
-            data = self._entries.get(name)
-            return self._below_entry(name, SRV) if data is None else service_entry.rrset(name, data, name, SRV)
+            found = self._entry_of(name)
+            return () if found is None else service_entry.rrset(*found, name, SRV)
         rrset = _rrset(held)
         for r in rrset:
             if r.__class__ is _SrvUp:
                 return tuple([_unpack(name, r) for r in rrset])
         return rrset
 
-    def _below_entry(self, name: str, rtype: int) -> tuple[object, ...]:
-        """The rrset of ``name`` below a Service's name, from its entry: () if there is none."""
-        base = service_entry.owner(name)
+    def _entry_of(self, name: str) -> tuple[str, ServiceData] | None:
+        """(the Service's name, its entry) of the entry that answers for ``name``: a Service's own, or for
+        a ``_`` name below it its Service's; None if no entry does."""
+        base = service_entry.owner(name) if name[:1] == "_" else name
         data = self._entries.get(base) if base else None
-        return () if data is None else service_entry.rrset(cast(str, base), data, name, rtype)
+        return None if data is None else (cast(str, base), data)
 
     def records(self) -> Iterator[Record]:
         for rtype, table in self._by_type.items():

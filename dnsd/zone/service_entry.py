@@ -11,37 +11,54 @@ Pure functions of (base, entry); the index finds the entry (index.py).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from dnsd.cluster.ports import Port
 from dnsd.dns.const import AAAA, SRV, A
 from dnsd.zone.records import ServiceData, SrvData
 
-_SHARED_MAX = 4096  # a cluster has few distinct port lists: the tables below never grow for ever
-# A port list -> the prefixes of the names below a Service it makes ("_tcp.", "_http._tcp."), and how
-# many SRV records it stands for (one per port number at the name, one per named port below it).
-_prefixes: dict[tuple[object, ...], tuple[str, ...]] = {}
-_srv_counts: dict[tuple[object, ...], int] = {}
+
+class _Shape(NamedTuple):
+    """What a port list makes of any Service holding it, worked out once per distinct list (a cluster
+    has few, shared by every Service): answering is then a lookup and one SrvData per port."""
+
+    below: tuple[str, ...]  # prefixes of the names below the Service's: "_tcp.", "_http._tcp."
+    protos: frozenset[str]  # the ``_<proto>.`` prefixes among them: empty non-terminals
+    bare: tuple[int, ...]  # the port numbers of the name's own SRV, one each, sorted
+    named: dict[str, tuple[int, ...]]  # "_<port>._<proto>." -> its port numbers, sorted
+    srvs: int  # SRV records the list stands for: one per port number, one per named port
+
+
+_SHARED_MAX = 4096  # a cluster has few distinct port lists: never growing for ever
+_shapes: dict[tuple[Port, ...], _Shape] = {}
+
+
+def _shape(ports: tuple[Port, ...]) -> _Shape:
+    shape = _shapes.get(ports)
+    if shape is None:
+        named: dict[str, set[int]] = {}
+        for p in ports:
+            if p.name:
+                named.setdefault(f"_{p.name}._{p.protocol}.", set()).add(p.port)
+        protos = dict.fromkeys(f"_{p.protocol}." for p in ports if p.name)
+        bare = tuple(sorted({p.port for p in ports}))
+        shape = _Shape((*protos, *named), frozenset(protos), bare,
+                       {prefix: tuple(sorted(numbers)) for prefix, numbers in named.items()},
+                       len(bare) + sum(map(len, named.values())))
+        if len(_shapes) >= _SHARED_MAX:
+            _shapes.clear()
+        _shapes[ports] = shape
+    return shape
 
 
 def below_names(base: str, data: ServiceData) -> list[str]:
     """The names below ``base`` that the entry makes exist: ``_<proto>.base`` and ``_<port>._<proto>.base``."""
-    prefixes = _prefixes.get(data.ports)
-    if prefixes is None:
-        named = [(f"_{p.protocol}.", f"_{p.name}._{p.protocol}.") for p in data.ports if p.name]
-        prefixes = tuple(dict.fromkeys([proto for proto, _ in named] + [port for _, port in named]))
-        if len(_prefixes) >= _SHARED_MAX:
-            _prefixes.clear()
-        _prefixes[data.ports] = prefixes
-    return [prefix + base for prefix in prefixes]
+    return [prefix + base for prefix in _shape(data.ports).below]
 
 
 def size(data: ServiceData) -> int:
     """How many records the entry stands for."""
-    count = _srv_counts.get(data.ports)
-    if count is None:
-        count = len({p.port for p in data.ports}) + len({p for p in data.ports if p.name})
-        if len(_srv_counts) >= _SHARED_MAX:
-            _srv_counts.clear()
-        _srv_counts[data.ports] = count
-    return len(data.ips) + count
+    return len(data.ips) + _shape(data.ports).srvs
 
 
 def rrset(base: str, data: ServiceData, name: str, rtype: int) -> tuple[object, ...]:
@@ -51,25 +68,27 @@ def rrset(base: str, data: ServiceData, name: str, rtype: int) -> tuple[object, 
             return tuple(sorted(ip for ip in data.ips if ":" not in ip))
         if rtype == AAAA:
             return tuple(sorted(ip for ip in data.ips if ":" in ip))
-        if rtype == SRV:
-            return tuple(sorted({SrvData(0, 100, p.port, base) for p in data.ports}))
-        return ()
-    if rtype != SRV:
-        return ()
-    port, _, rest = name.partition(".")
-    proto, _, under = rest.partition(".")
-    if under != base or port[:1] != "_" or proto[:1] != "_":
-        return ()
-    port, proto = port[1:], proto[1:]
-    return tuple(sorted({SrvData(0, 100, p.port, base) for p in data.ports if p.name == port and p.protocol == proto}))
+        numbers = _shape(data.ports).bare if rtype == SRV else ()
+    else:
+        numbers = _shape(data.ports).named.get(_prefix(base, name), ()) if rtype == SRV else ()
+    return tuple([SrvData(0, 100, port, base) for port in numbers])
+
+
+def holds(base: str, data: ServiceData, name: str) -> bool:
+    """Whether ``name``, below ``base``, holds an SRV rrset (a named port's)."""
+    return _prefix(base, name) in _shape(data.ports).named
 
 
 def has_children(base: str, data: ServiceData, name: str) -> bool:
     """Whether ``name`` (``base`` or ``_<proto>.base``) has names below it that the entry makes exist."""
-    if name == base:
-        return any(p.name for p in data.ports)
-    proto, _, under = name.partition(".")
-    return under == base and proto[:1] == "_" and any(p.name and p.protocol == proto[1:] for p in data.ports)
+    protos = _shape(data.ports).protos
+    return bool(protos) if name == base else _prefix(base, name) in protos
+
+
+def _prefix(base: str, name: str) -> str:
+    """``name`` without ``base`` at its end, the dot kept ("_http._tcp."); "" if it is not below ``base``."""
+    cut = len(name) - len(base)
+    return name[:cut] if cut > 0 and name.endswith(base) and name[cut - 1] == "." else ""
 
 
 def owner(name: str) -> str | None:
@@ -81,4 +100,4 @@ def owner(name: str) -> str | None:
     return rest.partition(".")[2] if rest[:1] == "_" else rest
 
 
-__all__ = ["below_names", "has_children", "owner", "rrset", "size"]
+__all__ = ["below_names", "has_children", "holds", "owner", "rrset", "size"]
