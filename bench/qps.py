@@ -514,17 +514,17 @@ def ratios(results: list[Result]) -> dict[str, float]:
     # The latency runs: the same offered rate for every server (unless one could not sustain it), by round.
     fixed = {r.key: [f.qps_per_core for f in r.fixed_runs] for r in results if r.fixed_runs and not r.overloaded_at_common_rate}
     out = {}
-    for other in ("knot", "naive"):
-        if "dnsd" in qps and other in qps:
-            out[f"dnsd/{other}"] = round(qps["dnsd"] / qps[other], 3)
-        if "dnsd" in per_core and other in per_core:
-            out[f"dnsd/{other} per core"] = round(per_core["dnsd"] / per_core[other], 3)
-        if "dnsd" in fixed and other in fixed:
+    for ours, other in (("dnsd", "knot"), ("dnsd", "naive"), ("floor", "knot")):
+        if ours != "floor" and ours in qps and other in qps:
+            out[f"{ours}/{other}"] = round(qps[ours] / qps[other], 3)
+        if ours in per_core and other in per_core:
+            out[f"{ours}/{other} per core"] = round(per_core[ours] / per_core[other], 3)
+        if ours in fixed and other in fixed:
             # Round by round (the rounds alternate the servers), the median: below saturation, where a
             # batch's fixed cost weighs more and neither side waits for dnsperf.
-            paired = [a / b for a, b in zip(fixed["dnsd"], fixed[other], strict=False) if not (math.isnan(a) or math.isnan(b))]
+            paired = [a / b for a, b in zip(fixed[ours], fixed[other], strict=False) if not (math.isnan(a) or math.isnan(b))]
             if paired:
-                out[f"dnsd/{other} per core at the fixed rate"] = round(statistics.median(paired), 3)
+                out[f"{ours}/{other} per core at the fixed rate"] = round(statistics.median(paired), 3)
     return out
 
 
@@ -613,7 +613,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=8,
                         help="before each measured run, wait up to this many seconds for other processes to go "
                              "below 0.2 cores (default 8; 0: do not wait)")
-    parser.add_argument("--servers", default="dnsd,knot,naive", help="comma-separated subset of dnsd,knot,naive")
+    parser.add_argument("--servers", default="dnsd,knot,naive",
+                        help="comma-separated subset of dnsd,knot,floor,naive (floor: bench/floor_server.py, the "
+                             "interpreter's floor for a UDP hit path; not run by default)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                         help="also run dnsd with these extra flags, as its own row (repeatable), e.g. "
                              "--variant 'no-top=--no-top-talkers' --variant 'log=--log-queries --log-queries-rate 0'")
@@ -629,7 +631,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.variants = {name.strip(): shlex.split(flags) for name, flags in (v.split("=", 1) for v in args.variant)}
     except ValueError:
         parser.error("--variant takes NAME=FLAGS")
-    if unknown := set(args.servers) - {"dnsd", "knot", "naive"}:
+    if unknown := set(args.servers) - {"dnsd", "knot", "floor", "naive"}:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if args.rate is not None and args.rate < 1:
         parser.error("--rate must be at least 1")
@@ -681,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         sample = [(name, qtype) for name, qtype in (line.split() for line in
                   random.Random(args.seed).sample(query_lines, min(SAMPLE, len(query_lines))))]
 
-        plan = [s for s in ("dnsd", "knot", "naive") if s in args.servers]
+        plan = [s for s in ("dnsd", "knot", "floor", "naive") if s in args.servers]
         plan[1:1] = [f"dnsd:{name}" for name in args.variants]  # beside plain dnsd, for the same conditions
         if args.scaling and args.workers != 2 and "dnsd" in args.servers:
             plan.append("dnsd-w2")
@@ -711,6 +713,9 @@ def main(argv: list[str] | None = None) -> int:
                                "--upstream", "none"], cpus, env)
             if key == "knot":
                 return Server(key, "knot (1 udp worker)", ["knotd", "-c", str(knot_config(tmp, port, zones))], 1)
+            if key == "floor":
+                return Server(key, "python floor", [sys.executable, str(BENCH / "floor_server.py"), "--manifests",
+                                                    str(tmp / "cluster"), "--queries", str(queries), "--port", str(port)], 1, env)
             return Server(key, "naive dnslib", [sys.executable, str(BENCH / "naive_server.py"), "--records",
                                                 str(tmp / "records.txt"), "--port", str(port)], 1, env)
 
