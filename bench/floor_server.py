@@ -86,9 +86,7 @@ def serve(table: dict[bytes, bytes], responder: Any, address: str, port: int) ->
     while True:
         poller.poll()
         while datagrams := receive():
-            left = reply_all([data[:2] + tail if (tail := get(data[2:])) else None for data in datagrams])
-            if left:
-                reply_all([None if i not in left else slow(responder, data) for i, data in enumerate(datagrams)])
+            reply_all([data[:2] + tail if (tail := get(data[2:])) else slow(responder, data) for data in datagrams])
             flush()
 
 

@@ -515,7 +515,7 @@ def ratios(results: list[Result]) -> dict[str, float]:
     fixed = {r.key: [f.qps_per_core for f in r.fixed_runs] for r in results if r.fixed_runs and not r.overloaded_at_common_rate}
     out = {}
     for ours, other in (("dnsd", "knot"), ("dnsd", "naive"), ("floor", "knot")):
-        if ours != "floor" and ours in qps and other in qps:
+        if ours in qps and other in qps:
             out[f"{ours}/{other}"] = round(qps[ours] / qps[other], 3)
         if ours in per_core and other in per_core:
             out[f"{ours}/{other} per core"] = round(per_core[ours] / per_core[other], 3)

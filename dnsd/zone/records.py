@@ -52,8 +52,8 @@ class SrvGroup(NamedTuple):
 class ServiceData(NamedTuple):
     """A ClusterIP Service's addresses and ports, the Service's own (shared) tuples: its name's A/AAAA,
     one SRV there per port number, and an SRV per named port at ``_<port>._<proto>.<name>``, all in
-    one record (``SERVICE``) that the index answers them from (service_entry.py). As separate records
-    they were ~4.5 rrsets and two counted parents a Service (docs/performance.md, "One entry per
+    one record (``SERVICE``) that the index answers them from (service_entry.py), instead of an rrset
+    per name and type and a counted parent per ``_`` name (docs/performance.md, "One entry per
     ClusterIP Service")."""
 
     ips: tuple[str, ...]
